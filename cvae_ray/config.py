@@ -1,0 +1,246 @@
+"""Frozen configuration dataclasses: the one place where defaults live.
+
+The CLI, the Ray Tune search, the Serve app and the cohort job all read their
+defaults from here instead of repeating numbers. Every dataclass checks its
+values in ``__post_init__`` and raises :class:`InvalidConfigError` naming the
+field, the bad value and what is accepted.
+
+The model and training defaults were chosen by measurement on the validation
+split of ``rnaseqdb_gtex_tcga_l1000.parquet`` (see ``docs/quality.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cvae_ray.errors import InvalidConfigError
+
+NORMALIZATIONS = ("batch", "layer", "none")
+LIKELIHOODS = ("gaussian", "mse")
+NAN_POLICIES = ("error", "drop_samples", "drop_genes", "impute_mean", "impute_zero")
+SCALES = ("input", "log")
+
+
+def _check(ok: bool, name: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise InvalidConfigError(f"{name}={value!r} is not valid; expected {accepted}.")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           name, value, "a positive integer")
+
+
+def _fraction(name: str, value: Any, *, allow_zero: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (0.0 <= value < 1.0 if allow_zero else 0.0 < value < 1.0)
+    _check(ok, name, value, "a number in [0, 1)" if allow_zero else "a number in (0, 1)")
+
+
+class _FromDict:
+    """Mixin: build from a plain mapping, rejecting unknown keys by name."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        """Build the config from a mapping (for example parsed JSON).
+
+        Args:
+            values: Field names to values; lists are turned into tuples.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            InvalidConfigError: A key is not a field of this config, or a value is invalid.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InvalidConfigError(
+                f"unknown {cls.__name__} option(s) {unknown}; accepted: {sorted(names)}."
+            )
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ModelConfig(_FromDict):
+    """Architecture of the conditional VAE.
+
+    Attributes:
+        hidden: Widths of the encoder's hidden layers; the decoder mirrors them.
+        latent_dim: Size of the latent space.
+        dropout: Dropout probability after each hidden layer (0 disables it).
+        norm: Normalisation after each hidden linear layer: ``batch``, ``layer`` or ``none``.
+        likelihood: ``gaussian`` learns a per-gene variance; ``mse`` is the reference's
+            fixed unit-variance Gaussian (summed squared error).
+        min_log_var: Floor on the learned per-gene log-variance, keeping the likelihood finite.
+    """
+
+    hidden: tuple[int, ...] = (512, 256)
+    latent_dim: int = 32
+    dropout: float = 0.1
+    norm: str = "batch"
+    likelihood: str = "gaussian"
+    min_log_var: float = -6.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
+               and all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                       for h in self.hidden),
+               "hidden", self.hidden, "a non-empty tuple of positive integers")
+        _positive_int("latent_dim", self.latent_dim)
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+               "dropout", self.dropout, "a number in [0, 1)")
+        _check(self.norm in NORMALIZATIONS, "norm", self.norm, f"one of {NORMALIZATIONS}")
+        _check(self.likelihood in LIKELIHOODS, "likelihood", self.likelihood,
+               f"one of {LIKELIHOODS}")
+        _check(isinstance(self.min_log_var, (int, float)), "min_log_var", self.min_log_var,
+               "a number")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_FromDict):
+    """Optimisation settings of the training loop.
+
+    Attributes:
+        epochs: Maximum number of epochs.
+        batch_size: Mini-batch size.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        beta: Weight of the KL term once warm-up is over.
+        kl_warmup_epochs: Epochs over which the KL weight rises linearly from 0 to ``beta``.
+        patience: Stop after this many evaluations without a better validation score.
+        eval_every: Evaluate the validation score every this many epochs.
+        max_time_s: Wall-clock budget for training in seconds (``None``: no budget).
+        seed: Seed for weight initialisation and batch order.
+        device: torch device string (``cpu``, ``cuda``, ``cuda:1``...).
+    """
+
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    beta: float = 1.0
+    kl_warmup_epochs: int = 20
+    patience: int = 8
+    eval_every: int = 5
+    max_time_s: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
+               "a positive number")
+        _check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+               "weight_decay", self.weight_decay, "a number >= 0")
+        _check(isinstance(self.beta, (int, float)) and self.beta > 0, "beta", self.beta,
+               "a positive number")
+        _check(isinstance(self.kl_warmup_epochs, int) and self.kl_warmup_epochs >= 0,
+               "kl_warmup_epochs", self.kl_warmup_epochs, "an integer >= 0")
+        _positive_int("patience", self.patience)
+        _positive_int("eval_every", self.eval_every)
+        _check(self.max_time_s is None or (isinstance(self.max_time_s, (int, float))
+                                           and self.max_time_s > 0),
+               "max_time_s", self.max_time_s, "a positive number of seconds or None")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
+               "an integer >= 0")
+        _check(isinstance(self.device, str) and bool(self.device), "device", self.device,
+               "a torch device string such as 'cpu' or 'cuda'")
+
+
+@dataclass(frozen=True)
+class CohortSpec(_FromDict):
+    """How to read, select, split and preprocess a cohort.
+
+    Attributes:
+        conditions: Names of the categorical condition columns.
+        sample_id: Name of the sample-id column (``None``: use the row index/position).
+        log_transform: Apply log2(x + 1) before standardising (``False`` for data already logged).
+        genes_file: A gene-list file (one symbol per line, or a TSV with ``gene_symbol`` and
+            optionally ``gene_symbol_updated`` columns, as the L1000 list).
+        top_genes: Keep the top-k most variable genes, computed on the training split only.
+        nan_policy: What to do with NaN/inf values: ``error`` (default), ``drop_samples``,
+            ``drop_genes``, ``impute_mean`` (training-split gene mean) or ``impute_zero``.
+        val_fraction: Fraction of samples for validation (checkpoint and model selection).
+        test_fraction: Fraction of samples held out for testing (0: none).
+        seed: Seed of the stratified split.
+    """
+
+    conditions: tuple[str, ...] = ()
+    sample_id: str | None = None
+    log_transform: bool = True
+    genes_file: str | None = None
+    top_genes: int | None = None
+    nan_policy: str = "error"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.conditions, tuple) and len(self.conditions) > 0
+               and all(isinstance(c, str) and c for c in self.conditions),
+               "conditions", self.conditions, "at least one condition column name")
+        _check(len(set(self.conditions)) == len(self.conditions), "conditions",
+               self.conditions, "distinct column names")
+        _check(self.genes_file is None or self.top_genes is None, "top_genes",
+               self.top_genes, "None when genes_file is given (choose one gene selection)")
+        if self.top_genes is not None:
+            _positive_int("top_genes", self.top_genes)
+        _check(self.nan_policy in NAN_POLICIES, "nan_policy", self.nan_policy,
+               f"one of {NAN_POLICIES}")
+        _fraction("val_fraction", self.val_fraction, allow_zero=False)
+        _fraction("test_fraction", self.test_fraction, allow_zero=True)
+        _check(self.val_fraction + self.test_fraction < 0.9, "val_fraction + test_fraction",
+               self.val_fraction + self.test_fraction, "a sum below 0.9 (training needs samples)")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
+               "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SampleConfig(_FromDict):
+    """Defaults for drawing synthetic samples from a bundle.
+
+    Attributes:
+        noise: Add the decoder's per-gene Gaussian noise (``False``: return decoder means,
+            as the reference method did; smoother but less diverse).
+        temperature: Scale of the decoder noise's standard deviation.
+        scale: ``input`` (the scale of the training file, e.g. linear FPKM) or ``log``.
+        max_n: Largest number of samples one call may ask for (bounds memory per request).
+    """
+
+    noise: bool = True
+    temperature: float = 1.0
+    scale: str = "input"
+    max_n: int = 100_000
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.noise, bool), "noise", self.noise, "true or false")
+        _check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+               "temperature", self.temperature, "a number >= 0")
+        _check(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
+        _positive_int("max_n", self.max_n)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs, grouped for passing around.
+
+    Attributes:
+        cohort: How the data are read, split and preprocessed.
+        model: The architecture.
+        train: The optimisation settings.
+    """
+
+    cohort: CohortSpec
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
