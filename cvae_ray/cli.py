@@ -1,0 +1,216 @@
+"""``cvae-ray``: single-process fit and sample, no Ray needed.
+
+    cvae-ray fit --data FILE --condition COL [--condition COL ...] --out BUNDLE_DIR
+    cvae-ray sample --bundle BUNDLE_DIR --n N --set COL=VALUE ... --out FILE.parquet
+    cvae-ray sample --bundle BUNDLE_DIR --like FILE --out FILE.parquet
+    cvae-ray demo-data --out demo.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from cvae_ray.config import (NAN_POLICIES, SCALES, CohortSpec, ModelConfig, SampleConfig,
+                             TrainConfig)
+from cvae_ray.errors import CvaeRayError
+
+_TRAIN = TrainConfig()
+_COHORT = CohortSpec(conditions=("_",))
+_SAMPLE = SampleConfig()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool = True) -> None:
+    """Options shared by every command that reads a cohort (fit, tune, benchmark)."""
+    parser.add_argument("--data", required=data_required,
+                        help="expression file: .parquet, .csv, .tsv or .h5ad (samples x genes "
+                             "unless --genes-by-samples)")
+    parser.add_argument("--condition", action="append", default=None, metavar="COL",
+                        help="condition column (repeat for several, e.g. --condition tissue "
+                             "--condition source)")
+    genes = parser.add_mutually_exclusive_group()
+    genes.add_argument("--genes", metavar="LIST_FILE",
+                       help="gene-list file (one symbol per line, or a TSV with gene_symbol "
+                            "[and gene_symbol_updated] such as the L1000 landmark list)")
+    genes.add_argument("--top-genes", type=int, metavar="K",
+                       help="keep the K most variable genes (ranked on the training split only)")
+    log = parser.add_mutually_exclusive_group()
+    log.add_argument("--log", dest="log_transform", action="store_true", default=True,
+                     help="apply log2(x+1) before standardising (default)")
+    log.add_argument("--no-log", dest="log_transform", action="store_false",
+                     help="data are already on a log scale (e.g. microarray log-ratios)")
+    parser.add_argument("--metadata", help="sample-metadata table holding the condition columns")
+    parser.add_argument("--sample-id", help="sample-id column (default: sample_id if present)")
+    parser.add_argument("--genes-by-samples", action="store_true",
+                        help="the file has one row per gene and one column per sample")
+    parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_COHORT.nan_policy,
+                        help="what to do with NaN/inf values (default: error)")
+    parser.add_argument("--val-fraction", type=float, default=_COHORT.val_fraction,
+                        help=f"validation fraction (default {_COHORT.val_fraction})")
+    parser.add_argument("--test-fraction", type=float, default=_COHORT.test_fraction,
+                        help=f"held-out test fraction; 0 uses every sample for training and "
+                             f"validation (default {_COHORT.test_fraction})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
+
+
+def cohort_spec_from_args(args: argparse.Namespace) -> CohortSpec:
+    """Build the :class:`CohortSpec` the data options describe."""
+    return CohortSpec(conditions=tuple(args.condition or ()), sample_id=args.sample_id,
+                      log_transform=args.log_transform, genes_file=args.genes,
+                      top_genes=args.top_genes, nan_policy=args.nan_policy,
+                      val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      seed=args.seed)
+
+
+def read_cohort_from_args(args: argparse.Namespace, spec: CohortSpec):
+    """Read the cohort the data options name."""
+    from cvae_ray.data import read_cohort
+
+    return read_cohort(args.data, spec.conditions, sample_id=spec.sample_id,
+                       metadata=args.metadata, genes_by_samples=args.genes_by_samples,
+                       nan_policy=spec.nan_policy, log_transform=spec.log_transform)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cvae-ray`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="cvae-ray", description="Conditional-VAE synthetic gene expression: fit a model "
+        "bundle on a cohort, then sample synthetic samples from it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a CVAE and write a model bundle",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(fit)
+    fit.add_argument("--out", required=True, help="bundle directory to write")
+    fit.add_argument("--epochs", type=int, default=_TRAIN.epochs, help="maximum epochs")
+    fit.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                     help="stop training after this many seconds")
+    fit.add_argument("--device", default=_TRAIN.device, help="torch device (cpu, cuda)")
+    fit.add_argument("--config", help="JSON file with 'model' and/or 'train' option overrides")
+    fit.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    sample = sub.add_parser("sample", help="draw synthetic samples from a bundle",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sample.add_argument("--bundle", required=True, help="model bundle directory or URI")
+    what = sample.add_mutually_exclusive_group(required=True)
+    what.add_argument("--n", type=int, help="number of samples, all with the --set conditions")
+    what.add_argument("--like", metavar="FILE",
+                      help="one synthetic sample per row of FILE, with that row's conditions")
+    sample.add_argument("--set", action="append", default=[], metavar="COL=VALUE",
+                        help="condition value for --n (repeat for each condition column)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sample.add_argument("--scale", choices=SCALES, default=_SAMPLE.scale,
+                        help="input: the training file's scale; log: log2(x+1)")
+    sample.add_argument("--temperature", type=float, default=None,
+                        help="decoder-noise scale (default: the bundle's)")
+    sample.add_argument("--out", required=True, help="output .parquet or .csv file")
+
+    demo = sub.add_parser("demo-data", help="write the built-in SIMULATED demo cohort")
+    demo.add_argument("--out", required=True, help="output .parquet file")
+    demo.add_argument("--n-samples", type=int, default=900)
+    demo.add_argument("--n-genes", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _configs(path: str | None) -> tuple[ModelConfig, dict]:
+    if path is None:
+        return ModelConfig(), {}
+    import json
+
+    values = json.loads(Path(path).read_text())
+    return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {}))
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``cvae-ray fit``."""
+    from cvae_ray.fitting import fit_bundle
+
+    spec = cohort_spec_from_args(args)
+    model_config, train_overrides = _configs(args.config)
+    train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
+                    "device": args.device, "seed": args.seed, **train_overrides}
+    train_config = TrainConfig.from_dict(train_values)
+    cohort = read_cohort_from_args(args, spec)
+    print(f"read {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes; "
+          f"conditions {list(spec.conditions)}", flush=True)
+
+    def progress(m) -> None:
+        if args.quiet or m.val_gamma is None:
+            return
+        print(f"epoch {m.epoch:4d}  train loss {m.train_loss:10.2f}  val loss {m.val_loss:10.2f}  "
+              f"val gamma {m.val_gamma:.4f}  ({m.seconds:.2f} s/epoch)", flush=True)
+
+    started = time.perf_counter()
+    bundle, prepared = fit_bundle(cohort, spec, model_config, train_config, on_epoch=progress)
+    if prepared.genes_not_found:
+        print(f"{len(prepared.genes_not_found)} listed genes not in the data: "
+              f"{prepared.genes_not_found[:10]}", flush=True)
+    location = bundle.save(args.out)
+    record = bundle.metadata["training"]
+    print(f"trained {record['epochs_run']} epochs in {time.perf_counter() - started:.1f} s; best "
+          f"epoch {record['best_epoch']} with validation gamma {record['val_gamma']:.4f}; "
+          f"split train/val/test = {record['n_train']}/{record['n_val']}/{record['n_test']}; "
+          f"{len(bundle.genes)} genes")
+    print(f"bundle {bundle.bundle_id} written to {location}")
+    return 0
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        if "=" not in item:
+            raise CvaeRayError(f"--set {item!r} is not COL=VALUE (e.g. --set tissue=lung).")
+        key, value = item.split("=", 1)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``cvae-ray sample``."""
+    from cvae_ray.bundle import ModelBundle
+    from cvae_ray.data import read_table
+
+    bundle = ModelBundle.load(args.bundle)
+    if args.like:
+        like = read_table(args.like)
+        conditions, n = like, None
+    else:
+        conditions, n = _parse_sets(args.set), args.n
+    frame = bundle.sample(conditions, n, seed=args.seed, scale=args.scale,
+                          temperature=args.temperature)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    print(f"wrote {len(frame)} samples x {len(bundle.genes)} genes ({args.scale} scale, seed "
+          f"{args.seed}, bundle {bundle.bundle_id}) to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cvae-ray`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            return run_fit(args)
+        if args.command == "sample":
+            return run_sample(args)
+        from cvae_ray.simulate import SIMULATED_NOTE, write_demo_cohort
+
+        write_demo_cohort(args.out, n_samples=args.n_samples, n_genes=args.n_genes,
+                          seed=args.seed)
+        print(f"wrote {SIMULATED_NOTE} to {args.out}")
+        return 0
+    except CvaeRayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

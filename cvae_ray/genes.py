@@ -1,0 +1,113 @@
+"""Gene selection: all genes, a gene-list file (e.g. L1000), or the top-k most variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cvae_ray.errors import InvalidDataError
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    """Result of matching a gene list to a cohort's columns.
+
+    Attributes:
+        columns: Matched cohort columns, in the cohort's column order.
+        not_found: Listed genes found under none of their symbols.
+    """
+
+    columns: tuple[str, ...]
+    not_found: tuple[str, ...]
+
+
+def read_gene_list(path: str | Path) -> list[tuple[str, ...]]:
+    """Read a gene list: each entry is a tuple of accepted symbols for one gene.
+
+    Accepts a plain text file with one symbol per line, or a TSV/CSV with a
+    ``gene_symbol`` column and optionally ``gene_symbol_updated`` (the L1000
+    landmark file), so genes renamed since the list was made still match.
+
+    Args:
+        path: The gene-list file.
+
+    Returns:
+        One tuple of symbols per gene, in file order.
+
+    Raises:
+        InvalidDataError: The file is missing, empty, or has no usable symbol column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidDataError(f"gene-list file {str(path)!r} does not exist.")
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise InvalidDataError(f"gene-list file {str(path)!r} is empty.")
+    sep = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else None)
+    if sep is None:
+        return [(ln,) for ln in lines]
+    table = pd.read_csv(path, sep=sep, dtype=str)
+    if "gene_symbol" not in table.columns:
+        raise InvalidDataError(
+            f"gene-list file {str(path)!r} has columns {list(table.columns)[:6]}; a table needs a "
+            "'gene_symbol' column (and optionally 'gene_symbol_updated'), or give one symbol per line.")
+    alt = table["gene_symbol_updated"] if "gene_symbol_updated" in table.columns else None
+    entries = []
+    for i, symbol in enumerate(table["gene_symbol"]):
+        names = [s for s in (symbol, None if alt is None else alt.iloc[i]) if isinstance(s, str)]
+        entries.append(tuple(dict.fromkeys(names)))
+    return entries
+
+
+def match_gene_list(columns: Sequence[str], entries: Sequence[tuple[str, ...]]) -> GeneMatch:
+    """Match gene-list entries to cohort columns by any of their symbols.
+
+    Args:
+        columns: The cohort's gene columns.
+        entries: Output of :func:`read_gene_list`.
+
+    Returns:
+        The matched columns (cohort order) and the entries not found.
+
+    Raises:
+        InvalidDataError: No listed gene is in the cohort.
+    """
+    available = set(columns)
+    wanted, not_found = set(), []
+    for names in entries:
+        hit = next((n for n in names if n in available), None)
+        if hit is None:
+            not_found.append(names[0])
+        else:
+            wanted.add(hit)
+    if not wanted:
+        raise InvalidDataError(
+            f"none of the {len(entries)} listed genes is a column of the data (e.g. "
+            f"{entries[0][0]!r}; data columns look like {list(columns)[:3]}): the gene selection "
+            "is empty.")
+    return GeneMatch(columns=tuple(c for c in columns if c in wanted), not_found=tuple(not_found))
+
+
+def top_variable_genes(values: np.ndarray, columns: Sequence[str], k: int) -> tuple[str, ...]:
+    """The ``k`` columns of highest variance (ties broken by column order).
+
+    Args:
+        values: Training-split samples x genes, on the scale the model sees (log if logged).
+        columns: Gene names of ``values``' columns.
+        k: How many to keep.
+
+    Returns:
+        The selected gene names, in the original column order.
+
+    Raises:
+        InvalidDataError: ``k`` exceeds the number of genes or is not positive.
+    """
+    if k <= 0 or k > len(columns):
+        raise InvalidDataError(f"top_genes={k} is not valid: the data have {len(columns)} genes; "
+                               f"choose 1..{len(columns)}.")
+    order = np.argsort(-np.nanvar(values, axis=0), kind="stable")[:k]
+    return tuple(columns[i] for i in sorted(order))

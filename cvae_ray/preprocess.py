@@ -1,0 +1,95 @@
+"""Fitted preprocessing with its exact inverse: log2(x + 1), then per-gene standardisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from cvae_ray.config import SCALES
+from cvae_ray.errors import IncompatibleBundleError, InvalidConfigError
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Per-gene standardisation of (optionally) log2(x + 1) expression.
+
+    Attributes:
+        log_transform: Whether inputs are log2(x + 1)-transformed first.
+        mean: Per-gene mean on the log (or input) scale, fitted on the training split.
+        std: Per-gene standard deviation; genes constant in training get 1.
+    """
+
+    log_transform: bool
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray, *, log_transform: bool) -> "Preprocessor":
+        """Fit on training-split values (input scale, samples x genes).
+
+        Args:
+            values: Training samples x genes on the input scale.
+            log_transform: Apply log2(x + 1) before standardising.
+
+        Returns:
+            The fitted preprocessor.
+        """
+        logged = np.log2(values + 1.0) if log_transform else np.asarray(values, np.float64)
+        std = logged.std(axis=0)
+        # A gene constant in training would divide by zero; unit scale keeps it finite.
+        std = np.where(std > 0, std, 1.0)
+        return cls(log_transform=log_transform, mean=logged.mean(axis=0), std=std)
+
+    def to_log(self, values: np.ndarray) -> np.ndarray:
+        """Input scale to the log (model's unstandardised) scale."""
+        values = np.asarray(values, np.float64)
+        return np.log2(values + 1.0) if self.log_transform else values
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Input scale to standardised float32, the space the model works in."""
+        return ((self.to_log(values) - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, standardised: np.ndarray, scale: str = "input") -> np.ndarray:
+        """Standardised values back to the ``input`` scale (clipped at 0 if logged) or ``log``.
+
+        Args:
+            standardised: Samples x genes in the model's space.
+            scale: ``input`` or ``log``.
+
+        Returns:
+            float32 samples x genes on the requested scale.
+
+        Raises:
+            InvalidConfigError: Unknown scale.
+        """
+        if scale not in SCALES:
+            raise InvalidConfigError(f"scale={scale!r} is not valid; expected one of {SCALES}.")
+        logged = np.asarray(standardised, np.float64) * self.std + self.mean
+        if scale == "log" or not self.log_transform:
+            return logged.astype(np.float32)
+        # Expression cannot be negative; a sample drawn below log2(0 + 1) means 0.
+        return np.clip(np.exp2(logged) - 1.0, 0.0, None).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready parameters."""
+        return {"log_transform": self.log_transform, "mean": self.mean.tolist(),
+                "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Preprocessor":
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            IncompatibleBundleError: A field is missing or the arrays disagree in length.
+        """
+        try:
+            mean = np.asarray(values["mean"], np.float64)
+            std = np.asarray(values["std"], np.float64)
+            log_transform = bool(values["log_transform"])
+        except KeyError as exc:
+            raise IncompatibleBundleError(f"preprocessing parameters lack {exc}.") from exc
+        if mean.shape != std.shape or mean.ndim != 1:
+            raise IncompatibleBundleError("preprocessing mean and std disagree in shape.")
+        return cls(log_transform=log_transform, mean=mean, std=std)

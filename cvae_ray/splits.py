@@ -1,0 +1,103 @@
+"""Seeded train / validation / test split, stratified by condition.
+
+Stratification is on the joint condition label (e.g. ``lung|GTEx``), so every
+split keeps the condition mix of the whole cohort. Rare combinations are
+allocated by per-stratum rounding, which scikit-learn's splitter refuses to do
+for strata smaller than the number of splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cvae_ray.errors import InvalidDataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions of each part of a split.
+
+    Attributes:
+        train: Positions of training rows.
+        val: Positions of validation rows.
+        test: Positions of test rows (empty when no test split was asked for).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def joint_labels(conditions: pd.DataFrame) -> np.ndarray:
+    """One string label per row joining all condition values, e.g. ``lung|GTEx``."""
+    return conditions.astype(str).agg("|".join, axis=1).to_numpy()
+
+
+def check_condition_counts(conditions: pd.DataFrame, n_parts: int) -> None:
+    """Refuse condition values too rare to appear in every part of the split.
+
+    Args:
+        conditions: One column per condition.
+        n_parts: Number of non-empty parts (3 with a test split, 2 without).
+
+    Raises:
+        InvalidDataError: A value has fewer samples than ``n_parts``.
+    """
+    for column in conditions.columns:
+        counts = conditions[column].value_counts()
+        rare = counts[counts < n_parts]
+        if len(rare):
+            listed = ", ".join(f"{v!r} ({c})" for v, c in rare.items())
+            raise InvalidDataError(
+                f"condition column {column!r} has values with fewer than {n_parts} samples, "
+                f"too few for a train/validation{'/test' if n_parts == 3 else ''} split: {listed}. "
+                "Remove those samples or merge the values.")
+
+
+def stratified_split(conditions: pd.DataFrame, *, val_fraction: float, test_fraction: float,
+                     seed: int) -> Split:
+    """Split rows into train/validation/test, stratified by the joint condition.
+
+    Within each stratum of ``n`` rows, ``round(n * fraction)`` rows go to
+    validation and to test, at least one each once the stratum has three rows,
+    and the rest to training, which always gets at least one.
+
+    Args:
+        conditions: One column per condition, one row per sample.
+        val_fraction: Fraction for validation, in (0, 1).
+        test_fraction: Fraction for test, in [0, 1); 0 gives an empty test part.
+        seed: Seed of the shuffle inside each stratum.
+
+    Returns:
+        The three sorted position arrays.
+
+    Raises:
+        InvalidDataError: A condition value is too rare for the split.
+    """
+    n_parts = 3 if test_fraction > 0 else 2
+    check_condition_counts(conditions, n_parts)
+    rng = np.random.default_rng(seed)
+    labels = joint_labels(conditions)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in sorted(set(labels)):
+        rows = np.flatnonzero(labels == label)
+        rng.shuffle(rows)
+        n = len(rows)
+        n_val = int(round(n * val_fraction))
+        n_test = int(round(n * test_fraction))
+        if n >= n_parts:
+            n_val = max(n_val, 1)
+            n_test = max(n_test, 1) if test_fraction > 0 else 0
+        while n_val + n_test >= n and n_val + n_test > 0:
+            # Training always keeps at least one row of every stratum it can.
+            if n_test >= n_val and n_test > 0:
+                n_test -= 1
+            else:
+                n_val -= 1
+        parts["val"].append(rows[:n_val])
+        parts["test"].append(rows[n_val:n_val + n_test])
+        parts["train"].append(rows[n_val + n_test:])
+    return Split(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
