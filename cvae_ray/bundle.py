@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -230,6 +231,10 @@ class ModelBundle:
             state = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             model = CVAE(len(genes), [len(v) for v in vocab.values()], model_config)
             model.load_state_dict(state, strict=True)
+        except pickle.UnpicklingError as exc:
+            raise IncompatibleBundleError(
+                f"{WEIGHTS_FILE} of {str(path)!r} holds more than plain tensors; refusing to load "
+                "it (weights are loaded with weights_only=True).") from exc
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
             raise IncompatibleBundleError(
                 f"weights of {str(path)!r} do not fit its recorded architecture: {exc}") from exc

@@ -73,7 +73,14 @@ def read_table(path: str | Path, *, fmt: str | None = None) -> pd.DataFrame:
         if suffix == "parquet":
             table = pd.read_parquet(text)
         elif suffix in ("csv", "tsv"):
-            table = pd.read_csv(text, sep="," if suffix == "csv" else "\t")
+            sep = "," if suffix == "csv" else "\t"
+            # pandas renames repeated headers (G1, G1.1); read them raw to catch duplicates.
+            header = pd.read_csv(text, sep=sep, header=None, nrows=1).iloc[0].astype(str)
+            if header.duplicated().any():
+                raise InvalidDataError(
+                    f"duplicate column (gene) names in {text!r}: "
+                    f"{sorted(set(header[header.duplicated()]))[:10]}.")
+            table = pd.read_csv(text, sep=sep)
         elif suffix == "h5ad":
             table = _read_h5ad(text)
         else:

@@ -36,6 +36,24 @@ def joint_labels(conditions: pd.DataFrame) -> np.ndarray:
     return conditions.astype(str).agg("|".join, axis=1).to_numpy()
 
 
+def strata(conditions: pd.DataFrame, n_parts: int) -> np.ndarray:
+    """Stratum of each row: its joint label, or for rare combinations its first condition's value.
+
+    A joint combination with fewer rows than parts cannot reach every part, so its
+    rows are pooled by the first condition's value (then into one rare stratum),
+    which keeps every condition value in every part whenever it has enough rows.
+    """
+    labels = joint_labels(conditions)
+    counts = pd.Series(labels).value_counts()
+    rare = counts.reindex(labels).to_numpy() < n_parts
+    if rare.any():
+        first = conditions.iloc[:, 0].astype(str).to_numpy()
+        pooled = np.where(rare, "\x00rare|" + first, labels)
+        pooled_counts = pd.Series(pooled).value_counts().reindex(pooled).to_numpy()
+        labels = np.where(pooled_counts < n_parts, "\x00rare", pooled)
+    return labels
+
+
 def check_condition_counts(conditions: pd.DataFrame, n_parts: int) -> None:
     """Refuse condition values too rare to appear in every part of the split.
 
@@ -61,7 +79,7 @@ def stratified_split(conditions: pd.DataFrame, *, val_fraction: float, test_frac
                      seed: int) -> Split:
     """Split rows into train/validation/test, stratified by the joint condition.
 
-    Within each stratum of ``n`` rows, ``round(n * fraction)`` rows go to
+    Strata are given by :func:`strata`. Within each stratum of ``n`` rows, ``round(n * fraction)`` rows go to
     validation and to test, at least one each once the stratum has three rows,
     and the rest to training, which always gets at least one.
 
@@ -80,7 +98,7 @@ def stratified_split(conditions: pd.DataFrame, *, val_fraction: float, test_frac
     n_parts = 3 if test_fraction > 0 else 2
     check_condition_counts(conditions, n_parts)
     rng = np.random.default_rng(seed)
-    labels = joint_labels(conditions)
+    labels = strata(conditions, n_parts)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for label in sorted(set(labels)):
         rows = np.flatnonzero(labels == label)

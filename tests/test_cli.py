@@ -1,0 +1,95 @@
+"""The cvae-ray console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cvae_ray.bundle import ModelBundle
+
+from conftest import RNASEQDB, require_shared_data
+
+
+def cvae_ray(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("cvae-ray") or str(Path(sys.executable).with_name("cvae-ray"))
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_help_explains_every_option():
+    for command, options in (("fit", ["--data", "--condition", "--genes", "--top-genes", "--log",
+                                      "--no-log", "--test-fraction", "--seed", "--out"]),
+                             ("sample", ["--bundle", "--n", "--set", "--like", "--seed",
+                                         "--scale", "--out"])):
+        out = cvae_ray(command, "--help")
+        assert out.returncode == 0
+        for option in options:
+            assert option in out.stdout, (command, option)
+
+
+def test_fit_then_sample_with_set_and_like(demo_path, tmp_path):
+    bundle_dir = tmp_path / "bundle"
+
+    fit = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--condition", "source",
+                   "--top-genes", "20", "--epochs", "5", "--out", bundle_dir)
+    assert fit.returncode == 0, fit.stderr
+    assert "val gamma" in fit.stdout and "written to" in fit.stdout
+
+    sampled = cvae_ray("sample", "--bundle", bundle_dir, "--n", "12", "--set", "tissue=lung",
+                       "--set", "source=GTEx", "--seed", "4", "--out", tmp_path / "s.parquet")
+    assert sampled.returncode == 0, sampled.stderr
+    frame = pd.read_parquet(tmp_path / "s.parquet")
+    assert frame.shape == (12, 22) and set(frame.tissue) == {"lung"}
+
+    like = pd.read_parquet(demo_path).head(9)
+    like.to_csv(tmp_path / "like.csv", index=False)
+    matched = cvae_ray("sample", "--bundle", bundle_dir, "--like", tmp_path / "like.csv",
+                       "--scale", "log", "--out", tmp_path / "like_out.parquet")
+    assert matched.returncode == 0, matched.stderr
+    out = pd.read_parquet(tmp_path / "like_out.parquet")
+    pd.testing.assert_frame_equal(out[["tissue", "source"]], like[["tissue", "source"]])
+    assert len(ModelBundle.load(bundle_dir).genes) == 20
+
+
+def test_test_fraction_zero_uses_every_sample(demo_path, tmp_path):
+    out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--test-fraction", "0",
+                   "--epochs", "2", "--quiet", "--out", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    training = ModelBundle.load(tmp_path / "b").metadata["training"]
+    assert training["n_test"] == 0 and training["n_train"] + training["n_val"] == 240
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--condition", "tisue"], "condition column 'tisue' not found"),
+    (["--condition", "tissue", "--top-genes", "0"], "top_genes=0 is not valid"),
+    (["--condition", "tissue", "--test-fraction", "0.95"], "val_fraction + test_fraction=1.15 is not valid"),
+])
+def test_fit_bad_input_is_a_clear_error(demo_path, tmp_path, args, message):
+    out = cvae_ray("fit", "--data", demo_path, *args, "--out", tmp_path / "b")
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_sample_bad_input_is_a_clear_error(tiny_bundle_dir, tmp_path):
+    out = cvae_ray("sample", "--bundle", tiny_bundle_dir, "--n", "3", "--set", "tissue=heart",
+                   "--set", "source=GTEx", "--out", tmp_path / "s.parquet")
+    assert out.returncode == 2 and "unknown value 'heart' for condition 'tissue'" in out.stderr
+    missing = cvae_ray("sample", "--bundle", tmp_path / "nope", "--n", "3", "--out",
+                       tmp_path / "s.parquet")
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_fit_on_real_data_with_l1000_list(tmp_path):
+    require_shared_data()
+    genes = RNASEQDB.parent / "l1000_landmark_genes.tsv"
+    out = cvae_ray("fit", "--data", RNASEQDB, "--condition", "tissue", "--condition", "source",
+                   "--genes", genes, "--epochs", "3", "--quiet", "--out", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    assert "1 listed genes not in the data: ['PLSCR3']" in out.stdout
+    assert len(ModelBundle.load(tmp_path / "b").genes) == 977
