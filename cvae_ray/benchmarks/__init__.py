@@ -1,0 +1,1 @@
+"""Benchmark scripts' logic: each prints its figures beside the limit they are compared to."""

@@ -1,0 +1,200 @@
+"""Benchmark: cohort generation to local Parquet against the raw decoder, same run, same CPUs.
+
+Prints, per n and Parquet codec: samples/s and MB/s end to end (prepare + Ray Data
++ publish), peak RSS of the driver and of the Ray worker processes (sampled from
+/proc in a background thread, so psutil is not needed), beside the raw decoder
+throughput of the same bundle (torch alone: z -> decode + noise, no I/O, the same
+thread count). The limit it is judged on: end-to-end >= 50% of raw, and peak
+memory that does not grow from 100k to 1M samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
+    "rnaseqdb_gtex_tcga_l1000.parquet"
+TARGET_RATIO = 0.5
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class MemorySampler:
+    """Peak RSS of this (driver) process and of all its descendants (Ray's processes)."""
+
+    def __init__(self, every_s: float = 0.25) -> None:
+        self.every_s = every_s
+        self.driver_peak = 0
+        self.workers_peak = 0
+        self.worker_max = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.driver_peak = max(self.driver_peak, _rss_bytes(me))
+            sizes = [_rss_bytes(p) for p in _descendants(me)]
+            self.workers_peak = max(self.workers_peak, sum(sizes))
+            self.worker_max = max([self.worker_max, *sizes])
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def quick_bundle(path: Path, epochs: int) -> str:
+    """Train a throughput-only bundle on the real L1000 file (few epochs)."""
+    from cvae_ray.config import CohortSpec, TrainConfig
+    from cvae_ray.data import read_cohort
+    from cvae_ray.fitting import fit_bundle
+
+    if not DATA.exists():
+        raise SystemExit(f"error: {DATA} not found; pass --bundle.")
+    cohort = read_cohort(DATA, ["tissue", "source"])
+    bundle, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")),
+                           train_config=TrainConfig(epochs=epochs, eval_every=epochs))
+    bundle.save(path)
+    return str(path)
+
+
+def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
+                     seconds: float = 5.0) -> float:
+    """Samples/s of decode + noise alone (torch, no conversion or I/O)."""
+    import torch
+
+    from cvae_ray.bundle import ModelBundle
+
+    torch.set_num_threads(threads)
+    bundle = ModelBundle.load(bundle_path)
+    model = bundle.model
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.zeros(batch, len(bundle.vocab), dtype=torch.int64)
+    std = torch.exp(0.5 * model.decoder_log_var())
+    done, start = 0, time.perf_counter()
+    with torch.no_grad():
+        while time.perf_counter() - start < seconds or done == 0:
+            z = torch.randn(batch, model.config.latent_dim, generator=generator)
+            means = model.decode(z, codes)
+            _ = means + torch.randn(batch, model.n_genes, generator=generator) * std
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def end_to_end(bundle_path: str, n: int, compression: str, workers: int | None,
+               block_rows: int) -> dict:
+    """One cohort written to a temporary local folder; returns rate and memory figures."""
+    from cvae_ray.cohorts import generate_cohort
+
+    scratch = Path(tempfile.mkdtemp(prefix="cvae_ray_bench_"))
+    try:
+        with MemorySampler() as memory:
+            start = time.perf_counter()
+            record = generate_cohort(bundle_path, n, str(scratch / "cohort"), workers=workers,
+                                     compression=compression, block_rows=block_rows,
+                                     command=["benchmark"])
+            seconds = time.perf_counter() - start
+        size = sum(f["bytes"] for f in record["files"])
+        return {"n": n, "compression": compression, "seconds": seconds,
+                "rate": n / seconds, "mb_s": size / 1e6 / seconds, "mb": size / 1e6,
+                "driver_mb": memory.driver_peak / 1e6, "workers_mb": memory.workers_peak / 1e6,
+                "worker_max_mb": memory.worker_max / 1e6}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see jobs/bench_cohorts.py)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", help="bundle to use (default: train a quick one)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--compressions", nargs="+", default=["snappy", "none", "zstd"])
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs given to Ray (default: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="sampling actors (default: the job's default)")
+    parser.add_argument("--block-rows", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from cvae_ray.cohort_plan import BLOCK_ROWS
+
+    scratch = Path(tempfile.mkdtemp(prefix="cvae_ray_bench_bundle_"))
+    try:
+        bundle_path = args.bundle or quick_bundle(scratch / "bundle", args.epochs)
+        # Each sampling actor runs torch on one thread; the raw rate uses the same.
+        raw = raw_decoder_rate(bundle_path, threads=1)
+        print(f"raw decoder (1 thread, batch 8192): {raw:,.0f} samples/s")
+        ray.init(num_cpus=args.cpus, include_dashboard=False)
+        try:
+            from cvae_ray.cohorts import default_workers
+
+            workers = args.workers or default_workers(False)
+            raw_total = raw * workers
+            print(f"Ray: {args.cpus} CPUs, {workers} sampling actor(s): raw ceiling "
+                  f"{raw_total:,.0f} samples/s; target end-to-end >= {TARGET_RATIO:.0%} of it")
+            header = (f"{'n':>10} {'codec':>7} {'s':>8} {'samples/s':>11} {'MB/s':>7} "
+                      f"{'MB':>8} {'ratio':>6} {'driver MB':>10} {'workers MB':>11} "
+                      f"{'max worker MB':>14}")
+            print(header)
+            for n in args.sizes:
+                for codec in args.compressions:
+                    r = end_to_end(bundle_path, n, codec, workers,
+                                   args.block_rows or BLOCK_ROWS)
+                    ratio = r["rate"] / raw_total
+                    flag = "ok" if ratio >= TARGET_RATIO else "below"
+                    print(f"{n:>10,} {codec:>7} {r['seconds']:>8.1f} {r['rate']:>11,.0f} "
+                          f"{r['mb_s']:>7.1f} {r['mb']:>8.0f} {ratio:>6.2f} "
+                          f"{r['driver_mb']:>10.0f} {r['workers_mb']:>11.0f} "
+                          f"{r['worker_max_mb']:>14.0f}  {flag}", flush=True)
+        finally:
+            ray.shutdown()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+__all__ = ["MemorySampler", "end_to_end", "raw_decoder_rate", "run"]
+

@@ -1,0 +1,458 @@
+"""Write large synthetic cohorts to Parquet with Ray Data, reproducibly.
+
+Two steps, so that bad input fails before any Ray work starts:
+
+1. :func:`prepare_cohort` (no Ray): load the bundle, resolve the mix into a
+   plan of seeded blocks (:mod:`cvae_ray.cohort_plan`), check the output
+   location and create a temporary sibling to write into.
+2. :func:`write_cohort` (Ray Data): ``from_items(plan)`` -> ``map_batches``
+   with :class:`BlockSampler` (the bundle loaded once per actor, one block of
+   at most ``BLOCK_ROWS`` rows per decoder pass, emitted as an Arrow table
+   built straight from numpy) -> ``write_parquet`` into the temporary
+   location; then the row counts are checked from the files, the manifest is
+   written and the output is published.
+
+Publishing: a local ``--out`` is renamed into place in one step (the staging
+folder is a hidden sibling on the same filesystem). A URI ``--out`` is written
+under a hidden sibling prefix, copied into place, and ``_manifest.json`` is
+written LAST: on object stores a folder without ``_manifest.json`` is not a
+complete cohort.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from pyarrow import fs as pafs
+
+from cvae_ray import __version__
+from cvae_ray.bundle import ModelBundle, SampleRequest
+from cvae_ray.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
+from cvae_ray.config import SCALES
+from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
+from cvae_ray.storage import is_uri, local_path, replace_dir
+
+MANIFEST = "_manifest.json"
+MANIFEST_FORMAT = "cvae_ray.cohort"
+MANIFEST_VERSION = 1
+SCHEMA_KEY = b"cvae_ray.cohort"
+SAMPLE_ID = "sample_id"
+#: Parquet codecs accepted; snappy is the default (see docs/cohorts.md for the measurements).
+COMPRESSIONS = ("snappy", "none", "zstd", "lz4", "gzip")
+DEFAULT_COMPRESSION = "snappy"
+
+
+@dataclass
+class PreparedCohort:
+    """A checked cohort job, ready for Ray: everything decided, nothing sampled yet.
+
+    Attributes:
+        bundle_location: Where actors load the bundle from.
+        bundle_id: The bundle's content hash.
+        genes: Gene columns, in model order.
+        plan: Mix counts and seeded blocks.
+        scale: ``input`` or ``log``.
+        noise: Decoder noise on or off (the bundle's default).
+        temperature: Decoder-noise scale (the bundle's default).
+        out: The final output location, as given.
+        staging: The temporary location written first.
+        partition_by: Hive partition columns.
+        rows_per_file: Upper bound (and, unpartitioned, target) of rows per file.
+        compression: Parquet codec.
+        command: The command line, for the record.
+    """
+
+    bundle_location: str
+    bundle_id: str
+    genes: list[str]
+    plan: CohortPlan
+    scale: str
+    noise: bool
+    temperature: float
+    out: str
+    staging: str
+    partition_by: list[str] = field(default_factory=list)
+    rows_per_file: int | None = None
+    compression: str = DEFAULT_COMPRESSION
+    overwrite: bool = False
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the output goes to a URI rather than a local path."""
+        return is_uri(self.out)
+
+
+# ---------------------------------------------------------------------- output location
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(local_path(location).resolve())
+
+
+def _stage_local(out: str, overwrite: bool) -> str:
+    target = local_path(out).resolve()
+    if target.exists() and not target.is_dir():
+        raise InvalidConfigError(f"--out {out!r} exists and is a file; expected a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InvalidConfigError(
+            f"--out {out!r} already exists and is not empty; pass --overwrite to replace it.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A hidden sibling keeps the final rename on one filesystem (atomic).
+        return tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except OSError as exc:
+        raise InvalidConfigError(f"--out {out!r} is not writable: {exc}") from exc
+
+
+def _stage_remote(out: str, overwrite: bool) -> str:
+    fs, path = pafs.FileSystem.from_uri(out)
+    path = path.rstrip("/")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise InvalidConfigError(f"--out {out!r} exists and is a file; expected a folder URI.")
+    if info.type == pafs.FileType.Directory and not overwrite and fs.get_file_info(
+            pafs.FileSelector(path, recursive=False)):
+        raise InvalidConfigError(
+            f"--out {out!r} already exists and is not empty; pass --overwrite to replace it.")
+    parent, _, name = path.rpartition("/")
+    staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        fs.create_dir(staging, recursive=True)
+        with fs.open_output_stream(f"{staging}/.probe") as stream:
+            stream.write(b"ok")
+        fs.delete_file(f"{staging}/.probe")
+    except OSError as exc:
+        raise InvalidConfigError(f"--out {out!r} is not writable: {exc}") from exc
+    scheme = out.split("://", 1)[0]
+    return f"{scheme}://{staging}"
+
+
+def discard_staging(prepared: PreparedCohort) -> None:
+    """Delete the temporary location (after a failure, or to abandon a prepared job)."""
+    try:
+        fs, path = _filesystem(prepared.staging)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------- step 1: no Ray
+def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: int = 0,
+                   scale: str | None = None, partition_by: Sequence[str] = (),
+                   rows_per_file: int | None = None, compression: str = DEFAULT_COMPRESSION,
+                   overwrite: bool = False, block_rows: int = BLOCK_ROWS,
+                   command: Sequence[str] | None = None) -> PreparedCohort:
+    """Check every argument and create the temporary output location; starts no Ray.
+
+    Args:
+        bundle: Model bundle (local path or URI).
+        n: Number of samples.
+        out: Output folder (local path or URI).
+        mix: Condition mix (see :mod:`cvae_ray.cohort_plan`).
+        seed: Job seed; with the other arguments it fixes every value.
+        scale: ``input`` or ``log`` (default: the bundle's sampling default).
+        partition_by: Condition columns to partition the files by (Hive folders).
+        rows_per_file: Upper bound of rows per Parquet file.
+        compression: Parquet codec, one of :data:`COMPRESSIONS`.
+        overwrite: Replace a non-empty ``out``.
+        block_rows: Rows per generated block.
+        command: Command line to record.
+
+    Returns:
+        The prepared job; call :func:`write_cohort` (or :func:`discard_staging`).
+
+    Raises:
+        CvaeRayError: A bad argument, a missing bundle, an unknown condition, a mix that
+            does not sum up, an existing or unwritable output; the message names it.
+    """
+    if not is_uri(bundle) and not local_path(bundle).exists():
+        raise IncompatibleBundleError(f"--bundle {bundle!r} does not exist.")
+    loaded = ModelBundle.load(bundle)
+    scale = loaded.sample_defaults.scale if scale is None else scale
+    if scale not in SCALES:
+        raise InvalidConfigError(f"scale={scale!r} is not valid; expected one of {SCALES}.")
+    if compression not in COMPRESSIONS:
+        raise InvalidConfigError(
+            f"compression={compression!r} is not valid; expected one of {COMPRESSIONS}.")
+    partition_by = list(partition_by)
+    for column in partition_by:
+        if column not in loaded.condition_columns:
+            raise InvalidConfigError(
+                f"--partition-by {column!r} is not a condition column; allowed: "
+                f"{loaded.condition_columns}.")
+    if len(set(partition_by)) != len(partition_by):
+        raise InvalidConfigError(f"--partition-by lists a column twice: {partition_by}.")
+    if rows_per_file is not None and (not isinstance(rows_per_file, int) or rows_per_file <= 0):
+        raise InvalidConfigError(
+            f"rows_per_file={rows_per_file!r} is not valid; expected a positive integer.")
+    plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows)
+    staging = _stage_remote(out, overwrite) if is_uri(out) else _stage_local(out, overwrite)
+    return PreparedCohort(
+        bundle_location=str(bundle) if is_uri(bundle) else str(local_path(bundle).resolve()),
+        bundle_id=loaded.bundle_id, genes=list(loaded.genes), plan=plan, scale=scale,
+        noise=loaded.sample_defaults.noise, temperature=loaded.sample_defaults.temperature,
+        out=str(out), staging=staging, partition_by=partition_by, rows_per_file=rows_per_file,
+        compression=compression, overwrite=overwrite,
+        command=list(sys.argv if command is None else command))
+
+
+# ---------------------------------------------------------------------- schema
+def schema_record(prepared: PreparedCohort) -> dict[str, Any]:
+    """What every Parquet file's schema metadata records about how it was made."""
+    plan = prepared.plan
+    return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+            "bundle_id": prepared.bundle_id, "seed": plan.seed, "n": plan.n, "mix": plan.mix,
+            "scale": prepared.scale, "noise": prepared.noise,
+            "temperature": prepared.temperature, "block_rows": max(b.count for b in plan.blocks),
+            "sample_id": "{seed}-{block}-{row in block}", "genes": prepared.genes,
+            "package_version": __version__}
+
+
+def cohort_schema(prepared: PreparedCohort) -> pa.Schema:
+    """Arrow schema: sample id, condition columns (strings), one float32 column per gene."""
+    fields = [pa.field(SAMPLE_ID, pa.string(), nullable=False)]
+    fields += [pa.field(c, pa.string(), nullable=False) for c in prepared.plan.columns]
+    fields += [pa.field(g, pa.float32(), nullable=False) for g in prepared.genes]
+    return pa.schema(fields, metadata={SCHEMA_KEY: json.dumps(schema_record(prepared))})
+
+
+# ---------------------------------------------------------------------- the actor
+class BlockSampler:
+    """Ray Data callable class: loads the bundle once, turns plan rows into Arrow tables.
+
+    Args:
+        prepared: The prepared job (bundle location, scale, plan, schema).
+        device: torch device of this actor.
+        threads: torch intra-op threads of this actor (its CPU share).
+    """
+
+    def __init__(self, prepared: PreparedCohort, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.bundle = ModelBundle.load(prepared.bundle_location, device=device)
+        if self.bundle.bundle_id != prepared.bundle_id:
+            raise IncompatibleBundleError(
+                f"bundle at {prepared.bundle_location!r} changed while the job ran "
+                f"(id {self.bundle.bundle_id}, planned with {prepared.bundle_id}).")
+        plan = prepared.plan
+        self.plan = plan
+        self.schema = cohort_schema(prepared)
+        self.scale = prepared.scale
+        self.noise = prepared.noise
+        self.temperature = prepared.temperature
+        _, codes = self.bundle.encode_conditions(
+            [dict(zip(plan.columns, combo)) for combo in plan.combos])
+        self.codes = codes
+
+    def block_table(self, index: int, combo: int, count: int, seed: int) -> pa.Table:
+        """Sample one block and build its table from numpy without per-row Python."""
+        codes = np.repeat(self.codes[combo:combo + 1], count, axis=0)
+        [standardised] = self.bundle.sample_standardised(
+            [SampleRequest(codes, int(seed))], noise=self.noise, temperature=self.temperature)
+        # Gene-major layout: each gene column is then a contiguous slice that Arrow
+        # wraps without copying (one transpose instead of one copy per column).
+        values = np.ascontiguousarray(self.bundle.to_scale(standardised, self.scale).T)
+        del standardised
+        ids = pc.binary_join_element_wise(f"{self.plan.seed}-{index}-",
+                                          pc.cast(pa.array(np.arange(count)), pa.string()), "")
+        arrays = [ids] + [pa.repeat(value, count) for value in self.plan.combos[combo]]
+        arrays += [pa.array(values[j]) for j in range(values.shape[0])]
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        tables = [self.block_table(int(i), int(c), int(k), int(s)) for i, c, k, s in
+                  zip(batch["index"], batch["combo"], batch["count"], batch["seed"])]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
+    """Parquet writer options: dictionaries and statistics for the labels only.
+
+    Random float genes gain nothing from dictionary encoding (pyarrow would try it
+    and fall back, at a cost) or from min/max statistics.
+    """
+    labels = [SAMPLE_ID] + [c for c in prepared.plan.columns if c not in prepared.partition_by]
+    options = {"compression": prepared.compression,
+               "use_dictionary": [c for c in labels if c != SAMPLE_ID],
+               "write_statistics": labels}
+    if prepared.compression == "zstd":
+        # Level 1: random floats barely compress, higher levels only cost time.
+        options["compression_level"] = 1
+    return options
+
+
+# ---------------------------------------------------------------------- step 2: Ray
+def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
+    fs, path = _filesystem(prepared.staging)
+    partitioning = (pads.partitioning(pa.schema([(c, pa.string()) for c in prepared.partition_by]),
+                                      flavor="hive") if prepared.partition_by else None)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning,
+                           exclude_invalid_files=False)
+    columns = list(prepared.plan.columns)
+    table = dataset.to_table(columns=columns)
+    grouped = table.group_by(columns).aggregate([([], "count_all")]).to_pylist()
+    return {tuple(str(row[c]) for c in columns): int(row["count_all"]) for row in grouped}
+
+
+def _files(prepared: PreparedCohort) -> list[dict[str, Any]]:
+    fs, path = _filesystem(prepared.staging)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(({"path": info.path[len(path):].lstrip("/"), "bytes": info.size}
+                   for info in infos if info.type == pafs.FileType.File
+                   and info.path.endswith(".parquet")), key=lambda f: f["path"])
+
+
+def manifest(prepared: PreparedCohort, counts: dict[tuple[str, ...], int],
+             files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``_manifest.json`` record: enough to trust, check and regenerate the cohort."""
+    import ray
+    import torch
+
+    plan = prepared.plan
+    return {
+        **{k: v for k, v in schema_record(prepared).items() if k != "genes"},
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": prepared.bundle_location,
+        "n_genes": len(prepared.genes),
+        "genes": prepared.genes,
+        "condition_columns": list(plan.columns),
+        "columns": [SAMPLE_ID, *plan.columns, *prepared.genes],
+        "resolved_mix": plan.resolved_mix(),
+        "rows": sum(counts.values()),
+        "rows_per_condition": [dict(zip(plan.columns, combo), count=count)
+                               for combo, count in sorted(counts.items())],
+        "blocks": len(plan.blocks),
+        "partition_by": prepared.partition_by,
+        "rows_per_file": prepared.rows_per_file,
+        "compression": prepared.compression,
+        "files": files,
+        "versions": {"cvae_ray": __version__, "ray": ray.__version__,
+                     "torch": torch.__version__, "pyarrow": pa.__version__,
+                     "numpy": np.__version__, "python": sys.version.split()[0]},
+        "command": prepared.command,
+    }
+
+
+def _publish(prepared: PreparedCohort, record: dict[str, Any]) -> None:
+    text = json.dumps(record, indent=1)
+    if not prepared.remote:
+        (Path(prepared.staging) / MANIFEST).write_text(text)
+        replace_dir(Path(prepared.staging), local_path(prepared.out).resolve())
+        return
+    fs, staging = _filesystem(prepared.staging)
+    _, target = pafs.FileSystem.from_uri(prepared.out)
+    target = target.rstrip("/")
+    if prepared.overwrite:
+        fs.delete_dir_contents(target, missing_dir_ok=True)
+    fs.create_dir(target, recursive=True)
+    pafs.copy_files(staging, target, source_filesystem=fs, destination_filesystem=fs)
+    # The manifest goes last: its presence marks the cohort as complete.
+    with fs.open_output_stream(f"{target}/{MANIFEST}") as stream:
+        stream.write(text.encode())
+    fs.delete_dir(staging)
+
+
+def default_workers(gpu: bool) -> int:
+    """Sampling actors when not given: one per GPU, or the CPUs minus one left to the writers."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpu:
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int(resources.get("CPU", 1)) - 1)
+
+
+def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
+                 gpu: bool = False) -> dict[str, Any]:
+    """Generate the planned cohort with Ray Data and publish it (Ray must be initialised).
+
+    Args:
+        prepared: From :func:`prepare_cohort`.
+        workers: Sampling actors (default: :func:`default_workers`).
+        gpu: One GPU per actor.
+
+    Returns:
+        The manifest written beside the files.
+
+    Raises:
+        CvaeRayError: The files do not hold the planned rows (nothing is published).
+    """
+    import ray
+
+    if workers is not None and (not isinstance(workers, int) or workers <= 0):
+        raise InvalidConfigError(f"workers={workers!r} is not valid; expected a positive integer.")
+    workers = workers or default_workers(gpu)
+    try:
+        items = [asdict(block) for block in prepared.plan.blocks]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        dataset = dataset.map_batches(
+            BlockSampler,
+            fn_constructor_kwargs={"prepared": prepared, "device": "cuda" if gpu else "cpu",
+                                   "threads": 1},
+            # One plan block per decoder pass: the grouping never changes the values.
+            batch_size=1, batch_format="numpy", zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1, num_gpus=1 if gpu else None)
+        filesystem, path = _filesystem(prepared.staging)
+        unpartitioned = not prepared.partition_by
+        options = parquet_options(prepared)
+        dataset.write_parquet(
+            path, filesystem=filesystem, partition_cols=prepared.partition_by or None,
+            max_rows_per_file=prepared.rows_per_file,
+            min_rows_per_file=prepared.rows_per_file if unpartitioned else None,
+            arrow_parquet_args_fn=lambda: dict(options))
+        counts = _count_rows(prepared)
+        planned = dict(zip(prepared.plan.combos, prepared.plan.counts))
+        if counts != planned:
+            raise CvaeRayError(f"the written files hold {sum(counts.values())} rows "
+                               f"({counts}) instead of the planned {planned}; nothing published.")
+        record = manifest(prepared, counts, _files(prepared))
+        _publish(prepared, record)
+        return record
+    except BaseException:
+        discard_staging(prepared)
+        raise
+
+
+def generate_cohort(bundle: str, n: int, out: str, *, workers: int | None = None,
+                    gpu: bool = False, **options: Any) -> dict[str, Any]:
+    """:func:`prepare_cohort` then :func:`write_cohort` (Ray must be initialised).
+
+    Returns:
+        The manifest.
+    """
+    prepared = prepare_cohort(bundle, n, out, **options)
+    return write_cohort(prepared, workers=workers, gpu=gpu)
+
+
+def read_manifest(out: str) -> dict[str, Any]:
+    """Read a published cohort's manifest.
+
+    Raises:
+        InvalidConfigError: There is no manifest (the cohort is absent or incomplete).
+    """
+    fs, path = _filesystem(out)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{MANIFEST}") as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, OSError) as exc:
+        raise InvalidConfigError(f"{out!r} has no {MANIFEST}: not a complete cohort.") from exc
+
+
+__all__ = ["BLOCK_ROWS", "BlockSampler", "COMPRESSIONS", "MANIFEST", "PreparedCohort",
+           "cohort_schema", "discard_staging", "generate_cohort", "manifest", "prepare_cohort",
+           "read_manifest", "write_cohort"]
