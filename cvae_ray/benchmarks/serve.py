@@ -1,0 +1,249 @@
+"""Load benchmark of the sampling service, beside the in-process sampling speed (its limit).
+
+Starts a local Ray, deploys ``serve_config.yaml`` (pointed at a bundle, on a
+free loopback port) with ``serve run``, then drives ``POST /v1/samples`` from an
+async httpx client at several concurrencies, sample counts and encodings. Each
+cell is bounded by a request count and a duration. The limit is
+``bundle.sample`` called in this process for the same ``n`` (one torch thread,
+like a replica with ``num_cpus: 1``). The client only reads the response bytes;
+decoding them is the client's cost, not the service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO / "serve_config.yaml"
+FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Figures of one (format, n, concurrency) run.
+
+    Attributes:
+        fmt: ``json`` or ``arrow``.
+        n: Samples per request.
+        concurrency: Requests in flight at once.
+        requests: Requests completed (all must succeed).
+        seconds: Wall time of the run.
+        latencies_s: Per-request latency in seconds.
+    """
+
+    fmt: str
+    n: int
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies_s: tuple[float, ...]
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.requests_per_s * self.n
+
+    def latency_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1000)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """All cells plus the in-process limit (samples/s per ``n``)."""
+
+    bundle_id: str
+    n_genes: int
+    cells: tuple[Cell, ...]
+    in_process_samples_per_s: dict[int, float]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_process_throughput(bundle, n: int, *, duration_s: float, max_calls: int) -> float:
+    """Samples/s of ``bundle.sample`` for ``n`` samples per call (one torch thread)."""
+    import torch
+
+    conditions = {c: v[0] for c, v in bundle.vocab.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bundle.sample(conditions, n, seed=0)
+        calls, start = 0, time.perf_counter()
+        while calls < max_calls and time.perf_counter() - start < duration_s:
+            bundle.sample(conditions, n, seed=calls)
+            calls += 1
+        return calls * n / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+async def _drive(url: str, headers: dict[str, str], bodies: list[dict], accept: str,
+                 concurrency: int, duration_s: float, max_requests: int) -> tuple[int, float, list]:
+    import httpx
+
+    latencies: list[float] = []
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers={**headers, "Accept": accept},
+                                 timeout=120, limits=limits) as client:
+        for body in bodies[:concurrency]:  # warm the connections
+            (await client.post("/v1/samples", json=body)).raise_for_status()
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() - start < duration_s:
+                body = bodies[issued % len(bodies)]
+                issued += 1
+                t0 = time.perf_counter()
+                reply = await client.post("/v1/samples", json=body)
+                await reply.aread()
+                if reply.status_code != 200:
+                    raise RuntimeError(f"request failed: {reply.status_code} {reply.text[:300]}")
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(latencies), time.perf_counter() - start, latencies
+
+
+def deploy(bundle_dir: str | Path, port: int, gcs_address: str, workdir: Path) -> None:
+    """Deploy serve_config.yaml with ``serve run --non-blocking``, pointed at ``bundle_dir``."""
+    import yaml
+
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["applications"][0]["args"]["bundle"] = str(bundle_dir)
+    path = workdir / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).with_name("serve")
+    subprocess.run([str(serve_cli), "run", "--non-blocking", "--address", gcs_address, str(path)],
+                   cwd=REPO, check=True, timeout=300, capture_output=True)
+
+
+def _wait_ready(url: str, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the service at {url} did not become ready in {timeout_s} s")
+
+
+def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
+                  concurrencies: Sequence[int] = (1, 8, 32),
+                  formats: Sequence[str] = ("json", "arrow"), duration_s: float = 5.0,
+                  max_requests: int = 2000, num_cpus: int = 2,
+                  progress=print) -> BenchResult:
+    """Deploy the service on a fresh local Ray and measure every cell.
+
+    Args:
+        bundle_dir: The bundle to serve.
+        ns: Samples per request.
+        concurrencies: Requests in flight.
+        formats: ``json`` and/or ``arrow``.
+        duration_s: Longest run per cell.
+        max_requests: Most requests per cell.
+        num_cpus: CPUs of the local Ray started here.
+        progress: Called with a line per finished cell.
+
+    Returns:
+        The measured cells and the in-process limit.
+    """
+    import ray
+    from ray import serve
+
+    from cvae_ray.bundle import ModelBundle
+    from cvae_ray.serve_api import read_api_token
+
+    bundle = ModelBundle.load(bundle_dir)
+    limit: dict[int, float] = {}
+    rng = np.random.default_rng(0)
+    token = read_api_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    cells = []
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
+            deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))
+            _wait_ready(url)
+        for fmt in formats:
+            for n in ns:
+                if n not in limit:
+                    # Measured here, beside the idle service, so both see the same machine load.
+                    limit[n] = in_process_throughput(bundle, n, duration_s=min(duration_s, 3.0),
+                                                     max_calls=max_requests)
+                bodies = [{"conditions": {c: str(rng.choice(v)) for c, v in bundle.vocab.items()},
+                           "n": n, "seed": i} for i in range(64)]
+                for concurrency in concurrencies:
+                    done, seconds, latencies = asyncio.run(_drive(
+                        url, headers, bodies, FORMATS[fmt], concurrency, duration_s, max_requests))
+                    cell = Cell(fmt, n, concurrency, done, seconds, tuple(latencies))
+                    cells.append(cell)
+                    progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} {cell.requests_per_s:9.1f} req/s "
+                             f"{cell.samples_per_s:11.0f} samples/s  p50 {cell.latency_ms(50):7.1f} ms "
+                             f"p99 {cell.latency_ms(99):7.1f} ms")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit)
+
+
+def format_table(result: BenchResult) -> str:
+    """The figures as a Markdown table (served beside the in-process limit)."""
+    lines = [
+        f"bundle `{result.bundle_id}` ({result.n_genes} genes); limit = in-process "
+        f"`bundle.sample` samples/s, one torch thread",
+        "",
+        "| format | n | concurrency | requests/s | samples/s | % of in-process | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cell in result.cells:
+        limit = result.in_process_samples_per_s[cell.n]
+        lines.append(
+            f"| {cell.fmt} | {cell.n} | {cell.concurrency} | {cell.requests_per_s:.1f} | "
+            f"{cell.samples_per_s:.0f} | {100 * cell.samples_per_s / limit:.0f}% | "
+            f"{cell.latency_ms(50):.1f} | {cell.latency_ms(99):.1f} |")
+    lines += ["", "| n | in-process samples/s (limit) |", "| ---: | ---: |"]
+    lines += [f"| {n} | {v:.0f} |" for n, v in result.in_process_samples_per_s.items()]
+    return "\n".join(lines)
+
+
+def quick_bundle(data: str | Path, out: str | Path, *, epochs: int = 5) -> Path:
+    """Fit a bundle for benchmarking when none is given (default architecture, few epochs).
+
+    Sampling speed depends on the architecture and gene count, not on how well
+    the model is trained, so a short fit is enough here.
+    """
+    from cvae_ray.config import CohortSpec, TrainConfig
+    from cvae_ray.data import read_cohort
+    from cvae_ray.fitting import fit_bundle
+
+    cohort = read_cohort(data, ["tissue", "source"])
+    bundle, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")),
+                           train_config=TrainConfig(epochs=epochs, eval_every=epochs))
+    bundle.save(out)
+    return Path(out)
