@@ -1,0 +1,87 @@
+"""Benchmark the CVAE against baseline generators on one fixed split.
+
+    python jobs/benchmark.py --data FILE --condition COL [--condition COL ...]
+        [--genes LIST_FILE] [--no-log] [--nan-policy impute_mean]
+        [--generators cvae,gaussian,wgan-gp,tvae,ctgan] [--seeds N]
+        [--time-budget SECONDS] [--options OPTIONS.json] --out DIR
+
+Prints one table and writes DIR/results.md, DIR/results.json and DIR/run.json.
+See docs/benchmark.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from cvae_ray.cli import add_data_arguments, cohort_spec_from_args, read_cohort_from_args
+from cvae_ray.errors import CvaeRayError, InvalidConfigError
+
+ALL_GENERATORS = "cvae,gaussian,wgan-gp,tvae,ctgan"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the benchmark job (importable without starting anything)."""
+    parser = argparse.ArgumentParser(
+        description="Fit, sample and score synthetic-data generators on one seeded split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(parser)
+    parser.add_argument("--generators", default=ALL_GENERATORS,
+                        help="comma-separated generator names")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="fit/sampling seed pairs per generator (the split stays fixed)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="wall-clock budget of each fit; epochs stop there and the table "
+                             "says so")
+    parser.add_argument("--options", metavar="JSON_FILE",
+                        help="per-generator options, e.g. {\"wgan-gp\": {\"epochs\": 500}}")
+    parser.add_argument("--out", required=True, help="directory for results.md/.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when every generator ran, 1 when one failed, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    from cvae_ray.benchmark import format_table, run_benchmark, write_results
+    from cvae_ray.generators import GENERATORS
+    from cvae_ray.prepare import prepare
+
+    try:
+        names = [g.strip() for g in args.generators.split(",") if g.strip()]
+        unknown = [g for g in names if g not in GENERATORS]
+        if unknown or not names:
+            raise InvalidConfigError(f"--generators {args.generators!r}: unknown {unknown}; "
+                                     f"choose from {sorted(GENERATORS)}.")
+        if args.seeds < 1:
+            raise InvalidConfigError(f"--seeds {args.seeds} must be at least 1.")
+        options = json.loads(Path(args.options).read_text()) if args.options else {}
+        spec = cohort_spec_from_args(args)
+        cohort = read_cohort_from_args(args, spec)
+        prepared = prepare(cohort, spec)
+        print(f"{len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; split "
+              f"train/val/test = {len(prepared.split.train)}/{len(prepared.split.val)}/"
+              f"{len(prepared.split.test)}; conditions {list(prepared.vocab)}", flush=True)
+        started = time.perf_counter()
+        rows = run_benchmark(prepared, names, seeds=args.seeds, time_budget_s=args.time_budget,
+                             options=options, progress=lambda line: print(line, flush=True))
+        run = {"data": args.data, "conditions": list(prepared.vocab),
+               "genes": len(prepared.genes), "samples": len(prepared.sample_ids),
+               "split": {p: int(len(getattr(prepared.split, p))) for p in ("train", "val", "test")},
+               "cohort_spec": spec.to_dict(), "fingerprint": prepared.fingerprint,
+               "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
+               "options": options, "minutes": round((time.perf_counter() - started) / 60, 1)}
+        path = write_results(rows, args.out, run)
+    except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print(f"wrote {path} and results.json")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
