@@ -1,0 +1,188 @@
+"""Hyperparameter search with Ray Tune + Ray Train; exports the best model bundle.
+
+Local (starts its own Ray):
+    python jobs/tune.py --data FILE --condition tissue --condition source --num-trials 8
+On a running cluster:
+    ray job submit --working-dir . -- python jobs/tune.py --data /abs/FILE ... \
+        --storage /shared/or/s3://bucket/path
+Without --data it tunes on the built-in SIMULATED demo cohort.
+Re-running with the same --name (and --storage) resumes an interrupted search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from cvae_ray.cli import add_data_arguments, cohort_spec_from_args, read_cohort_from_args
+from cvae_ray.errors import CvaeRayError, InvalidConfigError
+
+# Relative input paths are also looked up here: under `ray job submit --working-dir`
+# the job runs in a copy of the repository, not where it was submitted from.
+BASE_DIR_ENV = "CVAE_RAY_BASE_DIR"
+DEMO_CONDITIONS = ("tissue", "source")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's argument parser (importable without starting Ray)."""
+    parser = argparse.ArgumentParser(
+        prog="jobs/tune.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Search CVAE hyperparameters with Ray Tune (each trial trained by Ray "
+                    "Train workers) and export the best checkpoint, chosen on validation "
+                    "only, as a model bundle.")
+    add_data_arguments(parser, data_required=False)
+    parser.add_argument("--num-trials", type=int, default=8, metavar="N",
+                        help="trials to run (the config defaults are the first)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="Ray Train workers (DDP ranks) per trial")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="CPUs reserved by each Train worker")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per Train worker")
+    parser.add_argument("--storage", default="runs/tune", metavar="PATH_OR_URI",
+                        help="Tune/Train results and checkpoints (shared storage or a bucket "
+                             "URI on a multi-node cluster)")
+    parser.add_argument("--name", default="cvae-tune", metavar="RUN_NAME",
+                        help="run name under --storage; the same name resumes the run")
+    parser.add_argument("--out", default="runs/best_bundle", metavar="BUNDLE_PATH",
+                        help="where the best model bundle is exported (path or URI)")
+    parser.add_argument("--search-space", metavar="FILE",
+                        help="YAML/JSON search space (see docs/tuning.md); default: ranges "
+                             "around the config defaults")
+    parser.add_argument("--max-trial-time", type=float, default=None, metavar="SECONDS",
+                        help="training-time budget of one trial")
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="worker-group restarts per trial (from its last checkpoint)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job "
+                             "submit`; otherwise a new local Ray is started)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray started when there is no cluster")
+    return parser
+
+
+def _input_path(value: str | None, option: str) -> str | None:
+    """Resolve a relative input path, trying $CVAE_RAY_BASE_DIR when it is not in cwd."""
+    from cvae_ray.storage import is_uri
+
+    if value is None or is_uri(value) or Path(value).is_absolute() or Path(value).exists():
+        return value
+    base = os.environ.get(BASE_DIR_ENV)
+    if base and (Path(base) / value).exists():
+        return str(Path(base) / value)
+    raise InvalidConfigError(
+        f"{option} {value!r} does not exist (relative to {os.getcwd()}). Under `ray job "
+        f"submit --working-dir` the job runs in a copy of the repository: give an absolute "
+        f"path, or set {BASE_DIR_ENV} in the job's runtime env to the submitting directory.")
+
+
+def _output_path(value: str) -> str:
+    from cvae_ray.storage import is_uri
+
+    if is_uri(value) or Path(value).is_absolute():
+        return value
+    base = os.environ.get(BASE_DIR_ENV)
+    return str((Path(base) / value) if base else Path(value).resolve())
+
+
+def _init_ray(args: argparse.Namespace) -> bool:
+    """Connect to the cluster, or start a local Ray; return whether this job started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # A job's RAY_ADDRESS may be the dashboard's HTTP address (the one given to
+        # `ray job submit`); the driver then runs on a cluster node and joins it.
+        ray.init(address="auto" if address.startswith(("http://", "https://")) else address)
+        return False
+    # "local" never attaches to another Ray running on this machine.
+    ray.init(address="local", num_cpus=args.num_cpus)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the search; print a summary. Exit code 2 on bad input, before any trial."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CvaeRayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cvae_ray.prepare import prepare
+    from cvae_ray.search_space import default_space, read_space, space_to_dict
+
+    if args.num_trials < 1:
+        raise InvalidConfigError(f"--num-trials={args.num_trials} must be at least 1.")
+    if args.workers < 1:
+        raise InvalidConfigError(f"--workers={args.workers} must be at least 1.")
+    space = (read_space(_input_path(args.search_space, "--search-space"))
+             if args.search_space else default_space())
+    from cvae_ray.tuning import TuneRequest, check_storage, resolve_storage, run_search
+
+    storage = resolve_storage(_output_path(args.storage))
+    check_storage(storage)
+    out = _output_path(args.out)
+    args.genes = _input_path(args.genes, "--genes")
+    args.metadata = _input_path(args.metadata, "--metadata")
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.data is None:
+            from cvae_ray.simulate import SIMULATED_NOTE, write_demo_cohort
+
+            banner = "*" * 78
+            print(f"{banner}\n* NO --data GIVEN: tuning on the {SIMULATED_NOTE}.\n"
+                  f"* The exported bundle is a demo; pass --data FILE for real data.\n{banner}",
+                  flush=True)
+            args.data = write_demo_cohort(str(Path(scratch) / "demo.parquet"))
+            args.condition = args.condition or list(DEMO_CONDITIONS)
+        else:
+            args.data = _input_path(args.data, "--data")
+        spec = cohort_spec_from_args(args)
+        cohort = read_cohort_from_args(args, spec)
+        prepared = prepare(cohort, spec)
+    from cvae_ray.train import payload_from_prepared
+
+    payload = payload_from_prepared(prepared, spec)
+    print(f"data: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; conditions "
+          f"{list(spec.conditions)}; train/val/test = {len(prepared.split.train)}/"
+          f"{len(prepared.split.val)}/{len(prepared.split.test)}", flush=True)
+    print(f"search space: {space_to_dict(space)}", flush=True)
+    request = TuneRequest(space=space, num_trials=args.num_trials, workers=args.workers,
+                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                          storage=storage, name=args.name, out=out, seed=args.seed,
+                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures)
+    import ray
+
+    started = _init_ray(args)
+    try:
+        outcome = run_search(request, payload, log=lambda m: print(m, flush=True))
+    finally:
+        if started:
+            ray.shutdown()
+    _print_summary(outcome)
+    return 0
+
+
+def _print_summary(outcome) -> None:
+    print("=" * 78)
+    print(f"trials: {outcome.n_trials} run, {outcome.n_stopped_early} stopped early by ASHA, "
+          f"{outcome.n_errored} errored{' (resumed search)' if outcome.resumed else ''}")
+    print(f"best trial {outcome.best_trial_id}: validation gamma {outcome.best_val_gamma:.4f} "
+          f"at epoch {outcome.best_epoch}")
+    if outcome.default_val_gamma is not None:
+        print(f"config defaults (first trial): validation gamma "
+              f"{outcome.default_val_gamma:.4f}")
+    print(f"best configuration: {outcome.best_config}")
+    print(f"bundle: {outcome.bundle_path}")
+    print(f"trial table: {outcome.trials_csv}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
