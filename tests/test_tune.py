@@ -109,11 +109,13 @@ def test_bad_input_exits_2_before_any_trial(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ local Ray
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
+    """A fresh local Ray per test: a trial that ASHA stops can leave its placement group
+    behind for a while, and a later test must not wait on those CPUs."""
     import ray
 
-    ray.init(num_cpus=2)
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1")
     try:
         yield ray
     finally:
@@ -188,12 +190,14 @@ class _Cluster:
         self.temp = Path(f"/tmp/cvt{secrets.token_hex(3)}")  # short: unix socket paths
         self.logs = root
         ray = str(BIN / "ray")
-        head = [ray, "start", "--head", "--block", "--num-cpus", "1", "--port", str(self.gcs),
+        head = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", "1", "--port", str(self.gcs),
                 "--dashboard-port", str(self.dashboard), "--dashboard-host", "127.0.0.1",
                 "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
                 "--dashboard-agent-listen-port", str(_free_port()),
                 "--temp-dir", str(self.temp), "--disable-usage-stats"]
-        node = [ray, "start", "--block", "--address", f"127.0.0.1:{self.gcs}", "--num-cpus",
+        node = [ray, "start", "--block", "--node-ip-address", "127.0.0.1",
+                "--address", f"127.0.0.1:{self.gcs}", "--num-cpus",
                 "1", "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
         self.procs = [self._popen(head, "head")]
         self._wait_for(lambda: self._cpus() >= 1, 120, "head node")
@@ -236,15 +240,16 @@ class _Cluster:
         raise AssertionError(f"no job id in: {out.stdout}")
 
     def wait(self, job_id: str, timeout: float) -> str:
-        deadline = time.time() + timeout
+        deadline, out = time.time() + timeout, ""
         while time.time() < deadline:
             done = self.job("status", job_id)
             out = done.stdout + done.stderr  # the CLI logs the status line to stderr
+            # The CLI says e.g. "Job 'raysubmit_x' was stopped" / "succeeded" / "failed".
             for status in ("SUCCEEDED", "FAILED", "STOPPED"):
-                if f"status: {status}" in out or f"'{status}'" in out or f" {status}" in out:
+                if status.lower() in out.lower():
                     return status
             time.sleep(3)
-        return "TIMEOUT"
+        return f"TIMEOUT (last status output: {out.strip()[-500:]!r})"
 
     def stop(self):
         for proc in reversed(self.procs):
@@ -284,8 +289,8 @@ def test_job_submit_on_two_node_cluster_stops_and_resumes(tmp_path):
             time.sleep(2)
         done_before = _completed_trials(storage / "resume")
         assert done_before, cluster.job("logs", first).stdout[-3000:]
-        cluster.job("stop", first)
-        assert cluster.wait(first, 120) in ("STOPPED", "SUCCEEDED")
+        stopped = cluster.job("stop", first)  # blocks until the job has stopped
+        assert cluster.wait(first, 300) in ("STOPPED", "SUCCEEDED"), stopped.stdout + stopped.stderr
         # Run 2: the same --name resumes the search instead of starting over.
         second = cluster.submit(argv)
         status = cluster.wait(second, 420)
