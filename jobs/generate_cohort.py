@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Sequence
@@ -102,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if started:
-            ray.init()
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init()
+            else:
+                # A Ray started here listens on loopback only (ports not on the network).
+                ray.init(address="local", _node_ip_address="127.0.0.1")
         record = write_cohort(prepared, workers=args.workers, gpu=args.gpu)
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)

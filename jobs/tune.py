@@ -100,8 +100,9 @@ def _init_ray(args: argparse.Namespace) -> bool:
         # `ray job submit`); the driver then runs on a cluster node and joins it.
         ray.init(address="auto" if address.startswith(("http://", "https://")) else address)
         return False
-    # "local" never attaches to another Ray running on this machine.
-    ray.init(address="local", num_cpus=args.num_cpus)
+    # "local" never attaches to another Ray running on this machine; a Ray started
+    # here listens on loopback only, so its ports are not exposed on the network.
+    ray.init(address="local", num_cpus=args.num_cpus, _node_ip_address="127.0.0.1")
     return True
 
 
