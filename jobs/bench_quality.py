@@ -1,0 +1,51 @@
+"""Measure the default CVAE's test-split quality on a real cohort (issue #2's protocol).
+
+    python jobs/bench_quality.py --data ../shared/data/rnaseqdb_gtex_tcga_l1000.parquet \
+        --condition tissue --condition source --fit-seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the quality benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--condition", action="append", required=True)
+    parser.add_argument("--genes")
+    parser.add_argument("--no-log", dest="log_transform", action="store_false")
+    parser.add_argument("--nan-policy", default="error")
+    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run and print one JSON row per fit seed."""
+    from cvae_ray.benchmarks.quality import measure
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = measure(args.data, args.condition, genes_file=args.genes,
+                   log_transform=args.log_transform, nan_policy=args.nan_policy,
+                   fit_seeds=args.fit_seeds, sample_seeds=args.sample_seeds)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(rows, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
