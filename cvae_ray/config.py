@@ -23,23 +23,25 @@ NAN_POLICIES = ("error", "drop_samples", "drop_genes", "impute_mean", "impute_ze
 SCALES = ("input", "log")
 
 
-def _check(ok: bool, name: str, value: Any, accepted: str) -> None:
+def check_value(ok: bool, name: str, value: Any, accepted: str) -> None:
+    """Raise InvalidConfigError naming `name`, `value` and what is accepted unless `ok`."""
     if not ok:
         raise InvalidConfigError(f"{name}={value!r} is not valid; expected {accepted}.")
 
 
-def _positive_int(name: str, value: Any) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+def check_positive_int(name: str, value: Any) -> None:
+    """Refuse anything but a positive int (bools included)."""
+    check_value(isinstance(value, int) and not isinstance(value, bool) and value > 0,
            name, value, "a positive integer")
 
 
 def _fraction(name: str, value: Any, *, allow_zero: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (0.0 <= value < 1.0 if allow_zero else 0.0 < value < 1.0)
-    _check(ok, name, value, "a number in [0, 1)" if allow_zero else "a number in (0, 1)")
+    check_value(ok, name, value, "a number in [0, 1)" if allow_zero else "a number in (0, 1)")
 
 
-class _FromDict:
+class FromDictMixin:
     """Mixin: build from a plain mapping, rejecting unknown keys by name."""
 
     @classmethod
@@ -71,7 +73,7 @@ class _FromDict:
 
 
 @dataclass(frozen=True)
-class ModelConfig(_FromDict):
+class ModelConfig(FromDictMixin):
     """Architecture of the conditional VAE.
 
     Attributes:
@@ -92,22 +94,22 @@ class ModelConfig(_FromDict):
     min_log_var: float = -6.0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
+        check_value(isinstance(self.hidden, tuple) and len(self.hidden) > 0
                and all(isinstance(h, int) and not isinstance(h, bool) and h > 0
                        for h in self.hidden),
                "hidden", self.hidden, "a non-empty tuple of positive integers")
-        _positive_int("latent_dim", self.latent_dim)
-        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+        check_positive_int("latent_dim", self.latent_dim)
+        check_value(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                "dropout", self.dropout, "a number in [0, 1)")
-        _check(self.norm in NORMALIZATIONS, "norm", self.norm, f"one of {NORMALIZATIONS}")
-        _check(self.likelihood in LIKELIHOODS, "likelihood", self.likelihood,
+        check_value(self.norm in NORMALIZATIONS, "norm", self.norm, f"one of {NORMALIZATIONS}")
+        check_value(self.likelihood in LIKELIHOODS, "likelihood", self.likelihood,
                f"one of {LIKELIHOODS}")
-        _check(isinstance(self.min_log_var, (int, float)), "min_log_var", self.min_log_var,
+        check_value(isinstance(self.min_log_var, (int, float)), "min_log_var", self.min_log_var,
                "a number")
 
 
 @dataclass(frozen=True)
-class TrainConfig(_FromDict):
+class TrainConfig(FromDictMixin):
     """Optimisation settings of the training loop.
 
     Attributes:
@@ -137,29 +139,29 @@ class TrainConfig(_FromDict):
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        _check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_value(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
                "a positive number")
-        _check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+        check_value(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
                "weight_decay", self.weight_decay, "a number >= 0")
-        _check(isinstance(self.beta, (int, float)) and self.beta > 0, "beta", self.beta,
+        check_value(isinstance(self.beta, (int, float)) and self.beta > 0, "beta", self.beta,
                "a positive number")
-        _check(isinstance(self.kl_warmup_epochs, int) and self.kl_warmup_epochs >= 0,
+        check_value(isinstance(self.kl_warmup_epochs, int) and self.kl_warmup_epochs >= 0,
                "kl_warmup_epochs", self.kl_warmup_epochs, "an integer >= 0")
-        _positive_int("patience", self.patience)
-        _positive_int("eval_every", self.eval_every)
-        _check(self.max_time_s is None or (isinstance(self.max_time_s, (int, float))
+        check_positive_int("patience", self.patience)
+        check_positive_int("eval_every", self.eval_every)
+        check_value(self.max_time_s is None or (isinstance(self.max_time_s, (int, float))
                                            and self.max_time_s > 0),
                "max_time_s", self.max_time_s, "a positive number of seconds or None")
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
+        check_value(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
                "an integer >= 0")
-        _check(isinstance(self.device, str) and bool(self.device), "device", self.device,
+        check_value(isinstance(self.device, str) and bool(self.device), "device", self.device,
                "a torch device string such as 'cpu' or 'cuda'")
 
 
 @dataclass(frozen=True)
-class CohortSpec(_FromDict):
+class CohortSpec(FromDictMixin):
     """How to read, select, split and preprocess a cohort.
 
     Attributes:
@@ -187,27 +189,27 @@ class CohortSpec(_FromDict):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.conditions, tuple) and len(self.conditions) > 0
+        check_value(isinstance(self.conditions, tuple) and len(self.conditions) > 0
                and all(isinstance(c, str) and c for c in self.conditions),
                "conditions", self.conditions, "at least one condition column name")
-        _check(len(set(self.conditions)) == len(self.conditions), "conditions",
+        check_value(len(set(self.conditions)) == len(self.conditions), "conditions",
                self.conditions, "distinct column names")
-        _check(self.genes_file is None or self.top_genes is None, "top_genes",
+        check_value(self.genes_file is None or self.top_genes is None, "top_genes",
                self.top_genes, "None when genes_file is given (choose one gene selection)")
         if self.top_genes is not None:
-            _positive_int("top_genes", self.top_genes)
-        _check(self.nan_policy in NAN_POLICIES, "nan_policy", self.nan_policy,
+            check_positive_int("top_genes", self.top_genes)
+        check_value(self.nan_policy in NAN_POLICIES, "nan_policy", self.nan_policy,
                f"one of {NAN_POLICIES}")
         _fraction("val_fraction", self.val_fraction, allow_zero=False)
         _fraction("test_fraction", self.test_fraction, allow_zero=True)
-        _check(self.val_fraction + self.test_fraction < 0.9, "val_fraction + test_fraction",
+        check_value(self.val_fraction + self.test_fraction < 0.9, "val_fraction + test_fraction",
                self.val_fraction + self.test_fraction, "a sum below 0.9 (training needs samples)")
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
+        check_value(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
                "an integer >= 0")
 
 
 @dataclass(frozen=True)
-class SampleConfig(_FromDict):
+class SampleConfig(FromDictMixin):
     """Defaults for drawing synthetic samples from a bundle.
 
     Attributes:
@@ -224,11 +226,11 @@ class SampleConfig(_FromDict):
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.noise, bool), "noise", self.noise, "true or false")
-        _check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+        check_value(isinstance(self.noise, bool), "noise", self.noise, "true or false")
+        check_value(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
                "temperature", self.temperature, "a number >= 0")
-        _check(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
-        _positive_int("max_n", self.max_n)
+        check_value(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
+        check_positive_int("max_n", self.max_n)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cvae_ray.config import _FromDict, _check, _positive_int
+from cvae_ray.config import FromDictMixin, check_value, check_positive_int
 from cvae_ray.errors import InvalidDataError
 from cvae_ray.generators import check_fit_inputs, encode, vocabulary
 from cvae_ray.metrics import gamma
 
 
 @dataclass(frozen=True)
-class WganGpConfig(_FromDict):
+class WganGpConfig(FromDictMixin):
     """Settings of the WGAN-GP baseline; defaults are Viñas et al.'s (``gtex_tcga_gan.py``).
 
     Attributes:
@@ -47,14 +47,14 @@ class WganGpConfig(_FromDict):
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
+        check_value(isinstance(self.hidden, tuple) and len(self.hidden) > 0
                and all(isinstance(h, int) and h > 0 for h in self.hidden),
                "hidden", self.hidden, "a non-empty tuple of positive integers")
         for name in ("latent_dim", "batch_size", "critic_steps", "epochs", "eval_every"):
-            _positive_int(name, getattr(self, name))
-        _check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
+            check_positive_int(name, getattr(self, name))
+        check_value(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
                "a positive number")
-        _check(isinstance(self.gp_weight, (int, float)) and self.gp_weight >= 0, "gp_weight",
+        check_value(isinstance(self.gp_weight, (int, float)) and self.gp_weight >= 0, "gp_weight",
                self.gp_weight, "a number >= 0")
 
 
