@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -77,21 +78,28 @@ def _run(stage: str, argv: Sequence[str], env: dict[str, str], timings: dict[str
 def local_cluster(num_cpus: int = 2) -> Iterator[str]:
     """Start a one-node Ray cluster on 127.0.0.1 and stop only it afterwards.
 
+    Token authentication is on, with a fresh token placed in this process's
+    environment, so the cluster, every job started from here and this process's
+    own ``ray.init`` share it (and nothing else on the machine can use the cluster).
+
     Yields:
         The cluster's GCS address (``127.0.0.1:PORT``).
     """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     port, dashboard = free_port(), free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        [ray_cli, "start", "--head", "--block",
          "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--disable-usage-stats"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        env=dict(os.environ), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
-        while subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status",
-                              "--address", address], capture_output=True).returncode != 0:
+        while subprocess.run([ray_cli, "status", "--address", address], env=dict(os.environ),
+                             capture_output=True).returncode != 0:
             if head.poll() is not None or time.time() > deadline:
                 raise CvaeRayError("the local Ray cluster did not start (see `ray start --head`).")
             time.sleep(2)
@@ -171,7 +179,8 @@ def run_demo(out: str | Path, *, data: str | None = None,
     space.write_text(json.dumps(DEMO_SEARCH_SPACE, indent=1))
     condition_args = [a for c in conditions for a in ("--condition", c)]
     with local_cluster() as address:
-        env["RAY_ADDRESS"] = address
+        env.update(RAY_ADDRESS=address, RAY_AUTH_MODE="token",
+                   RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"])
         _run("tune", [python, "jobs/tune.py", "--data", data, *condition_args,
                       "--num-trials", num_trials, "--search-space", space,
                       "--storage", out / "tune", "--name", "demo", "--out", result.bundle],
@@ -229,7 +238,7 @@ def _quality_lines(report: dict) -> list[str]:
         entry = metrics.get(name)
         if not isinstance(entry, dict):
             continue
-        mean, sd, ref = entry.get("mean"), entry.get("sd"), entry.get("reference")
+        mean, sd, ref = entry.get("mean"), entry.get("sd"), entry.get("reference_mean")
         if mean is None:
             continue
         ref_text = f"{ref:.3f}" if isinstance(ref, (int, float)) else "n/a"
