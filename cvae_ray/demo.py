@@ -115,7 +115,24 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
                 os.killpg(head.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        _forget_cluster(address)
         _say("local Ray cluster stopped")
+
+
+def _forget_cluster(address: str) -> None:
+    """Remove Ray's "current cluster" record if it still names the cluster just stopped.
+
+    `ray start` records its address for later bare `ray.init()` calls and only
+    `ray stop` (which stops every cluster on the machine) clears it; left behind,
+    it sends the next `ray.init()` to a cluster that no longer exists.
+    """
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    try:
+        if read_ray_address() == address:
+            os.remove(get_ray_address_file(None))
+    except OSError:
+        pass
 
 
 def _serve_and_request(address: str, bundle: Path, conditions: dict[str, str]) -> dict:

@@ -29,7 +29,7 @@ import generate_cohort  # noqa: E402
 def ray_cluster():
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     yield context
     ray.shutdown()
 

@@ -121,7 +121,7 @@ def service(bundles, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     saved = {k: os.environ.pop(k, None) for k in (TOKEN_ENV, TOKEN_FILE_ENV, "CVAE_RAY_BUNDLE")}
     os.environ[TOKEN_FILE_ENV] = str(token_file)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         svc = Service(tmp, _free_port(), ray.get_runtime_context().gcs_address)
         svc.deploy(bundles[0])

@@ -115,7 +115,7 @@ def local_ray():
     behind for a while, and a later test must not wait on those CPUs."""
     import ray
 
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1")
     try:
         yield ray
     finally:
@@ -227,7 +227,9 @@ class _Cluster:
         raise TimeoutError(f"{what} did not come up within {timeout} s")
 
     def job(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), "job", *args, "--address", self.address],
+        # --address before the subcommand's own arguments: after `--` it would reach the job.
+        verb, *rest = args
+        return subprocess.run([str(BIN / "ray"), "job", verb, "--address", self.address, *rest],
                               env=self.env, capture_output=True, text=True, cwd=REPO)
 
     def submit(self, argv: list[str]) -> str:
