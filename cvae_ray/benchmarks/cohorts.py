@@ -167,7 +167,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         # Each sampling actor runs torch on one thread; the raw rate uses the same.
         raw = raw_decoder_rate(bundle_path, threads=1)
         print(f"raw decoder (1 thread, batch 8192): {raw:,.0f} samples/s")
-        ray.init(num_cpus=args.cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
         try:
             from cvae_ray.cohorts import default_workers
 

@@ -185,7 +185,8 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     cells = []
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1")
     try:
         with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
             deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))

@@ -100,7 +100,7 @@ def run(data: str | None = None, conditions: tuple[str, ...] = ("tissue", "sourc
     source = data or "SIMULATED demo cohort"
     print(f"data: {source}: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; "
           f"{cpus} CPUs; no GPU", flush=True)
-    ray.init(address="local", num_cpus=cpus)
+    ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1")
     try:
         searches = [search_figures(payload, workers=w, num_trials=num_trials, storage=storage)
                     for w in (1, 2)]
