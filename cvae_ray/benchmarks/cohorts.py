@@ -144,8 +144,8 @@ def end_to_end(bundle_path: str, n: int, compression: str, workers: int | None,
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see jobs/bench_cohorts.py)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the cohort benchmark (importable without starting Ray)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", help="bundle to use (default: train a quick one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -155,7 +155,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                         help="sampling actors (default: the job's default)")
     parser.add_argument("--block-rows", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see jobs/bench_cohorts.py)."""
+    args = build_parser().parse_args(argv)
 
     import ray
 
