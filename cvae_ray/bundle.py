@@ -32,12 +32,13 @@ from cvae_ray import __version__
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.errors import (IncompatibleBundleError, InvalidConfigError, InvalidDataError,
                              UnknownConditionError)
-from cvae_ray.model import CVAE
+from cvae_ray.model import CVAE, cpu_state
 from cvae_ray.preprocess import Preprocessor
 from cvae_ray.storage import download_dir, is_uri, local_path, replace_dir, upload_dir
 
 BUNDLE_FORMAT = "cvae_ray.bundle"
-BUNDLE_VERSION = 1
+# 2: the weights carry the fitted latent prior (cvae_ray.latent_prior).
+BUNDLE_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -162,7 +163,7 @@ class ModelBundle:
             config = dict(self.metadata, genes=self.genes, conditions=self.vocab,
                           preprocessing=self.preprocessor.to_dict())
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            state = cpu_state(self.model)
             torch.save(state, staging / WEIGHTS_FILE)
             if is_uri(path):
                 upload_dir(staging, str(path))
@@ -348,14 +349,15 @@ class ModelBundle:
         temperature = self.sample_defaults.temperature if temperature is None else temperature
         latent = self.model.config.latent_dim
         generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
-        z = torch.cat([torch.randn(len(r.codes), latent, generator=g)
-                       for r, g in zip(requests, generators)])
-        codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
-        means = self.model.decode(z.to(self.device), codes.to(self.device))
+        latent_noise = torch.cat([torch.randn(len(r.codes), latent, generator=g)
+                                  for r, g in zip(requests, generators)])
+        gene_noise = None
         if noise and temperature > 0:
-            eps = torch.cat([torch.randn(len(r.codes), self.model.n_genes, generator=g)
-                             for r, g in zip(requests, generators)]).to(self.device)
-            means = means + eps * torch.exp(0.5 * self.model.decoder_log_var()) * temperature
+            gene_noise = torch.cat([torch.randn(len(r.codes), self.model.n_genes, generator=g)
+                                    for r, g in zip(requests, generators)])
+        codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
+        means = self.model.draw(codes, latent_noise, gene_noise, temperature=temperature,
+                                fitted_prior=self.sample_defaults.latent == "fitted")
         out = means.float().cpu().numpy()
         bounds = np.cumsum([0] + [len(r.codes) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -21,6 +21,7 @@ NORMALIZATIONS = ("batch", "layer", "none")
 LIKELIHOODS = ("gaussian", "mse")
 NAN_POLICIES = ("error", "drop_samples", "drop_genes", "impute_mean", "impute_zero")
 SCALES = ("input", "log")
+LATENT_PRIORS = ("fitted", "standard")
 
 
 def check_value(ok: bool, name: str, value: Any, accepted: str) -> None:
@@ -87,7 +88,7 @@ class ModelConfig(FromDictMixin):
     """
 
     hidden: tuple[int, ...] = (512, 256)
-    latent_dim: int = 32
+    latent_dim: int = 64
     dropout: float = 0.1
     norm: str = "batch"
     likelihood: str = "gaussian"
@@ -130,7 +131,7 @@ class TrainConfig(FromDictMixin):
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    beta: float = 1.0
+    beta: float = 0.25
     kl_warmup_epochs: int = 20
     patience: int = 8
     eval_every: int = 5
@@ -217,12 +218,16 @@ class SampleConfig(FromDictMixin):
             as the reference method did; smoother but less diverse).
         temperature: Scale of the decoder noise's standard deviation.
         scale: ``input`` (the scale of the training file, e.g. linear FPKM) or ``log``.
+        latent: ``fitted`` draws latent codes from the Gaussian fitted per condition
+            combination on the training split (:mod:`cvae_ray.latent_prior`);
+            ``standard`` from the N(0, I) prior, as the reference method did.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 
     noise: bool = True
     temperature: float = 1.0
     scale: str = "input"
+    latent: str = "fitted"
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
@@ -230,6 +235,7 @@ class SampleConfig(FromDictMixin):
         check_value(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
                "temperature", self.temperature, "a number >= 0")
         check_value(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
+        check_value(self.latent in LATENT_PRIORS, "latent", self.latent, f"one of {LATENT_PRIORS}")
         check_positive_int("max_n", self.max_n)
 
 

@@ -4,20 +4,24 @@ Conditions are categorical columns; each is one-hot encoded and the one-hot
 vectors are concatenated onto the encoder input and onto the latent code. The
 decoder is Gaussian: a mean per gene plus, by default, a learned per-gene
 log-variance, so that sampled data has the spread of real data instead of the
-over-smooth decoder means the reference method returned.
+over-smooth decoder means the reference method returned. Latent codes are drawn
+from a Gaussian per condition combination fitted after training
+(:mod:`cvae_ray.latent_prior`) when one is set, else from N(0, I).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from cvae_ray.config import ModelConfig
+from cvae_ray.latent_prior import LatentPrior
 
 
 @dataclass
@@ -33,6 +37,12 @@ class LossOutput:
     loss: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
+
+
+def cpu_state(model: nn.Module) -> dict[str, Any]:
+    """A detached CPU copy of a state_dict: tensors, and the latent prior's extra state."""
+    return {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in model.state_dict().items()}
 
 
 def _norm_layer(kind: str, width: int) -> nn.Module:
@@ -77,6 +87,17 @@ class CVAE(nn.Module):
         # latent code carries the gene-gene covariance (a factor-analysis view).
         self.gene_log_var = nn.Parameter(torch.zeros(n_genes),
                                          requires_grad=config.likelihood == "gaussian")
+        # Not a buffer: it is refitted on rank 0 only, and DDP would broadcast buffers.
+        # It travels in the state_dict as extra state (plain tensors).
+        self.latent_prior: LatentPrior | None = None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The fitted latent prior's tensors (empty when none is fitted)."""
+        return self.latent_prior.to_state() if self.latent_prior is not None else {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the latent prior saved by :meth:`get_extra_state`."""
+        self.latent_prior = LatentPrior.from_state(state) if state else None
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
         """Concatenate the one-hot encodings of integer condition codes.
@@ -148,11 +169,40 @@ class CVAE(nn.Module):
         return self.loss(x, codes, kl_weight)
 
     @torch.no_grad()
+    def draw(self, codes: torch.Tensor, latent_noise: torch.Tensor,
+             gene_noise: torch.Tensor | None = None, *, temperature: float = 1.0,
+             fitted_prior: bool = True) -> torch.Tensor:
+        """Samples from given standard-normal draws (the one place that turns draws into data).
+
+        Args:
+            codes: ``(n, n_conditions)`` integer condition codes, one row per sample.
+            latent_noise: ``(n, latent_dim)`` standard-normal draws for the latent codes.
+            gene_noise: ``(n, n_genes)`` standard-normal draws for the decoder noise;
+                ``None`` returns decoder means.
+            temperature: Multiplies the decoder noise's standard deviation.
+            fitted_prior: Map ``latent_noise`` through the fitted latent prior when one is
+                set; ``False`` uses N(0, I) as the VAE was trained towards.
+
+        Returns:
+            ``(n, n_genes)`` samples in standardised space, on the model's device.
+        """
+        device = self.gene_log_var.device
+        codes = codes.to(device)
+        z = latent_noise.to(device)
+        if fitted_prior and self.latent_prior is not None:
+            z = self.latent_prior.transform(z, codes)
+        out = self.decode(z, codes)
+        if gene_noise is not None and temperature > 0:
+            out = out + gene_noise.to(device) * torch.exp(0.5 * self.decoder_log_var()) * temperature
+        return out
+
+    @torch.no_grad()
     def sample(self, codes: torch.Tensor, generator: torch.Generator | None = None, *,
-               noise: bool = True, temperature: float = 1.0) -> torch.Tensor:
+               noise: bool = True, temperature: float = 1.0,
+               fitted_prior: bool = True) -> torch.Tensor:
         """Draw synthetic samples for the given condition codes.
 
-        The latent codes are drawn first, then the decoder noise, both from
+        The latent draws come first, then the decoder noise, both from
         ``generator``, so a seeded generator gives the same samples on every call.
 
         Args:
@@ -160,15 +210,14 @@ class CVAE(nn.Module):
             generator: Random source (CPU generator); ``None`` uses torch's global one.
             noise: Add the decoder's per-gene Gaussian noise; ``False`` returns decoder means.
             temperature: Multiplies the decoder noise's standard deviation.
+            fitted_prior: See :meth:`draw`.
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.
         """
-        device = self.gene_log_var.device
         n = codes.shape[0]
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
-        out = self.decode(z, codes.to(device))
-        if noise and temperature > 0:
-            eps = torch.randn(n, self.n_genes, generator=generator).to(device)
-            out = out + eps * torch.exp(0.5 * self.decoder_log_var()) * temperature
-        return out
+        latent_noise = torch.randn(n, self.config.latent_dim, generator=generator)
+        gene_noise = (torch.randn(n, self.n_genes, generator=generator)
+                      if noise and temperature > 0 else None)
+        return self.draw(codes, latent_noise, gene_noise, temperature=temperature,
+                         fitted_prior=fitted_prior)

@@ -31,10 +31,11 @@ from ray.train.torch import TorchTrainer
 
 from cvae_ray.bundle import ModelBundle
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.loop import (kl_weight, make_optimizer, train_epoch, validation_gamma,
+from cvae_ray.loop import (eligible_checkpoint, kl_weight, make_optimizer, refresh_latent_prior,
+                           train_epoch, validation_dcr_ratio, validation_gamma,
                            validation_loss)
 from cvae_ray.metrics import metric_info
-from cvae_ray.model import CVAE
+from cvae_ray.model import CVAE, cpu_state
 from cvae_ray.prepare import Prepared
 from cvae_ray.preprocess import Preprocessor
 
@@ -64,10 +65,11 @@ def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any
 
 
 def selection_score(value: float, eligible: bool) -> float:
-    """Checkpoint score: the validation metric, or the worst possible value before KL warm-up.
+    """Checkpoint score: the validation metric, or the worst possible value when not eligible.
 
-    Checkpoints from before the warm-up ends do not compete (as in
-    :func:`cvae_ray.loop.fit`): the prior is not yet what the decoder is sampled from.
+    Eligibility is :func:`cvae_ray.loop.eligible_checkpoint` (after KL warm-up, and
+    samples no closer to training data than real validation samples), as in
+    :func:`cvae_ray.loop.fit`.
     """
     info = metric_info(SELECTION_METRIC)
     if eligible and math.isfinite(value):
@@ -157,25 +159,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         if not evaluate:
             continue
-        val_loss = val_g = float("nan")
+        val_loss = val_g = ratio = float("nan")
         if rank == 0:
             val_loss = validation_loss(model, xv, cv, weight)
+            refresh_latent_prior(model, xt, ct, sample_config)
             val_g = validation_gamma(model, data["x_val"], cv, sample_config)
+            ratio = validation_dcr_ratio(model, data["x_train"], data["x_val"], cv, sample_config)
         elapsed = time.perf_counter() - started
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
-        val_loss, val_g, over_time = _broadcast([val_loss, val_g, float(over_time)], world)
-        eligible = epoch >= train_config.kl_warmup_epochs
+        val_loss, val_g, ratio, over_time = _broadcast(
+            [val_loss, val_g, ratio, float(over_time)], world)
+        eligible = eligible_checkpoint(epoch, ratio, train_config)
         score = selection_score(val_g, eligible)
         improved = _better(score, state["best"]) or state["best_epoch"] == 0
         if improved:
             state["best"], state["best_epoch"], state["stale"] = score, epoch, 0
-        elif eligible:
+        elif epoch >= train_config.kl_warmup_epochs:
             state["stale"] += 1
         final = (state["stale"] >= train_config.patience or bool(over_time)
                  or epoch == train_config.epochs)
         state["epoch"] = epoch
         figures = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   METRIC: val_g, "selection_score": score, "kl_weight": weight,
+                   METRIC: val_g, "val_dcr_ratio": ratio, "selection_score": score,
+                   "kl_weight": weight,
                    "eligible": eligible, "epoch_seconds": time.perf_counter() - tick}
         state["history"].append(figures)
         metrics = {**figures, "best_selection_score": state["best"],
@@ -203,7 +209,7 @@ def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer
               "val_loss": figures["val_loss"], "epochs_run": figures["epoch"],
               "history": state["history"]}
     bundle = ModelBundle.create(
-        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        state_dict=cpu_state(model),
         genes=data["genes"], vocab=data["vocab"],
         preprocessor=Preprocessor.from_dict(data["preprocessor"]), model_config=model_config,
         train_config=train_config, cohort_spec=CohortSpec.from_dict(data["cohort_spec"]),

@@ -43,11 +43,12 @@ def test_bundle_is_plain_files(tiny_bundle_dir):
     config = json.loads((tiny_bundle_dir / CONFIG_FILE).read_text())
     state = torch.load(tiny_bundle_dir / WEIGHTS_FILE, weights_only=True)
 
-    assert config["format"] == "cvae_ray.bundle" and config["format_version"] == 1
+    assert config["format"] == "cvae_ray.bundle" and config["format_version"] == 2
     assert len(config["genes"]) == 40 and set(config["conditions"]) == {"tissue", "source"}
     assert {"fingerprint", "val_gamma", "n_train", "best_epoch"} <= set(config["training"])
     assert config["seed"] == 0 and config["package_version"]
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    prior = state.pop("_extra_state")  # the latent prior fitted on the training split
+    assert all(isinstance(v, torch.Tensor) for v in [*state.values(), *prior.values()])
 
 
 def test_same_seed_same_samples_other_seed_different(bundle):

@@ -101,7 +101,7 @@ def quick_bundle(path: Path, epochs: int) -> str:
 
 def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
                      seconds: float = 5.0) -> float:
-    """Samples/s of decode + noise alone (torch, no conversion or I/O)."""
+    """Samples/s of the model alone: draws, latent prior, decode, noise (no conversion or I/O)."""
     import torch
 
     from cvae_ray.bundle import ModelBundle
@@ -111,13 +111,13 @@ def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
     model = bundle.model
     generator = torch.Generator().manual_seed(0)
     codes = torch.zeros(batch, len(bundle.vocab), dtype=torch.int64)
-    std = torch.exp(0.5 * model.decoder_log_var())
+    fitted = bundle.sample_defaults.latent == "fitted"
     done, start = 0, time.perf_counter()
     with torch.no_grad():
         while time.perf_counter() - start < seconds or done == 0:
             z = torch.randn(batch, model.config.latent_dim, generator=generator)
-            means = model.decode(z, codes)
-            _ = means + torch.randn(batch, model.n_genes, generator=generator) * std
+            noise = torch.randn(batch, model.n_genes, generator=generator)
+            model.draw(codes, z, noise, fitted_prior=fitted)
             done += batch
     return done / (time.perf_counter() - start)
 

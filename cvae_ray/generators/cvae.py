@@ -72,5 +72,6 @@ class CvaeGenerator:
         codes = torch.from_numpy(encode(cond, self._vocab))
         generator = torch.Generator().manual_seed(int(seed))
         out = self._model.sample(codes, generator, noise=self.sample_config.noise,
-                                 temperature=self.sample_config.temperature)
+                                 temperature=self.sample_config.temperature,
+                                 fitted_prior=self.sample_config.latent == "fitted")
         return out.float().numpy()
