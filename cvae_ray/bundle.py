@@ -357,7 +357,7 @@ class ModelBundle:
                                     for r, g in zip(requests, generators)])
         codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
         means = self.model.draw(codes, latent_noise, gene_noise, temperature=temperature,
-                                fitted_prior=self.sample_defaults.latent == "fitted")
+                                fitted_prior=self.sample_defaults.fitted_prior)
         out = means.float().cpu().numpy()
         bounds = np.cumsum([0] + [len(r.codes) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -238,6 +238,11 @@ class SampleConfig(FromDictMixin):
         check_value(self.latent in LATENT_PRIORS, "latent", self.latent, f"one of {LATENT_PRIORS}")
         check_positive_int("max_n", self.max_n)
 
+    @property
+    def fitted_prior(self) -> bool:
+        """Whether latent codes come from the fitted per-combination prior."""
+        return self.latent == "fitted"
+
 
 @dataclass(frozen=True)
 class RunConfig:

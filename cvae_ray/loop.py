@@ -140,24 +140,8 @@ def refresh_latent_prior(model: CVAE, x_train: torch.Tensor, codes_train: torch.
     Called before each validation: the prior belongs to the current weights, so the
     checkpoint selected (and exported) carries the prior it was scored with.
     """
-    if sample_config.latent == "fitted":
+    if sample_config.fitted_prior:
         model.latent_prior = fit_latent_prior(model, x_train, codes_train)
-
-
-@torch.no_grad()
-def validation_dcr_ratio(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
-                         codes_val: torch.Tensor, sample_config: SampleConfig) -> float:
-    """Median distance to the nearest training sample, synthetic over real validation.
-
-    Below 1 the samples sit closer to training data than unseen real samples do:
-    the model has begun to reproduce its training set, and such a checkpoint is not
-    selected (see :data:`MIN_DCR_RATIO`). One draw with the validation mix, seed 0.
-    """
-    model.eval()
-    synthetic = model.sample(codes_val, torch.Generator().manual_seed(0),
-                             noise=sample_config.noise, temperature=sample_config.temperature,
-                             fitted_prior=sample_config.latent == "fitted").cpu().numpy()
-    return float(dcr(x_train, x_val, synthetic)["dcr_ratio"])
 
 
 def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bool:
@@ -172,30 +156,38 @@ def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bo
 
 
 @torch.no_grad()
-def validation_gamma(model: CVAE, x_val: np.ndarray, codes_val: torch.Tensor,
-                     sample_config: SampleConfig, seeds: int = VAL_GAMMA_SEEDS) -> float:
-    """Mean gamma between validation data and as many samples with its condition mix.
+def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
+                       codes_val: torch.Tensor, sample_config: SampleConfig,
+                       seeds: int = VAL_GAMMA_SEEDS) -> tuple[float, float]:
+    """Validation gamma and DCR ratio, from one set of draws with the validation mix.
 
     Args:
         model: The (unwrapped) CVAE, its latent prior refitted (:func:`refresh_latent_prior`).
+        x_train: Training expression (standardised), numpy: the DCR reference set.
         x_val: Validation expression (standardised), numpy.
         codes_val: Validation condition codes.
         sample_config: Noise, temperature and latent prior used for sampling (as the
             bundle will sample).
-        seeds: Number of sampling seeds averaged.
+        seeds: Number of sampling seeds averaged for gamma.
 
     Returns:
-        The mean gamma over ``seeds`` draws.
+        ``(gamma, dcr_ratio)``: the mean gamma over ``seeds`` draws, and the median
+        distance to the nearest training sample of the seed-0 draw over the same for
+        real validation samples. Below 1 the samples sit closer to training data than
+        unseen real samples do: the model has begun to reproduce its training set,
+        and such a checkpoint is not selected (see :data:`MIN_DCR_RATIO`).
     """
     model.eval()
-    values = []
+    gammas, ratio = [], float("nan")
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         synthetic = model.sample(codes_val, generator, noise=sample_config.noise,
                                  temperature=sample_config.temperature,
-                                 fitted_prior=sample_config.latent == "fitted").cpu().numpy()
-        values.append(gamma(x_val, synthetic))
-    return float(np.mean(values))
+                                 fitted_prior=sample_config.fitted_prior).cpu().numpy()
+        gammas.append(gamma(x_val, synthetic))
+        if seed == 0:
+            ratio = float(dcr(x_train, x_val, synthetic)["dcr_ratio"])
+    return float(np.mean(gammas)), ratio
 
 
 def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_val: np.ndarray,
@@ -238,8 +230,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         val_g = ratio = None
         if evaluate:
             refresh_latent_prior(model, xt, ct, sample_config)
-            val_g = validation_gamma(model, x_val, cv, sample_config)
-            ratio = validation_dcr_ratio(model, x_train, x_val, cv, sample_config)
+            val_g, ratio = validation_figures(model, x_train, x_val, cv, sample_config)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
         best.history.append(metrics)
@@ -263,7 +254,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         best.best_epoch = len(best.history)
         refresh_latent_prior(model, xt, ct, sample_config)
         best.state_dict = cpu_state(model)
-        best.best_val_gamma = validation_gamma(model, x_val, cv, sample_config)
+        best.best_val_gamma, _ = validation_figures(model, x_train, x_val, cv, sample_config)
         best.best_val_loss = best.history[-1].val_loss
     best.seconds = time.perf_counter() - started
     return best

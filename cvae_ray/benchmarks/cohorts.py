@@ -111,13 +111,12 @@ def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
     model = bundle.model
     generator = torch.Generator().manual_seed(0)
     codes = torch.zeros(batch, len(bundle.vocab), dtype=torch.int64)
-    fitted = bundle.sample_defaults.latent == "fitted"
     done, start = 0, time.perf_counter()
     with torch.no_grad():
         while time.perf_counter() - start < seconds or done == 0:
             z = torch.randn(batch, model.config.latent_dim, generator=generator)
             noise = torch.randn(batch, model.n_genes, generator=generator)
-            model.draw(codes, z, noise, fitted_prior=fitted)
+            model.draw(codes, z, noise, fitted_prior=bundle.sample_defaults.fitted_prior)
             done += batch
     return done / (time.perf_counter() - start)
 

@@ -73,5 +73,5 @@ class CvaeGenerator:
         generator = torch.Generator().manual_seed(int(seed))
         out = self._model.sample(codes, generator, noise=self.sample_config.noise,
                                  temperature=self.sample_config.temperature,
-                                 fitted_prior=self.sample_config.latent == "fitted")
+                                 fitted_prior=self.sample_config.fitted_prior)
         return out.float().numpy()
