@@ -349,12 +349,12 @@ class ModelBundle:
         temperature = self.sample_defaults.temperature if temperature is None else temperature
         latent = self.model.config.latent_dim
         generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
-        latent_noise = torch.cat([torch.randn(len(r.codes), latent, generator=g)
-                                  for r, g in zip(requests, generators)])
+        latent_noise = _concat([torch.randn(len(r.codes), latent, generator=g)
+                                for r, g in zip(requests, generators)])
         gene_noise = None
         if noise and temperature > 0:
-            gene_noise = torch.cat([torch.randn(len(r.codes), self.model.n_genes, generator=g)
-                                    for r, g in zip(requests, generators)])
+            gene_noise = _concat([torch.randn(len(r.codes), self.model.n_genes, generator=g)
+                                  for r, g in zip(requests, generators)])
         codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
         means = self.model.draw(codes, latent_noise, gene_noise, temperature=temperature,
                                 fitted_prior=self.sample_defaults.fitted_prior)
@@ -362,9 +362,14 @@ class ModelBundle:
         bounds = np.cumsum([0] + [len(r.codes) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def to_scale(self, standardised: np.ndarray, scale: str | None = None) -> np.ndarray:
-        """Standardised samples to the ``input`` or ``log`` scale (float32)."""
-        return self.preprocessor.inverse(standardised, scale or self.sample_defaults.scale)
+    def to_scale(self, standardised: np.ndarray, scale: str | None = None, *,
+                 gene_major: bool = False) -> np.ndarray:
+        """Standardised samples to the ``input`` or ``log`` scale (float32).
+
+        ``gene_major=True`` returns genes x samples (see :meth:`Preprocessor.inverse`).
+        """
+        return self.preprocessor.inverse(standardised, scale or self.sample_defaults.scale,
+                                         gene_major=gene_major)
 
     def sample(self, conditions: Conditions, n: int | None = None, *, seed: int = 0,
                scale: str | None = None, noise: bool | None = None,
@@ -413,6 +418,11 @@ class ModelBundle:
             raise InvalidDataError(f"{len(missing)} of the bundle's genes are missing from the "
                                    f"real table, e.g. {missing[:5]}.")
         return self.preprocessor.transform(table[self.genes].to_numpy(np.float64))
+
+
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` that does not copy a single part (one request: a whole cohort block)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _gene_mismatch(have: list[str], want: list[str]) -> str:

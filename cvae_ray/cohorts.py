@@ -264,8 +264,8 @@ class BlockSampler:
         [standardised] = self.bundle.sample_standardised(
             [SampleRequest(codes, int(seed))], noise=self.noise, temperature=self.temperature)
         # Gene-major layout: each gene column is then a contiguous slice that Arrow
-        # wraps without copying (one transpose instead of one copy per column).
-        values = np.ascontiguousarray(self.bundle.to_scale(standardised, self.scale).T)
+        # wraps without copying (the transpose is folded into the inverse transform).
+        values = self.bundle.to_scale(standardised, self.scale, gene_major=True)
         del standardised
         ids = pc.binary_join_element_wise(f"{self.plan.seed}-{index}-",
                                           pc.cast(pa.array(np.arange(count)), pa.string()), "")
@@ -376,6 +376,20 @@ def default_workers(gpu: bool) -> int:
     return max(1, int(resources.get("CPU", 1)) - 1)
 
 
+def actor_threads(workers: int, gpu: bool) -> int:
+    """torch threads per sampling actor: the cluster's CPUs shared out between the actors.
+
+    The Parquet writers need only a fraction of a CPU, so on a small machine (2 CPUs,
+    one actor) the actor's second thread uses what the writers leave idle. With
+    many actors this is 1, one thread per reserved CPU. GPU actors need 1.
+    """
+    import ray
+
+    if gpu:
+        return 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+
+
 def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
                  gpu: bool = False) -> dict[str, Any]:
     """Generate the planned cohort with Ray Data and publish it (Ray must be initialised).
@@ -402,7 +416,7 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
         dataset = dataset.map_batches(
             BlockSampler,
             fn_constructor_kwargs={"prepared": prepared, "device": "cuda" if gpu else "cpu",
-                                   "threads": 1},
+                                   "threads": actor_threads(workers, gpu)},
             # One plan block per decoder pass: the grouping never changes the values.
             batch_size=1, batch_format="numpy", zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(size=workers),

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
 
 #: Fewest training rows of a combination for a covariance of its own.
 MIN_ROWS = 3
@@ -93,6 +92,10 @@ def fit_latent_prior(model: torch.nn.Module, x: torch.Tensor, codes: torch.Tenso
     Returns:
         The fitted prior, on CPU.
     """
+    # Imported here: scikit-learn takes ~1 s to import, and every process that only
+    # samples (Serve replicas, cohort actors) loads this module without fitting.
+    from sklearn.covariance import LedoitWolf
+
     was_training = model.training
     model.eval()
     mus, variances = [], []

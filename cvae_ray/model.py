@@ -193,7 +193,10 @@ class CVAE(nn.Module):
             z = self.latent_prior.transform(z, codes)
         out = self.decode(z, codes)
         if gene_noise is not None and temperature > 0:
-            out = out + gene_noise.to(device) * torch.exp(0.5 * self.decoder_log_var()) * temperature
+            scale = torch.exp(0.5 * self.decoder_log_var()) * temperature
+            # In place and fused: one pass over the (n, n_genes) output, no temporaries
+            # (the bulk-generation hot path).
+            out.addcmul_(gene_noise.to(device), scale)
         return out
 
     @torch.no_grad()

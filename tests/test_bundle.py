@@ -188,6 +188,18 @@ def test_preprocessing_inverse_round_trip(log_transform):
     np.testing.assert_array_equal(again.transform(values), z)
 
 
+@pytest.mark.parametrize("scale", ["input", "log"])
+def test_gene_major_inverse_is_the_exact_transpose(scale):
+    rng = np.random.default_rng(1)
+    pre = Preprocessor.fit(rng.gamma(1.5, 200.0, (40, 6)), log_transform=True)
+    z = rng.normal(size=(9, 6)).astype(np.float32)
+
+    gene_major = pre.inverse(z, scale, gene_major=True)
+
+    assert gene_major.shape == (6, 9) and gene_major.flags.c_contiguous
+    np.testing.assert_array_equal(gene_major, pre.inverse(z, scale).T)
+
+
 def test_inverse_clips_negative_expression_at_zero():
     pre = Preprocessor.fit(np.array([[0.0], [1.0], [3.0]]), log_transform=True)
     assert pre.inverse(np.array([[-50.0]]), "input")[0, 0] == 0.0
