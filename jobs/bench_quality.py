@@ -2,6 +2,8 @@
 
     python jobs/bench_quality.py --data ../shared/data/rnaseqdb_gtex_tcga_l1000.parquet \
         --condition tissue --condition source --fit-seeds 0 1 2
+    python jobs/bench_quality.py --data ../shared/data/rnaseqdb_gtex_tcga_l1000.parquet \
+        --bundle runs/best_bundle     # score a tuned bundle on its own test split
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--condition", action="append", required=True)
+    parser.add_argument("--condition", action="append",
+                        help="condition column (repeat; required unless --bundle)")
+    parser.add_argument("--bundle", help="score this bundle (trained on --data) instead of "
+                        "training; its recorded conditions, genes and split are used")
     parser.add_argument("--genes")
     parser.add_argument("--no-log", dest="log_transform", action="store_false")
     parser.add_argument("--nan-policy", default="error")
@@ -31,14 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run and print one JSON row per fit seed."""
-    from cvae_ray.benchmarks.quality import measure
+    """Run and print one JSON row per fit seed (or one for ``--bundle``)."""
+    from cvae_ray.benchmarks.quality import measure, measure_bundle
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = measure(args.data, args.condition, genes_file=args.genes,
-                   log_transform=args.log_transform, nan_policy=args.nan_policy,
-                   fit_seeds=args.fit_seeds, sample_seeds=args.sample_seeds)
+    if args.bundle:
+        rows = [measure_bundle(args.bundle, args.data, sample_seeds=args.sample_seeds)]
+    elif not args.condition:
+        parser.error("--condition is required unless --bundle is given")
+    else:
+        rows = measure(args.data, args.condition, genes_file=args.genes,
+                       log_transform=args.log_transform, nan_policy=args.nan_policy,
+                       fit_seeds=args.fit_seeds, sample_seeds=args.sample_seeds)
     for row in rows:
         print(json.dumps(row), flush=True)
     if args.out:

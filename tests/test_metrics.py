@@ -442,3 +442,26 @@ def test_metrics_never_import_ray():
 
     # Assert
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- scoring a saved bundle
+def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
+        tiny_bundle_dir, demo_path, tmp_path):
+    # Setup: the same cohort with one value changed is no longer the training data.
+    import pandas as pd
+
+    from cvae_ray.benchmarks.quality import measure_bundle
+
+    other = pd.read_parquet(demo_path)
+    gene = other.select_dtypes("number").columns[0]
+    other.loc[0, gene] += 1.0
+    other_path = tmp_path / "other.parquet"
+    other.to_parquet(other_path)
+    # Run
+    row = measure_bundle(str(tiny_bundle_dir), str(demo_path), sample_seeds=(0, 1))
+    # Assert
+    assert row["n_test"] > 0 and len(row["test_gamma_per_seed"]) == 2
+    assert -1.0 <= row["test_gamma_mean"] <= 1.0
+    assert row["median_dcr_synthetic"] > 0 and row["median_dcr_real_test"] > 0
+    with pytest.raises(InvalidDataError, match="fingerprint"):
+        measure_bundle(str(tiny_bundle_dir), str(other_path))

@@ -16,10 +16,85 @@ from typing import Sequence
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from cvae_ray.bundle import ModelBundle
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.data import read_cohort
+from cvae_ray.errors import InvalidDataError
 from cvae_ray.fitting import fit_bundle
 from cvae_ray.metrics import gamma
+from cvae_ray.prepare import Prepared, prepare
+
+
+def test_figures(bundle: ModelBundle, prepared: Prepared,
+                 sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+    """Test-split gamma per sampling seed, the real-vs-real ceilings and the copy check.
+
+    Args:
+        bundle: A bundle trained on ``prepared``'s training split.
+        prepared: The prepared cohort (its test split is scored).
+        sample_seeds: Sampling seeds.
+
+    Returns:
+        One row of figures.
+    """
+    x_train, _ = prepared.part("train")
+    x_test, _ = prepared.part("test")
+    test_conditions = prepared.condition_frame("test")
+    gammas, dcr_syn = [], []
+    nn = NearestNeighbors(n_neighbors=1).fit(x_train)
+    for seed in sample_seeds:
+        synthetic = bundle.standardise_real(bundle.sample(test_conditions, seed=seed))
+        gammas.append(gamma(x_test, synthetic))
+        dcr_syn.append(float(np.median(nn.kneighbors(synthetic)[0])))
+    rng = np.random.default_rng(0)
+    ceiling = [gamma(x_test, x_train[rng.choice(len(x_train), len(x_test), replace=False)])
+               for _ in sample_seeds]
+    training = bundle.metadata["training"]
+    return {
+        "best_epoch": training["best_epoch"],
+        "val_gamma": round(training["val_gamma"], 4),
+        "test_gamma_per_seed": [round(g, 4) for g in gammas],
+        "test_gamma_mean": round(float(np.mean(gammas)), 4),
+        "real_train_vs_test_gamma": round(gamma(x_test, x_train), 4),
+        "real_vs_real_same_size_gamma": round(float(np.mean(ceiling)), 4),
+        "median_dcr_synthetic": round(float(np.mean(dcr_syn)), 3),
+        "median_dcr_real_test": round(float(np.median(nn.kneighbors(x_test)[0])), 3),
+        "n_train": len(x_train), "n_test": len(x_test), "n_genes": len(bundle.genes),
+    }
+
+
+def measure_bundle(bundle_path: str, data: str,
+                   sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+    """Score an existing bundle (e.g. the one ``jobs/tune.py`` exported) on its test split.
+
+    The data are prepared with the bundle's own recorded settings (conditions, genes,
+    split fractions and seed), so the test split is the one the bundle never saw.
+
+    Args:
+        bundle_path: The bundle.
+        data: The cohort file it was trained on.
+        sample_seeds: Sampling seeds.
+
+    Returns:
+        One row of figures.
+
+    Raises:
+        InvalidDataError: ``data`` is not the file the bundle was trained on, or the
+            bundle records no test split.
+    """
+    bundle = ModelBundle.load(bundle_path)
+    spec = CohortSpec.from_dict(bundle.metadata["cohort_spec"])
+    cohort = read_cohort(data, spec.conditions, sample_id=spec.sample_id,
+                         nan_policy=spec.nan_policy, log_transform=spec.log_transform)
+    prepared = prepare(cohort, spec)
+    recorded = bundle.metadata["training"]["fingerprint"]
+    if prepared.fingerprint != recorded:
+        raise InvalidDataError(f"{data!r} is not the data bundle {bundle.bundle_id} was trained "
+                               f"on (fingerprint {prepared.fingerprint}, bundle has {recorded}).")
+    if not len(prepared.split.test):
+        raise InvalidDataError(f"bundle {bundle.bundle_id} was trained with test_fraction=0: "
+                               "it has no held-out test split to score.")
+    return {"bundle": str(bundle_path), **test_figures(bundle, prepared, sample_seeds)}
 
 
 def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = None,
@@ -55,29 +130,6 @@ def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = No
         started = time.perf_counter()
         bundle, prepared = fit_bundle(cohort, spec, model_config, config, sample_config)
         seconds = time.perf_counter() - started
-        x_train, _ = prepared.part("train")
-        x_test, _ = prepared.part("test")
-        test_conditions = prepared.condition_frame("test")
-        gammas, dcr_syn = [], []
-        nn = NearestNeighbors(n_neighbors=1).fit(x_train)
-        for seed in sample_seeds:
-            synthetic = bundle.standardise_real(bundle.sample(test_conditions, seed=seed))
-            gammas.append(gamma(x_test, synthetic))
-            dcr_syn.append(float(np.median(nn.kneighbors(synthetic)[0])))
-        rng = np.random.default_rng(0)
-        ceiling = [gamma(x_test, x_train[rng.choice(len(x_train), len(x_test), replace=False)])
-                   for _ in sample_seeds]
-        rows.append({
-            "fit_seed": fit_seed,
-            "train_seconds": round(seconds, 1),
-            "best_epoch": bundle.metadata["training"]["best_epoch"],
-            "val_gamma": round(bundle.metadata["training"]["val_gamma"], 4),
-            "test_gamma_per_seed": [round(g, 4) for g in gammas],
-            "test_gamma_mean": round(float(np.mean(gammas)), 4),
-            "real_train_vs_test_gamma": round(gamma(x_test, x_train), 4),
-            "real_vs_real_same_size_gamma": round(float(np.mean(ceiling)), 4),
-            "median_dcr_synthetic": round(float(np.mean(dcr_syn)), 3),
-            "median_dcr_real_test": round(float(np.median(nn.kneighbors(x_test)[0])), 3),
-            "n_train": len(x_train), "n_test": len(x_test), "n_genes": len(bundle.genes),
-        })
+        rows.append({"fit_seed": fit_seed, "train_seconds": round(seconds, 1),
+                     **test_figures(bundle, prepared, sample_seeds)})
     return rows
