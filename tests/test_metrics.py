@@ -451,6 +451,7 @@ def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
     import pandas as pd
 
     from cvae_ray.benchmarks.quality import measure_bundle
+    from cvae_ray.errors import IncompatibleBundleError
 
     other = pd.read_parquet(demo_path)
     gene = other.select_dtypes("number").columns[0]
@@ -463,5 +464,5 @@ def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
     assert row["n_test"] > 0 and len(row["test_gamma_per_seed"]) == 2
     assert -1.0 <= row["test_gamma_mean"] <= 1.0
     assert row["median_dcr_synthetic"] > 0 and row["median_dcr_real_test"] > 0
-    with pytest.raises(InvalidDataError, match="fingerprint"):
+    with pytest.raises(IncompatibleBundleError, match="fingerprint"):
         measure_bundle(str(tiny_bundle_dir), str(other_path))

@@ -14,32 +14,32 @@ import time
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
 from cvae_ray.bundle import ModelBundle
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.data import read_cohort
-from cvae_ray.errors import InvalidDataError
 from cvae_ray.fitting import fit_bundle
 from cvae_ray.metrics import gamma
-from cvae_ray.prepare import Prepared, prepare
+from cvae_ray.report import held_out_from_data
 
 
-def test_figures(bundle: ModelBundle, prepared: Prepared,
-                 sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+def test_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarray,
+                 test_conditions: pd.DataFrame, sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
     """Test-split gamma per sampling seed, the real-vs-real ceilings and the copy check.
 
     Args:
-        bundle: A bundle trained on ``prepared``'s training split.
-        prepared: The prepared cohort (its test split is scored).
+        bundle: A bundle trained on ``x_train``.
+        x_train: Standardised training samples.
+        x_test: Standardised test samples (never seen in training or selection).
+        test_conditions: The test samples' condition table: the synthetic set gets
+            this mix, one synthetic sample per test sample.
         sample_seeds: Sampling seeds.
 
     Returns:
         One row of figures.
     """
-    x_train, _ = prepared.part("train")
-    x_test, _ = prepared.part("test")
-    test_conditions = prepared.condition_frame("test")
     gammas, dcr_syn = [], []
     nn = NearestNeighbors(n_neighbors=1).fit(x_train)
     for seed in sample_seeds:
@@ -67,8 +67,9 @@ def measure_bundle(bundle_path: str, data: str,
                    sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
     """Score an existing bundle (e.g. the one ``jobs/tune.py`` exported) on its test split.
 
-    The data are prepared with the bundle's own recorded settings (conditions, genes,
-    split fractions and seed), so the test split is the one the bundle never saw.
+    The split is re-derived from the bundle's recorded settings and checked against
+    its data fingerprint (:func:`cvae_ray.report.held_out_from_data`, as
+    ``jobs/evaluate.py`` does), so the test split is the one the bundle never saw.
 
     Args:
         bundle_path: The bundle.
@@ -79,22 +80,14 @@ def measure_bundle(bundle_path: str, data: str,
         One row of figures.
 
     Raises:
-        InvalidDataError: ``data`` is not the file the bundle was trained on, or the
-            bundle records no test split.
+        IncompatibleBundleError: ``data`` is not the file the bundle was trained on,
+            or the bundle's split has (almost) no test part.
     """
     bundle = ModelBundle.load(bundle_path)
-    spec = CohortSpec.from_dict(bundle.metadata["cohort_spec"])
-    cohort = read_cohort(data, spec.conditions, sample_id=spec.sample_id,
-                         nan_policy=spec.nan_policy, log_transform=spec.log_transform)
-    prepared = prepare(cohort, spec)
-    recorded = bundle.metadata["training"]["fingerprint"]
-    if prepared.fingerprint != recorded:
-        raise InvalidDataError(f"{data!r} is not the data bundle {bundle.bundle_id} was trained "
-                               f"on (fingerprint {prepared.fingerprint}, bundle has {recorded}).")
-    if not len(prepared.split.test):
-        raise InvalidDataError(f"bundle {bundle.bundle_id} was trained with test_fraction=0: "
-                               "it has no held-out test split to score.")
-    return {"bundle": str(bundle_path), **test_figures(bundle, prepared, sample_seeds)}
+    held_out = held_out_from_data(bundle, data)
+    return {"bundle": str(bundle_path),
+            **test_figures(bundle, held_out.x_train, held_out.x, held_out.conditions,
+                           sample_seeds)}
 
 
 def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = None,
@@ -130,6 +123,9 @@ def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = No
         started = time.perf_counter()
         bundle, prepared = fit_bundle(cohort, spec, model_config, config, sample_config)
         seconds = time.perf_counter() - started
+        x_train, _ = prepared.part("train")
+        x_test, _ = prepared.part("test")
         rows.append({"fit_seed": fit_seed, "train_seconds": round(seconds, 1),
-                     **test_figures(bundle, prepared, sample_seeds)})
+                     **test_figures(bundle, x_train, x_test, prepared.condition_frame("test"),
+                                    sample_seeds)})
     return rows
