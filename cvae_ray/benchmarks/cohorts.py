@@ -5,8 +5,7 @@ Prints, per n and Parquet codec: samples/s and MB/s end to end (prepare + Ray Da
 /proc in a background thread, so psutil is not needed), beside the raw decoder
 throughput of the same bundle (torch alone: z -> decode + noise, no I/O, on all the
 CPUs given to Ray: the machine's limit). The limit it is judged on: end-to-end
->= 50% of raw, and peak
-memory that does not grow from 100k to 1M samples.
+>= 50% of raw, and peak memory that does not grow from 100k to 1M samples.
 """
 
 from __future__ import annotations
