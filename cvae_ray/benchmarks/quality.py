@@ -25,7 +25,7 @@ from cvae_ray.metrics import gamma
 from cvae_ray.report import held_out_from_data
 
 
-def test_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarray,
+def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarray,
                  test_conditions: pd.DataFrame, sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
     """Test-split gamma per sampling seed, the real-vs-real ceilings and the copy check.
 
@@ -86,7 +86,7 @@ def measure_bundle(bundle_path: str, data: str,
     bundle = ModelBundle.load(bundle_path)
     held_out = held_out_from_data(bundle, data)
     return {"bundle": str(bundle_path),
-            **test_figures(bundle, held_out.x_train, held_out.x, held_out.conditions,
+            **held_out_figures(bundle, held_out.x_train, held_out.x, held_out.conditions,
                            sample_seeds)}
 
 
@@ -126,6 +126,6 @@ def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = No
         x_train, _ = prepared.part("train")
         x_test, _ = prepared.part("test")
         rows.append({"fit_seed": fit_seed, "train_seconds": round(seconds, 1),
-                     **test_figures(bundle, x_train, x_test, prepared.condition_frame("test"),
+                     **held_out_figures(bundle, x_train, x_test, prepared.condition_frame("test"),
                                     sample_seeds)})
     return rows
