@@ -26,7 +26,7 @@ from cvae_ray.report import held_out_from_data
 
 
 def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarray,
-                 test_conditions: pd.DataFrame, sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+                     test_conditions: pd.DataFrame, sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
     """Test-split gamma per sampling seed, the real-vs-real ceilings and the copy check.
 
     Args:
