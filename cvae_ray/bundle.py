@@ -13,6 +13,7 @@ cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -30,6 +31,7 @@ import torch
 
 from cvae_ray import __version__
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.draws import request_draws
 from cvae_ray.errors import (IncompatibleBundleError, InvalidConfigError, InvalidDataError,
                              UnknownConditionError)
 from cvae_ray.model import CVAE, cpu_state
@@ -334,8 +336,9 @@ class ModelBundle:
         """Sample several requests in one decoder pass, each from its own seed.
 
         Each request's latent codes and then its decoder noise are drawn from a
-        generator seeded with its own seed, so a request's samples do not depend
-        on which other requests share the pass.
+        generator seeded with its own seed, and centred per condition combination
+        within the request only (:mod:`cvae_ray.draws`), so a request's samples do
+        not depend on which other requests share the pass.
 
         Args:
             requests: Condition codes and seed per request.
@@ -345,19 +348,18 @@ class ModelBundle:
         Returns:
             One ``(n_i, n_genes)`` float32 array per request, in standardised space.
         """
-        noise = self.sample_defaults.noise if noise is None else noise
-        temperature = self.sample_defaults.temperature if temperature is None else temperature
-        latent = self.model.config.latent_dim
-        generators = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
-        latent_noise = _concat([torch.randn(len(r.codes), latent, generator=g)
-                                for r, g in zip(requests, generators)])
-        gene_noise = None
-        if noise and temperature > 0:
-            gene_noise = _concat([torch.randn(len(r.codes), self.model.n_genes, generator=g)
-                                  for r, g in zip(requests, generators)])
+        settings = self.sample_defaults
+        if noise is not None or temperature is not None:
+            settings = dataclasses.replace(
+                settings, noise=settings.noise if noise is None else noise,
+                temperature=settings.temperature if temperature is None else temperature)
+        draws = [request_draws(r.codes, self.model.config.latent_dim, self.model.n_genes,
+                               int(r.seed), gene_noise=settings.noise and settings.temperature > 0,
+                               centred=settings.centred) for r in requests]
+        latent_noise = _concat([latent for latent, _ in draws])
+        gene_noise = _concat([genes for _, genes in draws]) if draws[0][1] is not None else None
         codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
-        means = self.model.draw(codes, latent_noise, gene_noise, temperature=temperature,
-                                fitted_prior=self.sample_defaults.fitted_prior)
+        means = self.model.draw(codes, latent_noise, gene_noise, settings)
         out = means.float().cpu().numpy()
         bounds = np.cumsum([0] + [len(r.codes) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

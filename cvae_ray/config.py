@@ -22,6 +22,7 @@ LIKELIHOODS = ("gaussian", "mse")
 NAN_POLICIES = ("error", "drop_samples", "drop_genes", "impute_mean", "impute_zero")
 SCALES = ("input", "log")
 LATENT_PRIORS = ("fitted", "standard")
+DRAWS = ("centred", "independent")
 
 
 def check_value(ok: bool, name: str, value: Any, accepted: str) -> None:
@@ -221,6 +222,13 @@ class SampleConfig(FromDictMixin):
         latent: ``fitted`` draws latent codes from the Gaussian fitted per condition
             combination on the training split (:mod:`cvae_ray.latent_prior`);
             ``standard`` from the N(0, I) prior, as the reference method did.
+        noise_calibration: Share (0 to 1) of the per-gene variance gap between the
+            training data and the model's samples, fitted after training
+            (:mod:`cvae_ray.calibration`), added to the decoder-noise variance: 0 keeps
+            the decoder's own noise, 1 closes the gap with independent per-gene noise.
+        draws: ``centred`` centres the random draws of each condition combination within
+            a request (:mod:`cvae_ray.draws`: the cohort's per-combination means carry no
+            Monte-Carlo offset); ``independent`` draws every sample independently.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 
@@ -228,6 +236,8 @@ class SampleConfig(FromDictMixin):
     temperature: float = 1.0
     scale: str = "input"
     latent: str = "fitted"
+    noise_calibration: float = 0.5
+    draws: str = "centred"
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
@@ -236,12 +246,22 @@ class SampleConfig(FromDictMixin):
                "temperature", self.temperature, "a number >= 0")
         check_value(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
         check_value(self.latent in LATENT_PRIORS, "latent", self.latent, f"one of {LATENT_PRIORS}")
+        check_value(isinstance(self.noise_calibration, (int, float))
+                    and not isinstance(self.noise_calibration, bool)
+                    and 0 <= self.noise_calibration <= 1,
+                    "noise_calibration", self.noise_calibration, "a number from 0 to 1")
+        check_value(self.draws in DRAWS, "draws", self.draws, f"one of {DRAWS}")
         check_positive_int("max_n", self.max_n)
 
     @property
     def fitted_prior(self) -> bool:
         """Whether latent codes come from the fitted per-combination prior."""
         return self.latent == "fitted"
+
+    @property
+    def centred(self) -> bool:
+        """Whether each condition combination's draws are centred within a request."""
+        return self.draws == "centred"
 
 
 @dataclass(frozen=True)

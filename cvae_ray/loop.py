@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvae_ray.calibration import fit_noise_gap
 from cvae_ray.config import ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.latent_prior import fit_latent_prior
 from cvae_ray.metrics import dcr, gamma
@@ -133,15 +134,19 @@ def validation_loss(model: CVAE, x: torch.Tensor, codes: torch.Tensor, kl_weight
     return float(model(x, codes, kl_weight).loss)
 
 
-def refresh_latent_prior(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
-                         sample_config: SampleConfig) -> None:
-    """Refit the latent prior on the training split when sampling uses it.
+def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
+                  sample_config: SampleConfig) -> None:
+    """Refit, on the training split, what sampling uses besides the weights.
 
-    Called before each validation: the prior belongs to the current weights, so the
-    checkpoint selected (and exported) carries the prior it was scored with.
+    The latent prior (when sampling uses it), then the decoder-noise gap measured
+    with that prior (when sampling calibrates the noise). Called before each
+    validation: both belong to the current weights, so the checkpoint selected (and
+    exported) carries the prior and gap it was scored with.
     """
     if sample_config.fitted_prior:
         model.latent_prior = fit_latent_prior(model, x_train, codes_train)
+    if sample_config.noise_calibration > 0:
+        model.noise_gap = fit_noise_gap(model, x_train, codes_train, sample_config)
 
 
 def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bool:
@@ -162,7 +167,7 @@ def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
     """Validation gamma and DCR ratio, from one set of draws with the validation mix.
 
     Args:
-        model: The (unwrapped) CVAE, its latent prior refitted (:func:`refresh_latent_prior`).
+        model: The (unwrapped) CVAE, its latent prior refitted (:func:`refit_sampler`).
         x_train: Training expression (standardised), numpy: the DCR reference set.
         x_val: Validation expression (standardised), numpy.
         codes_val: Validation condition codes.
@@ -181,9 +186,7 @@ def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
     gammas, ratio = [], float("nan")
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
-        synthetic = model.sample(codes_val, generator, noise=sample_config.noise,
-                                 temperature=sample_config.temperature,
-                                 fitted_prior=sample_config.fitted_prior).cpu().numpy()
+        synthetic = model.sample(codes_val, generator, sample_config).cpu().numpy()
         gammas.append(gamma(x_val, synthetic))
         if seed == 0:
             ratio = float(dcr(x_train, x_val, synthetic)["dcr_ratio"])
@@ -229,7 +232,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         val_g = ratio = None
         if evaluate:
-            refresh_latent_prior(model, xt, ct, sample_config)
+            refit_sampler(model, xt, ct, sample_config)
             val_g, ratio = validation_figures(model, x_train, x_val, cv, sample_config)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
@@ -252,7 +255,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
             break
     if not best.state_dict:  # Budget ran out before any evaluation: keep the last weights.
         best.best_epoch = len(best.history)
-        refresh_latent_prior(model, xt, ct, sample_config)
+        refit_sampler(model, xt, ct, sample_config)
         best.state_dict = cpu_state(model)
         best.best_val_gamma, _ = validation_figures(model, x_train, x_val, cv, sample_config)
         best.best_val_loss = best.history[-1].val_loss

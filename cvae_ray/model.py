@@ -20,8 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cvae_ray.config import ModelConfig
+from cvae_ray.config import ModelConfig, SampleConfig
+from cvae_ray.draws import request_draws
 from cvae_ray.latent_prior import LatentPrior
+
+DEFAULT_SAMPLING = SampleConfig()
 
 
 @dataclass
@@ -90,14 +93,22 @@ class CVAE(nn.Module):
         # Not a buffer: it is refitted on rank 0 only, and DDP would broadcast buffers.
         # It travels in the state_dict as extra state (plain tensors).
         self.latent_prior: LatentPrior | None = None
+        # Per-gene variance the decoder noise lacks, fitted after training
+        # (:mod:`cvae_ray.calibration`); same reasons for not being a buffer.
+        self.noise_gap: torch.Tensor | None = None
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The fitted latent prior's tensors (empty when none is fitted)."""
-        return self.latent_prior.to_state() if self.latent_prior is not None else {}
+        """The fitted latent prior's tensors and the noise gap (empty when none is fitted)."""
+        state = self.latent_prior.to_state() if self.latent_prior is not None else {}
+        if self.noise_gap is not None:
+            state["noise_gap"] = self.noise_gap
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the latent prior saved by :meth:`get_extra_state`."""
-        self.latent_prior = LatentPrior.from_state(state) if state else None
+        """Restore what :meth:`get_extra_state` saved (bundles before the gap lack it)."""
+        self.latent_prior = LatentPrior.from_state(state) if "codes" in state else None
+        gap = state.get("noise_gap")
+        self.noise_gap = gap.float() if gap is not None else None
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
         """Concatenate the one-hot encodings of integer condition codes.
@@ -170,8 +181,8 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def draw(self, codes: torch.Tensor, latent_noise: torch.Tensor,
-             gene_noise: torch.Tensor | None = None, *, temperature: float = 1.0,
-             fitted_prior: bool = True) -> torch.Tensor:
+             gene_noise: torch.Tensor | None = None,
+             sample: SampleConfig = DEFAULT_SAMPLING) -> torch.Tensor:
         """Samples from given standard-normal draws (the one place that turns draws into data).
 
         Args:
@@ -179,9 +190,11 @@ class CVAE(nn.Module):
             latent_noise: ``(n, latent_dim)`` standard-normal draws for the latent codes.
             gene_noise: ``(n, n_genes)`` standard-normal draws for the decoder noise;
                 ``None`` returns decoder means.
-            temperature: Multiplies the decoder noise's standard deviation.
-            fitted_prior: Map ``latent_noise`` through the fitted latent prior when one is
-                set; ``False`` uses N(0, I) as the VAE was trained towards.
+            sample: Sampling settings used here: ``latent`` (map ``latent_noise``
+                through the fitted latent prior when one is set, else N(0, I) as the
+                VAE was trained towards), ``temperature`` (multiplies the noise's
+                standard deviation) and ``noise_calibration`` (share of the fitted
+                per-gene variance gap added to the noise variance).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.
@@ -189,38 +202,40 @@ class CVAE(nn.Module):
         device = self.gene_log_var.device
         codes = codes.to(device)
         z = latent_noise.to(device)
-        if fitted_prior and self.latent_prior is not None:
+        if sample.fitted_prior and self.latent_prior is not None:
             z = self.latent_prior.transform(z, codes)
         out = self.decode(z, codes)
-        if gene_noise is not None and temperature > 0:
-            scale = torch.exp(0.5 * self.decoder_log_var()) * temperature
-            # In place and fused: one pass over the (n, n_genes) output, no temporaries
-            # (the bulk-generation hot path).
-            out.addcmul_(gene_noise.to(device), scale)
+        if gene_noise is not None and sample.temperature > 0:
+            out.addcmul_(gene_noise.to(device), self.noise_scale(sample))
         return out
 
     @torch.no_grad()
-    def sample(self, codes: torch.Tensor, generator: torch.Generator | None = None, *,
-               noise: bool = True, temperature: float = 1.0,
-               fitted_prior: bool = True) -> torch.Tensor:
+    def noise_scale(self, sample: SampleConfig = DEFAULT_SAMPLING) -> torch.Tensor:
+        """Per-gene standard deviation of the decoder noise added when sampling."""
+        variance = torch.exp(self.decoder_log_var())
+        if self.noise_gap is not None and sample.noise_calibration > 0:
+            variance = variance + sample.noise_calibration * self.noise_gap.to(variance)
+        return variance.sqrt() * sample.temperature
+
+    @torch.no_grad()
+    def sample(self, codes: torch.Tensor, generator: torch.Generator | None = None,
+               sample: SampleConfig = DEFAULT_SAMPLING) -> torch.Tensor:
         """Draw synthetic samples for the given condition codes.
 
-        The latent draws come first, then the decoder noise, both from
-        ``generator``, so a seeded generator gives the same samples on every call.
+        The draws come from :func:`cvae_ray.draws.request_draws` (latent codes first,
+        then decoder noise, from ``generator``), so a seeded generator gives the same
+        samples on every call.
 
         Args:
             codes: ``(n, n_conditions)`` integer condition codes, one row per sample.
             generator: Random source (CPU generator); ``None`` uses torch's global one.
-            noise: Add the decoder's per-gene Gaussian noise; ``False`` returns decoder means.
-            temperature: Multiplies the decoder noise's standard deviation.
-            fitted_prior: See :meth:`draw`.
+            sample: Sampling settings (noise, temperature, latent prior, centring,
+                noise calibration).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.
         """
-        n = codes.shape[0]
-        latent_noise = torch.randn(n, self.config.latent_dim, generator=generator)
-        gene_noise = (torch.randn(n, self.n_genes, generator=generator)
-                      if noise and temperature > 0 else None)
-        return self.draw(codes, latent_noise, gene_noise, temperature=temperature,
-                         fitted_prior=fitted_prior)
+        latent_noise, gene_noise = request_draws(
+            codes.cpu().numpy(), self.config.latent_dim, self.n_genes, generator,
+            gene_noise=sample.noise and sample.temperature > 0, centred=sample.centred)
+        return self.draw(codes, latent_noise, gene_noise, sample)

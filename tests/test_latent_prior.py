@@ -76,7 +76,7 @@ def test_prior_travels_in_the_state_dict_and_changes_samples():
     model.latent_prior = LatentPrior(codes=torch.tensor([[0]]), means=torch.tensor([[3.0, 3.0]]),
                                      factors=torch.eye(2)[None])
     after = model.sample(codes, torch.Generator().manual_seed(0))
-    standard = model.sample(codes, torch.Generator().manual_seed(0), fitted_prior=False)
+    standard = model.sample(codes, torch.Generator().manual_seed(0), SampleConfig(latent="standard"))
     assert torch.equal(before[1::2], after[1::2])  # combination 1 has no fitted Gaussian
     assert not torch.allclose(before[0::2], after[0::2])
     assert torch.equal(before, standard)

@@ -101,22 +101,26 @@ def quick_bundle(path: Path, epochs: int) -> str:
 
 def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
                      seconds: float = 5.0) -> float:
-    """Samples/s of the model alone: draws, latent prior, decode, noise (no conversion or I/O)."""
+    """Samples/s of the model alone: draws (centred as the bundle samples), latent prior,
+    decode, noise (no conversion or I/O)."""
+    import numpy as np
     import torch
 
     from cvae_ray.bundle import ModelBundle
+    from cvae_ray.draws import request_draws
 
     torch.set_num_threads(threads)
     bundle = ModelBundle.load(bundle_path)
-    model = bundle.model
+    model, defaults = bundle.model, bundle.sample_defaults
     generator = torch.Generator().manual_seed(0)
-    codes = torch.zeros(batch, len(bundle.vocab), dtype=torch.int64)
+    codes = np.zeros((batch, len(bundle.vocab)), dtype=np.int64)
+    codes_t = torch.from_numpy(codes)
     done, start = 0, time.perf_counter()
     with torch.no_grad():
         while time.perf_counter() - start < seconds or done == 0:
-            z = torch.randn(batch, model.config.latent_dim, generator=generator)
-            noise = torch.randn(batch, model.n_genes, generator=generator)
-            model.draw(codes, z, noise, fitted_prior=bundle.sample_defaults.fitted_prior)
+            z, noise = request_draws(codes, model.config.latent_dim, model.n_genes, generator,
+                                     gene_noise=True, centred=defaults.centred)
+            model.draw(codes_t, z, noise, defaults)
             done += batch
     return done / (time.perf_counter() - start)
 

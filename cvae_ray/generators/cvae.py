@@ -71,7 +71,5 @@ class CvaeGenerator:
             raise RuntimeError("fit the generator before sampling.")
         codes = torch.from_numpy(encode(cond, self._vocab))
         generator = torch.Generator().manual_seed(int(seed))
-        out = self._model.sample(codes, generator, noise=self.sample_config.noise,
-                                 temperature=self.sample_config.temperature,
-                                 fitted_prior=self.sample_config.fitted_prior)
+        out = self._model.sample(codes, generator, self.sample_config)
         return out.float().numpy()
