@@ -6,7 +6,9 @@ validation split only, and for each seed ``s`` is fitted with seed ``s`` and
 sampled with seed ``SAMPLE_SEED_OFFSET + s``, one synthetic row per test row
 (the test split's condition mix and size). Every metric of
 :func:`cvae_ray.metrics.evaluate_all` (labels: the joint condition label) and
-TSTR per condition column are reported as mean and sd over seeds, beside a
+TSTR per condition column (trained on a second synthetic set with the training
+split's mix and size, drawn with seed ``TSTR_SEED_OFFSET + s``, so that it
+compares with TRTR at equal size) are reported as mean and sd over seeds, beside a
 real-vs-real row (:func:`cvae_ray.metrics.real_vs_real`, and TRTR per column).
 """
 
@@ -21,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from cvae_ray.errors import InvalidConfigError
-from cvae_ray.generators import GENERATORS, joint_labels, make_generator
+from cvae_ray.generators import GENERATORS, TSTR_SEED_OFFSET, joint_labels, make_generator
 from cvae_ray.metrics import METRICS, evaluate_all, metric_info, real_vs_real, trtr, tstr
 from cvae_ray.prepare import Prepared
 
@@ -140,7 +142,10 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
                 rate.append(len(synthetic) / max(time.perf_counter() - started, 1e-9))
                 infos.append(_jsonable(generator.info))
                 values = evaluate_all(x_train, x_test, synthetic, y_test, y_test, seed=s)
-                values.update(_per_column(tstr, synthetic, cond_test, x_test, cond_test,
+                # TSTR per condition trains on a synthetic copy of the training split
+                # (its mix and size), as TRTR trains on the training split itself.
+                synthetic_train = generator.sample(cond_train, seed=TSTR_SEED_OFFSET + s)
+                values.update(_per_column(tstr, synthetic_train, cond_train, x_test, cond_test,
                                           conditions, s))
                 per_seed.append(values)
                 progress(f"{name} seed {s}: fit {fit_s[-1]:.1f} s, gamma {values['gamma']:.4f}, "

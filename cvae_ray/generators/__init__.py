@@ -25,6 +25,9 @@ __all__ = ["GENERATORS", "JOINT_SEPARATOR", "Generator", "check_fit_inputs", "ch
 # A separator no condition value in practice contains; joins several condition
 # columns into one class label (e.g. "lung|gtex").
 JOINT_SEPARATOR = "|"
+#: Seed offset of the synthetic training set drawn for per-condition TSTR: a set with
+#: the training split's mix and size, so that TSTR and TRTR train on equal footing.
+TSTR_SEED_OFFSET = 20_000
 
 
 @runtime_checkable
