@@ -43,6 +43,11 @@ def _fraction(name: str, value: Any, *, allow_zero: bool) -> None:
     check_value(ok, name, value, "a number in [0, 1)" if allow_zero else "a number in (0, 1)")
 
 
+def _share(name: str, value: Any) -> None:
+    check_value(isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value <= 1, name, value, "a number from 0 to 1")
+
+
 class FromDictMixin:
     """Mixin: build from a plain mapping, rejecting unknown keys by name."""
 
@@ -227,8 +232,11 @@ class SampleConfig(FromDictMixin):
             (:mod:`cvae_ray.calibration`), added to the decoder-noise variance: 0 keeps
             the decoder's own noise, 1 closes the gap with independent per-gene noise.
         draws: ``centred`` centres the random draws of each condition combination within
-            a request (:mod:`cvae_ray.draws`: the cohort's per-combination means carry no
-            Monte-Carlo offset); ``independent`` draws every sample independently.
+            a request (:mod:`cvae_ray.draws`: the cohort's per-combination means carry
+            less Monte-Carlo offset); ``independent`` draws every sample independently.
+        noise_centring: With centred draws, the share (0 to 1) of each combination's
+            mean decoder-noise draw that is removed (the latent draws are always
+            centred fully). Half was chosen on validation: all of it costs TSTR.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 
@@ -238,6 +246,7 @@ class SampleConfig(FromDictMixin):
     latent: str = "fitted"
     noise_calibration: float = 0.5
     draws: str = "centred"
+    noise_centring: float = 0.5
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
@@ -246,11 +255,9 @@ class SampleConfig(FromDictMixin):
                "temperature", self.temperature, "a number >= 0")
         check_value(self.scale in SCALES, "scale", self.scale, f"one of {SCALES}")
         check_value(self.latent in LATENT_PRIORS, "latent", self.latent, f"one of {LATENT_PRIORS}")
-        check_value(isinstance(self.noise_calibration, (int, float))
-                    and not isinstance(self.noise_calibration, bool)
-                    and 0 <= self.noise_calibration <= 1,
-                    "noise_calibration", self.noise_calibration, "a number from 0 to 1")
+        _share("noise_calibration", self.noise_calibration)
         check_value(self.draws in DRAWS, "draws", self.draws, f"one of {DRAWS}")
+        _share("noise_centring", self.noise_centring)
         check_positive_int("max_n", self.max_n)
 
     @property

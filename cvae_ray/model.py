@@ -237,5 +237,6 @@ class CVAE(nn.Module):
         """
         latent_noise, gene_noise = request_draws(
             codes.cpu().numpy(), self.config.latent_dim, self.n_genes, generator,
-            gene_noise=sample.noise and sample.temperature > 0, centred=sample.centred)
+            gene_noise=sample.noise and sample.temperature > 0, centred=sample.centred,
+            noise_share=sample.noise_centring)
         return self.draw(codes, latent_noise, gene_noise, sample)

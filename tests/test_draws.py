@@ -39,6 +39,20 @@ def test_centring_only_shifts_and_scales_the_independent_draws():
     assert torch.equal(latent[65], raw_latent[65]) and torch.equal(noise[65], raw_noise[65])
 
 
+def test_partial_centring_removes_that_share_of_the_mean_and_keeps_unit_variance():
+    _, raw = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=False)
+    _, half = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=True, noise_share=0.5)
+
+    block = raw[:40].numpy().astype(np.float64)
+    scale = 1 / np.sqrt(1 - (2 * 0.5 - 0.25) / 40)
+    np.testing.assert_allclose(half[:40].numpy(), (block - 0.5 * block.mean(0)) * scale,
+                               rtol=1e-5, atol=1e-5)
+    # Expected variance of a draw stays 1: checked over many groups of 40.
+    many = np.zeros((40 * 500, 1), dtype=np.int64) + np.repeat(np.arange(500), 40)[:, None]
+    _, noise = request_draws(many, 2, 50, 9, gene_noise=True, centred=True, noise_share=0.5)
+    assert abs(float(noise.pow(2).mean()) - 1.0) < 0.01
+
+
 def test_independent_draws_are_plain_seeded_normals():
     latent, noise = request_draws(CODES, 8, 300, 5, gene_noise=False, centred=False)
     generator = torch.Generator().manual_seed(5)
@@ -72,6 +86,7 @@ def test_bundle_centres_each_request_on_its_own(tiny_bundle_dir):
 def test_bundle_can_sample_independent_draws(tiny_bundle_dir):
     bundle = ModelBundle.load(tiny_bundle_dir)
     codes = np.zeros((30, len(bundle.vocab)), dtype=np.int64)
+    bundle.sample_defaults = dataclasses.replace(bundle.sample_defaults, noise_centring=1.0)
     [centred] = bundle.sample_standardised([SampleRequest(codes, 4)])
     bundle.sample_defaults = dataclasses.replace(bundle.sample_defaults, draws="independent")
     [independent] = bundle.sample_standardised([SampleRequest(codes, 4)])
