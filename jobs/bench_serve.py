@@ -2,7 +2,7 @@
 
     python jobs/bench_serve.py [--bundle B | --data D] [--n 1 100 1000] [--concurrency 1 8 32]
                                [--formats json arrow] [--duration 5] [--max-requests 2000]
-                               [--cpus 2] [--markdown OUT.md]
+                               [--cpus 2] [--client wrk|httpx] [--markdown OUT.md]
 
 Runs on loopback only, on a local Ray started (and stopped) by the benchmark.
 """
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=5.0, help="longest run per cell, s")
     parser.add_argument("--max-requests", type=int, default=2000, help="most requests per cell")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default=None,
+                        help="load client (default: wrk when installed, else httpx)")
     parser.add_argument("--markdown", help="also write the table to this Markdown file")
     return parser
 
@@ -55,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bundle = quick_bundle(args.data, Path(tmp) / "bundle")
         result = run_benchmark(bundle, ns=args.n, concurrencies=args.concurrency,
                                formats=args.formats, duration_s=args.duration,
-                               max_requests=args.max_requests, num_cpus=args.cpus)
+                               max_requests=args.max_requests, num_cpus=args.cpus,
+                               client=args.client)
     table = format_table(result)
     print(table)
     if args.markdown:

@@ -1,9 +1,11 @@
 """Load benchmark of the sampling service, beside the in-process sampling speed (its limit).
 
 Starts a local Ray, deploys ``serve_config.yaml`` (pointed at a bundle, on a
-free loopback port) with ``serve run``, then drives ``POST /v1/samples`` from an
-async httpx client at several concurrencies, sample counts and encodings. Each
-cell is bounded by a request count and a duration. The limit is
+free loopback port) with ``serve run``, then drives ``POST /v1/samples`` with
+``wrk`` (Debian package; C, one client thread) when it is installed, else from an
+async httpx client, at several concurrencies, sample counts and encodings. The
+client shares the machine's CPUs with the service, so the lighter one measures
+the service more fairly. Each cell is bounded by a request count and a duration. The limit is
 ``bundle.sample`` called in this process for the same ``n`` (one torch thread,
 like a replica with ``num_cpus: 1``). The client only reads the response bytes;
 decoding them is the client's cost, not the service's.
@@ -12,6 +14,7 @@ decoding them is the client's cost, not the service's.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO / "serve_config.yaml"
 FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
+CLIENTS = ("wrk", "httpx")
+WRK_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,8 @@ class Cell:
         concurrency: Requests in flight at once.
         requests: Requests completed (all must succeed).
         seconds: Wall time of the run.
-        latencies_s: Per-request latency in seconds.
+        p50_ms: Median latency.
+        p99_ms: 99th-percentile latency.
     """
 
     fmt: str
@@ -46,7 +52,8 @@ class Cell:
     concurrency: int
     requests: int
     seconds: float
-    latencies_s: tuple[float, ...]
+    p50_ms: float
+    p99_ms: float
 
     @property
     def requests_per_s(self) -> float:
@@ -56,18 +63,16 @@ class Cell:
     def samples_per_s(self) -> float:
         return self.requests_per_s * self.n
 
-    def latency_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_s, q) * 1000)
-
 
 @dataclass(frozen=True)
 class BenchResult:
-    """All cells plus the in-process limit (samples/s per ``n``)."""
+    """All cells, the in-process limit (samples/s per ``n``) and the load client used."""
 
     bundle_id: str
     n_genes: int
     cells: tuple[Cell, ...]
     in_process_samples_per_s: dict[int, float]
+    client: str = "httpx"
 
 
 def _free_port() -> int:
@@ -95,7 +100,9 @@ def in_process_throughput(bundle, n: int, *, duration_s: float, max_calls: int) 
 
 
 async def _drive(url: str, headers: dict[str, str], bodies: list[dict], accept: str,
-                 concurrency: int, duration_s: float, max_requests: int) -> tuple[int, float, list]:
+                 concurrency: int, duration_s: float, max_requests: int
+                 ) -> tuple[int, float, float, float]:
+    """One cell from an async httpx client: requests, seconds, p50 and p99 ms."""
     import httpx
 
     latencies: list[float] = []
@@ -120,7 +127,64 @@ async def _drive(url: str, headers: dict[str, str], bodies: list[dict], accept: 
                 latencies.append(time.perf_counter() - t0)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(latencies), time.perf_counter() - start, latencies
+        seconds = time.perf_counter() - start
+    return (len(latencies), seconds, float(np.percentile(latencies, 50) * 1000),
+            float(np.percentile(latencies, 99) * 1000))
+
+
+# wrk runs the requests from C with one thread; this script gives each request one of
+# the bodies in turn, stops after max_requests responses, and reports every non-2xx.
+_WRK_SCRIPT = """
+local bodies = {%(bodies)s}
+local max_requests = %(max_requests)d
+local sent, received = 0, 0
+wrk.method = "POST"
+%(headers)s
+request = function()
+  sent = sent + 1
+  return wrk.format(nil, "/v1/samples", nil, bodies[(sent %% #bodies) + 1])
+end
+response = function(status, headers, body)
+  received = received + 1
+  if received >= max_requests then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK_RESULT %%d %%d %%f %%f %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def _drive_wrk(url: str, headers: dict[str, str], bodies: list[dict], accept: str,
+               concurrency: int, duration_s: float, max_requests: int
+               ) -> tuple[int, float, float, float]:
+    """The same cell driven by ``wrk`` (C, one thread): less client CPU on a small machine."""
+    import json
+
+    lines = [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}"
+             for k, v in {**headers, "Accept": accept, "Content-Type": "application/json"}.items()]
+    script = _WRK_SCRIPT % {"bodies": ", ".join(_lua_string(json.dumps(b)) for b in bodies),
+                            "max_requests": max_requests, "headers": "\n".join(lines)}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as handle:
+        handle.write(script)
+        handle.flush()
+        reply = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
+             f"--timeout={WRK_TIMEOUT_S}s", "-s", handle.name, url],
+            capture_output=True, text=True, timeout=duration_s + WRK_TIMEOUT_S + 30, check=True)
+    line = next((x for x in reply.stdout.splitlines() if x.startswith("WRK_RESULT")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: {reply.stdout[-500:]} {reply.stderr[-500:]}")
+    requests, micros, p50_us, p99_us, errors = line.split()[1:]
+    if int(errors):
+        raise RuntimeError(f"{errors} of {requests} requests failed under wrk: {reply.stdout[-800:]}")
+    return int(requests), int(micros) / 1e6, float(p50_us) / 1000, float(p99_us) / 1000
 
 
 def deploy(bundle_dir: str | Path, port: int, gcs_address: str, workdir: Path) -> None:
@@ -151,10 +215,15 @@ def _wait_ready(url: str, timeout_s: float = 300) -> None:
     raise TimeoutError(f"the service at {url} did not become ready in {timeout_s} s")
 
 
+def default_client() -> str:
+    """``wrk`` when it is installed (Debian package ``wrk``), else the Python httpx client."""
+    return "wrk" if shutil.which("wrk") else "httpx"
+
+
 def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
                   concurrencies: Sequence[int] = (1, 8, 32),
                   formats: Sequence[str] = ("json", "arrow"), duration_s: float = 5.0,
-                  max_requests: int = 2000, num_cpus: int = 2,
+                  max_requests: int = 2000, num_cpus: int = 2, client: str | None = None,
                   progress=print) -> BenchResult:
     """Deploy the service on a fresh local Ray and measure every cell.
 
@@ -166,6 +235,8 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
         duration_s: Longest run per cell.
         max_requests: Most requests per cell.
         num_cpus: CPUs of the local Ray started here.
+        client: ``wrk`` or ``httpx`` (default: :func:`default_client`). The client runs
+            on the same CPUs as the service; wrk takes the least of them.
         progress: Called with a line per finished cell.
 
     Returns:
@@ -177,6 +248,12 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     from cvae_ray.bundle import ModelBundle
     from cvae_ray.serve_api import read_api_token
 
+    client = client or default_client()
+    if client not in CLIENTS:
+        raise ValueError(f"client={client!r} is not valid; expected one of {CLIENTS}.")
+    if client == "wrk" and not shutil.which("wrk"):
+        raise ValueError("client 'wrk' is not installed (Debian: apt-get install wrk); "
+                         "use client='httpx'.")
     bundle = ModelBundle.load(bundle_dir)
     limit: dict[int, float] = {}
     rng = np.random.default_rng(0)
@@ -200,24 +277,26 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
                 bodies = [{"conditions": {c: str(rng.choice(v)) for c, v in bundle.vocab.items()},
                            "n": n, "seed": i} for i in range(64)]
                 for concurrency in concurrencies:
-                    done, seconds, latencies = asyncio.run(_drive(
-                        url, headers, bodies, FORMATS[fmt], concurrency, duration_s, max_requests))
-                    cell = Cell(fmt, n, concurrency, done, seconds, tuple(latencies))
+                    args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
+                            max_requests)
+                    figures = (_drive_wrk(*args) if client == "wrk"
+                               else asyncio.run(_drive(*args)))
+                    cell = Cell(fmt, n, concurrency, *figures)
                     cells.append(cell)
                     progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} {cell.requests_per_s:9.1f} req/s "
-                             f"{cell.samples_per_s:11.0f} samples/s  p50 {cell.latency_ms(50):7.1f} ms "
-                             f"p99 {cell.latency_ms(99):7.1f} ms")
+                             f"{cell.samples_per_s:11.0f} samples/s  p50 {cell.p50_ms:7.1f} ms "
+                             f"p99 {cell.p99_ms:7.1f} ms")
     finally:
         serve.shutdown()
         ray.shutdown()
-    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit)
+    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client)
 
 
 def format_table(result: BenchResult) -> str:
     """The figures as a Markdown table (served beside the in-process limit)."""
     lines = [
-        f"bundle `{result.bundle_id}` ({result.n_genes} genes); limit = in-process "
-        f"`bundle.sample` samples/s, one torch thread",
+        f"bundle `{result.bundle_id}` ({result.n_genes} genes); load client `{result.client}`; "
+        f"limit = in-process `bundle.sample` samples/s, one torch thread",
         "",
         "| format | n | concurrency | requests/s | samples/s | % of in-process | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -227,7 +306,7 @@ def format_table(result: BenchResult) -> str:
         lines.append(
             f"| {cell.fmt} | {cell.n} | {cell.concurrency} | {cell.requests_per_s:.1f} | "
             f"{cell.samples_per_s:.0f} | {100 * cell.samples_per_s / limit:.0f}% | "
-            f"{cell.latency_ms(50):.1f} | {cell.latency_ms(99):.1f} |")
+            f"{cell.p50_ms:.1f} | {cell.p99_ms:.1f} |")
     lines += ["", "| n | in-process samples/s (limit) |", "| ---: | ---: |"]
     lines += [f"| {n} | {v:.0f} |" for n, v in result.in_process_samples_per_s.items()]
     return "\n".join(lines)
