@@ -13,9 +13,10 @@ draw is still marginally N(0, I). This is antithetic-style variance reduction: a
 synthetic cohort of n lung samples then has (close to) the mean the model gives
 lung, not that mean plus Monte-Carlo noise of order 1 / sqrt(n). On the RNAseqDB
 validation split, centring the latent draws and half the noise raised gamma from
-0.930 to 0.940 and lowered detection AUC from 0.58 to 0.52 with the same model.
-Centring all of the noise adds no gamma but costs 4 points of TSTR on the
-tissue|source label (docs/quality.md). A combination with one sample in a request
+0.917 to 0.940 and lowered detection AUC from 0.58 to 0.52 with the same model
+(both with half the noise gap of :mod:`cvae_ray.calibration`). Centring all of
+the noise adds 0.001 more gamma but costs 4 points of TSTR on the tissue|source
+label (docs/quality.md). A combination with one sample in a request
 is drawn independently (nothing to centre); ``independent`` turns centring off.
 """
 

@@ -167,7 +167,7 @@ def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
     """Validation gamma and DCR ratio, from one set of draws with the validation mix.
 
     Args:
-        model: The (unwrapped) CVAE, its latent prior refitted (:func:`refit_sampler`).
+        model: The (unwrapped) CVAE, its prior and noise gap refitted (:func:`refit_sampler`).
         x_train: Training expression (standardised), numpy: the DCR reference set.
         x_val: Validation expression (standardised), numpy.
         codes_val: Validation condition codes.
