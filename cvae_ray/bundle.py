@@ -354,9 +354,7 @@ class ModelBundle:
                 settings, noise=settings.noise if noise is None else noise,
                 temperature=settings.temperature if temperature is None else temperature)
         draws = [request_draws(r.codes, self.model.config.latent_dim, self.model.n_genes,
-                               int(r.seed), gene_noise=settings.noise and settings.temperature > 0,
-                               centred=settings.centred, noise_share=settings.noise_centring)
-                 for r in requests]
+                               int(r.seed), settings) for r in requests]
         latent_noise = _concat([latent for latent, _ in draws])
         gene_noise = _concat([genes for _, genes in draws]) if draws[0][1] is not None else None
         codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))

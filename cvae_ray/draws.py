@@ -25,8 +25,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cvae_ray.config import SampleConfig
 
-def centre_by_group(draws: torch.Tensor, codes: np.ndarray, share: float = 1.0) -> torch.Tensor:
+
+def combination_rows(codes: np.ndarray) -> list[slice | np.ndarray]:
+    """The rows of each condition combination (one slice when there is only one)."""
+    combos, group = np.unique(codes, axis=0, return_inverse=True)
+    if len(combos) == 1:
+        return [slice(None)]
+    group = group.reshape(-1)
+    return [np.flatnonzero(group == k) for k in range(len(combos))]
+
+
+def centre_by_group(draws: torch.Tensor, groups: list[slice | np.ndarray],
+                    share: float = 1.0) -> torch.Tensor:
     """Remove ``share`` of each condition combination's mean draw, keeping unit variance.
 
     Each row becomes ``(x - share * mean) * c`` with ``c = 1 / sqrt(1 - (2 share -
@@ -36,7 +48,7 @@ def centre_by_group(draws: torch.Tensor, codes: np.ndarray, share: float = 1.0) 
 
     Args:
         draws: ``(n, d)`` float32 CPU tensor of standard-normal draws.
-        codes: ``(n, n_conditions)`` integer condition codes of the rows.
+        groups: The rows of each combination (:func:`combination_rows`).
         share: Share of the group mean removed, from 0 (nothing) to 1 (mean zero).
 
     Returns:
@@ -45,13 +57,8 @@ def centre_by_group(draws: torch.Tensor, codes: np.ndarray, share: float = 1.0) 
     if share <= 0:
         return draws
     values = draws.numpy()
-    combos, group = np.unique(codes, axis=0, return_inverse=True)
-    group = group.reshape(-1)
-    if len(combos) == 1:
-        _centre(values, slice(None), share)
-        return draws
-    for k in range(len(combos)):
-        _centre(values, np.flatnonzero(group == k), share)
+    for rows in groups:
+        _centre(values, rows, share)
     return draws
 
 
@@ -67,8 +74,7 @@ def _centre(values: np.ndarray, rows: slice | np.ndarray, share: float) -> None:
 
 
 def request_draws(codes: np.ndarray, latent_dim: int, n_genes: int,
-                  seed: int | torch.Generator | None,
-                  *, gene_noise: bool, centred: bool, noise_share: float = 1.0
+                  seed: int | torch.Generator | None, sample: SampleConfig
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latent and decoder-noise draws for one request.
 
@@ -80,9 +86,8 @@ def request_draws(codes: np.ndarray, latent_dim: int, n_genes: int,
         n_genes: Number of genes (width of the decoder noise).
         seed: Seed of a fresh CPU generator, a generator to draw from, or ``None`` for
             torch's global random state.
-        gene_noise: Also draw decoder noise (``False`` returns ``None`` for it).
-        centred: Centre each combination's draws (see the module docstring).
-        noise_share: Share of the noise draws' group mean removed when centring.
+        sample: ``noise`` and ``temperature`` (decoder noise is drawn only when it
+            is added), ``draws`` and ``noise_centring`` (see the module docstring).
 
     Returns:
         ``(latent, noise)``: float32 CPU tensors ``(n, latent_dim)`` and ``(n, n_genes)``
@@ -93,9 +98,11 @@ def request_draws(codes: np.ndarray, latent_dim: int, n_genes: int,
     codes = np.asarray(codes)
     n = codes.shape[0]
     latent = torch.randn(n, latent_dim, generator=generator)
-    noise = torch.randn(n, n_genes, generator=generator) if gene_noise else None
-    if centred:
-        centre_by_group(latent, codes)
+    noise = (torch.randn(n, n_genes, generator=generator)
+             if sample.noise and sample.temperature > 0 else None)
+    if sample.centred:
+        groups = combination_rows(codes)
+        centre_by_group(latent, groups)
         if noise is not None:
-            centre_by_group(noise, codes, noise_share)
+            centre_by_group(noise, groups, sample.noise_centring)
     return latent, noise

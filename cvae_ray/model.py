@@ -236,7 +236,5 @@ class CVAE(nn.Module):
             ``(n, n_genes)`` samples in standardised space, on the model's device.
         """
         latent_noise, gene_noise = request_draws(
-            codes.cpu().numpy(), self.config.latent_dim, self.n_genes, generator,
-            gene_noise=sample.noise and sample.temperature > 0, centred=sample.centred,
-            noise_share=sample.noise_centring)
+            codes.cpu().numpy(), self.config.latent_dim, self.n_genes, generator, sample)
         return self.draw(codes, latent_noise, gene_noise, sample)

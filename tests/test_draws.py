@@ -15,10 +15,13 @@ from cvae_ray.errors import InvalidConfigError
 
 # Three combinations: 40 rows, 25 rows, and one row alone.
 CODES = np.array([[0, 0]] * 40 + [[1, 2]] * 25 + [[2, 1]], dtype=np.int64)
+FULL = SampleConfig(noise_centring=1.0)            # latent and all of the noise centred
+HALF = SampleConfig(noise_centring=0.5)
+INDEPENDENT = SampleConfig(draws="independent")
 
 
 def test_centred_draws_have_zero_mean_per_combination_and_unit_scale():
-    latent, noise = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=True)
+    latent, noise = request_draws(CODES, 8, 300, 5, FULL)
 
     for rows in (slice(0, 40), slice(40, 65)):
         np.testing.assert_allclose(latent[rows].mean(0).numpy(), 0.0, atol=1e-6)
@@ -29,8 +32,8 @@ def test_centred_draws_have_zero_mean_per_combination_and_unit_scale():
 
 
 def test_centring_only_shifts_and_scales_the_independent_draws():
-    raw_latent, raw_noise = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=False)
-    latent, noise = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=True)
+    raw_latent, raw_noise = request_draws(CODES, 8, 300, 5, INDEPENDENT)
+    latent, noise = request_draws(CODES, 8, 300, 5, FULL)
 
     block = raw_noise[:40].numpy()
     expected = (block - block.mean(0)) * np.sqrt(40 / 39)
@@ -40,8 +43,8 @@ def test_centring_only_shifts_and_scales_the_independent_draws():
 
 
 def test_partial_centring_removes_that_share_of_the_mean_and_keeps_unit_variance():
-    _, raw = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=False)
-    _, half = request_draws(CODES, 8, 300, 5, gene_noise=True, centred=True, noise_share=0.5)
+    _, raw = request_draws(CODES, 8, 300, 5, INDEPENDENT)
+    _, half = request_draws(CODES, 8, 300, 5, HALF)
 
     block = raw[:40].numpy().astype(np.float64)
     scale = 1 / np.sqrt(1 - (2 * 0.5 - 0.25) / 40)
@@ -49,12 +52,12 @@ def test_partial_centring_removes_that_share_of_the_mean_and_keeps_unit_variance
                                rtol=1e-5, atol=1e-5)
     # Expected variance of a draw stays 1: checked over many groups of 40.
     many = np.zeros((40 * 500, 1), dtype=np.int64) + np.repeat(np.arange(500), 40)[:, None]
-    _, noise = request_draws(many, 2, 50, 9, gene_noise=True, centred=True, noise_share=0.5)
+    _, noise = request_draws(many, 2, 50, 9, HALF)
     assert abs(float(noise.pow(2).mean()) - 1.0) < 0.01
 
 
 def test_independent_draws_are_plain_seeded_normals():
-    latent, noise = request_draws(CODES, 8, 300, 5, gene_noise=False, centred=False)
+    latent, noise = request_draws(CODES, 8, 300, 5, SampleConfig(noise=False, draws="independent"))
     generator = torch.Generator().manual_seed(5)
 
     assert noise is None
@@ -65,9 +68,9 @@ def test_draws_do_not_depend_on_torch_threads():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = request_draws(CODES, 8, 300, 3, gene_noise=True, centred=True)
+        one = request_draws(CODES, 8, 300, 3, FULL)
         torch.set_num_threads(2)
-        two = request_draws(CODES, 8, 300, 3, gene_noise=True, centred=True)
+        two = request_draws(CODES, 8, 300, 3, FULL)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])

@@ -119,8 +119,7 @@ def raw_decoder_rate(bundle_path: str, threads: int, batch: int = 8192,
     with torch.no_grad():
         while time.perf_counter() - start < seconds or done == 0:
             z, noise = request_draws(codes, model.config.latent_dim, model.n_genes, generator,
-                                     gene_noise=True, centred=defaults.centred,
-                                     noise_share=defaults.noise_centring)
+                                     defaults)
             model.draw(codes_t, z, noise, defaults)
             done += batch
     return done / (time.perf_counter() - start)
