@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from cvae_ray.benchmarks.serve import CLIENTS, FORMATS, INGRESSES
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rnaseqdb_gtex_tcga_l1000.parquet"
 
 
@@ -31,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="samples per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
                         help="requests in flight")
-    parser.add_argument("--formats", nargs="+", choices=["json", "arrow"],
+    parser.add_argument("--formats", nargs="+", choices=list(FORMATS),
                         default=["json", "arrow"])
     parser.add_argument("--duration", type=float, default=5.0, help="longest run per cell, s")
     parser.add_argument("--max-requests", type=int, default=2000, help="most requests per cell")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
-    parser.add_argument("--client", choices=["wrk", "httpx"], default=None,
+    parser.add_argument("--client", choices=CLIENTS, default=None,
                         help="load client (default: wrk when installed, else httpx)")
-    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+    parser.add_argument("--ingress", choices=INGRESSES, default="proxy",
                         help="Serve's Python HTTP proxy (default) or its opt-in HAProxy ingress "
                              "(RAY_SERVE_ENABLE_HA_PROXY=1; see docs/serving.md)")
     parser.add_argument("--markdown", help="also write the table to this Markdown file")
