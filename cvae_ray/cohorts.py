@@ -7,10 +7,12 @@ Two steps, so that bad input fails before any Ray work starts:
    location and create a temporary sibling to write into.
 2. :func:`write_cohort` (Ray Data): ``from_items(plan)`` -> ``map_batches``
    with :class:`BlockSampler` (the bundle loaded once per actor, one block of
-   at most ``BLOCK_ROWS`` rows per decoder pass, emitted as an Arrow table
-   built straight from numpy) -> ``write_parquet`` into the temporary
-   location; then the row counts are checked from the files, the manifest is
-   written and the output is published.
+   at most ``BLOCK_ROWS`` rows per decoder pass, several blocks at a time,
+   each handed on packed as one binary cell: :mod:`cvae_ray.cohort_blocks`)
+   -> ``map_batches(unpack_blocks)`` fused by Ray Data into the
+   ``write_parquet`` tasks, so the wide table is built where it is written;
+   then the row counts are checked from the files, the manifest is written
+   and the output is published.
 
 Publishing: a local ``--out`` is renamed into place in one step (the staging
 folder is a hidden sibling on the same filesystem). A URI ``--out`` is written
@@ -38,6 +40,7 @@ from pyarrow import fs as pafs
 
 from cvae_ray import __version__
 from cvae_ray.bundle import ModelBundle, SampleRequest
+from cvae_ray.cohort_blocks import pack_blocks, unpack_blocks
 from cvae_ray.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
 from cvae_ray.config import SCALES
 from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
@@ -51,6 +54,11 @@ SAMPLE_ID = "sample_id"
 #: Parquet codecs accepted; snappy is the default (see docs/cohorts.md for the measurements).
 COMPRESSIONS = ("snappy", "none", "zstd", "lz4", "gzip")
 DEFAULT_COMPRESSION = "snappy"
+#: Codec of the gene columns where it differs from the labels' (see parquet_options).
+GENE_CODEC = {"snappy": "none", "lz4": "none"}
+#: Packed blocks per write task: Ray Data's cost per task (about 0.1 s here) is then
+#: paid once per two blocks (docs/cohorts.md, session 5).
+WRITE_BLOCKS = 2
 
 
 @dataclass
@@ -231,26 +239,30 @@ def cohort_schema(prepared: PreparedCohort) -> pa.Schema:
 
 # ---------------------------------------------------------------------- the actor
 class BlockSampler:
-    """Ray Data callable class: loads the bundle once, turns plan rows into Arrow tables.
+    """Ray Data callable class: loads the bundle once, samples plan rows into packed blocks.
+
+    Each call samples its plan blocks on one torch thread; an actor runs several
+    calls at once (:func:`actor_calls`), which keeps its CPUs busy through the
+    single-threaded steps (normal draws, inverse preprocessing) as well. A block's
+    values are the same whichever actor or thread samples it.
 
     Args:
-        prepared: The prepared job (bundle location, scale, plan, schema).
+        prepared: The prepared job (bundle location, scale, plan).
         device: torch device of this actor.
-        threads: torch intra-op threads of this actor (its CPU share).
     """
 
-    def __init__(self, prepared: PreparedCohort, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(self, prepared: PreparedCohort, device: str = "cpu") -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(threads)))
+        # Parallel calls, not intra-op threads: one thread per call is never idle
+        # waiting for the other at the end of each operation.
+        torch.set_num_threads(1)
         self.bundle = ModelBundle.load(prepared.bundle_location, device=device)
         if self.bundle.bundle_id != prepared.bundle_id:
             raise IncompatibleBundleError(
                 f"bundle at {prepared.bundle_location!r} changed while the job ran "
                 f"(id {self.bundle.bundle_id}, planned with {prepared.bundle_id}).")
         plan = prepared.plan
-        self.plan = plan
-        self.schema = cohort_schema(prepared)
         self.scale = prepared.scale
         self.noise = prepared.noise
         self.temperature = prepared.temperature
@@ -258,35 +270,34 @@ class BlockSampler:
             [dict(zip(plan.columns, combo)) for combo in plan.combos])
         self.codes = codes
 
-    def block_table(self, index: int, combo: int, count: int, seed: int) -> pa.Table:
-        """Sample one block and build its table from numpy without per-row Python."""
+    def block_values(self, combo: int, count: int, seed: int) -> np.ndarray:
+        """Sample one block: genes x samples float32 on the output scale, C-contiguous."""
         codes = np.repeat(self.codes[combo:combo + 1], count, axis=0)
         [standardised] = self.bundle.sample_standardised(
             [SampleRequest(codes, int(seed))], noise=self.noise, temperature=self.temperature)
-        # Gene-major layout: each gene column is then a contiguous slice that Arrow
+        # Gene-major layout: each gene column is then a contiguous run that Arrow
         # wraps without copying (the transpose is folded into the inverse transform).
-        values = self.bundle.to_scale(standardised, self.scale, gene_major=True)
-        del standardised
-        ids = pc.binary_join_element_wise(f"{self.plan.seed}-{index}-",
-                                          pc.cast(pa.array(np.arange(count)), pa.string()), "")
-        arrays = [ids] + [pa.repeat(value, count) for value in self.plan.combos[combo]]
-        arrays += [pa.array(values[j]) for j in range(values.shape[0])]
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        return self.bundle.to_scale(standardised, self.scale, gene_major=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        tables = [self.block_table(int(i), int(c), int(k), int(s)) for i, c, k, s in
-                  zip(batch["index"], batch["combo"], batch["count"], batch["seed"])]
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        values = [self.block_values(int(c), int(k), int(s)) for c, k, s in
+                  zip(batch["combo"], batch["count"], batch["seed"])]
+        return pack_blocks(batch["index"], batch["combo"], values)
 
 
 def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
     """Parquet writer options: dictionaries and statistics for the labels only.
 
     Random float genes gain nothing from dictionary encoding (pyarrow would try it
-    and fall back, at a cost) or from min/max statistics.
+    and fall back, at a cost) or from min/max statistics. Nor from the LZ-only codecs
+    (snappy, lz4): without entropy coding they cannot shrink float32 noise (the file
+    is the same size), so with those the genes are stored uncompressed and only the
+    labels get the codec; zstd and gzip do shrink genes and apply to every column.
     """
     labels = [SAMPLE_ID] + [c for c in prepared.plan.columns if c not in prepared.partition_by]
-    options = {"compression": prepared.compression,
+    gene_codec = GENE_CODEC.get(prepared.compression, prepared.compression)
+    options = {"compression": {**{c: prepared.compression for c in labels},
+                               **{g: gene_codec for g in prepared.genes}},
                "use_dictionary": [c for c in labels if c != SAMPLE_ID],
                "write_statistics": labels}
     if prepared.compression == "zstd":
@@ -339,6 +350,7 @@ def manifest(prepared: PreparedCohort, counts: dict[tuple[str, ...], int],
         "partition_by": prepared.partition_by,
         "rows_per_file": prepared.rows_per_file,
         "compression": prepared.compression,
+        "gene_compression": GENE_CODEC.get(prepared.compression, prepared.compression),
         "files": files,
         "versions": {"cvae_ray": __version__, "ray": ray.__version__,
                      "torch": torch.__version__, "pyarrow": pa.__version__,
@@ -376,12 +388,13 @@ def default_workers(gpu: bool) -> int:
     return max(1, int(resources.get("CPU", 1)) - 1)
 
 
-def actor_threads(workers: int, gpu: bool) -> int:
-    """torch threads per sampling actor: the cluster's CPUs shared out between the actors.
+def actor_calls(workers: int, gpu: bool) -> int:
+    """Blocks each sampling actor works on at once: the cluster's CPUs shared out.
 
-    The Parquet writers need only a fraction of a CPU, so on a small machine (2 CPUs,
-    one actor) the actor's second thread uses what the writers leave idle. With
-    many actors this is 1, one thread per reserved CPU. GPU actors need 1.
+    The Parquet writers need only part of a CPU, so on a small machine (2 CPUs,
+    one actor) the actor's second call uses what the writers leave idle. With
+    many actors this is 1, one call per reserved CPU. A GPU actor takes one block
+    at a time (two would double its GPU memory).
     """
     import ray
 
@@ -413,14 +426,23 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
     try:
         items = [asdict(block) for block in prepared.plan.blocks]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        calls = actor_calls(workers, gpu)
         dataset = dataset.map_batches(
             BlockSampler,
-            fn_constructor_kwargs={"prepared": prepared, "device": "cuda" if gpu else "cpu",
-                                   "threads": actor_threads(workers, gpu)},
+            fn_constructor_kwargs={"prepared": prepared, "device": "cuda" if gpu else "cpu"},
             # One plan block per decoder pass: the grouping never changes the values.
             batch_size=1, batch_format="numpy", zero_copy_batch=True,
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=ray.data.ActorPoolStrategy(
+                size=workers, max_concurrent_calls_per_actor=calls,
+                enable_true_multi_threading=calls > 1),
             num_cpus=1, num_gpus=1 if gpu else None)
+        # A task step: Ray Data fuses it into the write tasks, so the cohort's wide
+        # table is built where it is written and never crosses the object store.
+        dataset = dataset.map_batches(
+            unpack_blocks, fn_kwargs={"schema": cohort_schema(prepared),
+                                      "seed": prepared.plan.seed,
+                                      "combos": list(prepared.plan.combos)},
+            batch_size=WRITE_BLOCKS, batch_format="pyarrow", zero_copy_batch=True)
         filesystem, path = _filesystem(prepared.staging)
         unpartitioned = not prepared.partition_by
         options = parquet_options(prepared)

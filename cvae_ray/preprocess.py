@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from cvae_ray.config import SCALES
 from cvae_ray.errors import IncompatibleBundleError, InvalidConfigError
@@ -83,7 +84,8 @@ class Preprocessor:
         standardised = np.asarray(standardised, np.float32)
         if gene_major:
             logged = np.empty(standardised.shape[::-1], np.float32)
-            np.multiply(standardised.T, self._std32[:, None], out=logged)
+            _transpose_into(logged, standardised)
+            logged *= self._std32[:, None]
             logged += self._mean32[:, None]
         else:
             logged = standardised * self._std32 + self._mean32
@@ -115,3 +117,15 @@ class Preprocessor:
         if mean.shape != std.shape or mean.ndim != 1:
             raise IncompatibleBundleError("preprocessing mean and std disagree in shape.")
         return cls(log_transform=log_transform, mean=mean, std=std)
+
+
+def _transpose_into(out: np.ndarray, values: np.ndarray) -> None:
+    """``out[:] = values.T`` (float32, exact).
+
+    torch's blocked transpose is about 3x faster than numpy's strided copy (12 vs
+    37 ms for 10,000 x 977 on one thread), and bulk generation does one per block.
+    """
+    if values.flags.writeable and values.flags.c_contiguous:
+        torch.from_numpy(out).copy_(torch.from_numpy(values).T)
+    else:  # torch.from_numpy refuses read-only arrays; keep numpy's copy for them
+        np.copyto(out, values.T)
