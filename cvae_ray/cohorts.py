@@ -44,7 +44,7 @@ from cvae_ray.cohort_blocks import pack_blocks, unpack_blocks
 from cvae_ray.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
 from cvae_ray.config import SCALES
 from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
-from cvae_ray.storage import is_uri, local_path, replace_dir
+from cvae_ray.storage import buffered_local_filesystem, is_uri, local_path, replace_dir
 
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "cvae_ray.cohort"
@@ -57,8 +57,8 @@ DEFAULT_COMPRESSION = "snappy"
 #: Codec of the gene columns where it differs from the labels' (see parquet_options).
 GENE_CODEC = {"snappy": "none", "lz4": "none"}
 #: Packed blocks per write task: Ray Data's cost per task (about 0.1 s here) is then
-#: paid once per two blocks (docs/cohorts.md, session 5).
-WRITE_BLOCKS = 2
+#: paid once per four blocks (docs/cohorts.md, session 5).
+WRITE_BLOCKS = 4
 
 
 @dataclass
@@ -444,6 +444,8 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
                                       "combos": list(prepared.plan.combos)},
             batch_size=WRITE_BLOCKS, batch_format="pyarrow", zero_copy_batch=True)
         filesystem, path = _filesystem(prepared.staging)
+        if not prepared.remote:
+            filesystem = buffered_local_filesystem()
         unpartitioned = not prepared.partition_by
         options = parquet_options(prepared)
         dataset.write_parquet(

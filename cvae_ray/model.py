@@ -25,6 +25,10 @@ from cvae_ray.draws import request_draws
 from cvae_ray.latent_prior import LatentPrior
 
 DEFAULT_SAMPLING = SampleConfig()
+#: Rows decoded per pass when sampling on CPU: large passes overflow the CPU caches
+#: (one thread, 977 genes: 10,000 samples took 0.19 s in 1,024-row passes against
+#: 0.25 s in one pass); a row's values do not depend on the other rows of its pass.
+SAMPLE_CHUNK = 1024
 
 
 @dataclass
@@ -204,9 +208,23 @@ class CVAE(nn.Module):
         z = latent_noise.to(device)
         if sample.fitted_prior and self.latent_prior is not None:
             z = self.latent_prior.transform(z, codes)
-        out = self.decode(z, codes)
-        if gene_noise is not None and sample.temperature > 0:
-            out.addcmul_(gene_noise.to(device), self.noise_scale(sample))
+        scale = (self.noise_scale(sample) if gene_noise is not None and sample.temperature > 0
+                 else None)
+        n = z.shape[0]
+        chunk = SAMPLE_CHUNK if device.type == "cpu" else n
+        if n <= chunk:
+            out = self.decode(z, codes)
+            if scale is not None:
+                out.addcmul_(gene_noise.to(device), scale)
+            return out
+        # On CPU, decode in cache-sized chunks (rows are independent; same values).
+        out = torch.empty(n, self.n_genes, device=device)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            part = self.decode(z[rows], codes[rows])
+            if scale is not None:
+                part.addcmul_(gene_noise[rows], scale)
+            out[rows] = part
         return out
 
     @torch.no_grad()

@@ -56,3 +56,81 @@ def replace_dir(source: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         source.rename(target)
+
+
+class BufferedLocalHandler(pafs.FileSystemHandler):
+    """The local filesystem with buffered output streams (for :func:`buffered_local_filesystem`).
+
+    pyarrow's local output streams are unbuffered, so the Parquet writer makes one
+    system call per page and column chunk: thousands per file for ~1,000 gene
+    columns. A 10,000-row cohort block wrote in 85 ms unbuffered and 47 ms through
+    a 4 MiB buffer (docs/cohorts.md). Everything else goes straight to
+    ``pyarrow.fs.LocalFileSystem``.
+
+    Args:
+        buffer_size: Bytes buffered per output stream.
+    """
+
+    def __init__(self, buffer_size: int) -> None:
+        self.buffer_size = int(buffer_size)
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BufferedLocalHandler) and other.buffer_size == self.buffer_size
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:  # noqa: D102 - pyarrow's interface
+        return "cvae_ray-buffered-local"
+
+    def normalize_path(self, path):  # noqa: D102
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):  # noqa: D102
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):  # noqa: D102
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):  # noqa: D102
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):  # noqa: D102
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):  # noqa: D102
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):  # noqa: D102
+        raise OSError("refusing to delete the contents of the root directory")
+
+    def delete_file(self, path):  # noqa: D102
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):  # noqa: D102
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):  # noqa: D102
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):  # noqa: D102
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):  # noqa: D102
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):  # noqa: D102
+        return self.fs.open_output_stream(path, buffer_size=self.buffer_size)
+
+    def open_append_stream(self, path, metadata):  # noqa: D102
+        return self.fs.open_append_stream(path, buffer_size=self.buffer_size)
+
+
+#: Output buffer of :func:`buffered_local_filesystem` (larger buffers measured no faster).
+WRITE_BUFFER = 4 << 20
+
+
+def buffered_local_filesystem(buffer_size: int = WRITE_BUFFER) -> pafs.FileSystem:
+    """The local filesystem, writing through a buffer (see :class:`BufferedLocalHandler`)."""
+    return pafs.PyFileSystem(BufferedLocalHandler(buffer_size))
