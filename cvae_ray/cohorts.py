@@ -39,6 +39,7 @@ import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
 from cvae_ray import __version__
+from cvae_ray.allocator import keep_freed_memory
 from cvae_ray.bundle import ModelBundle, SampleRequest
 from cvae_ray.cohort_blocks import pack_blocks, unpack_blocks
 from cvae_ray.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
@@ -257,6 +258,7 @@ class BlockSampler:
         # Parallel calls, not intra-op threads: one thread per call is never idle
         # waiting for the other at the end of each operation.
         torch.set_num_threads(1)
+        keep_freed_memory()
         self.bundle = ModelBundle.load(prepared.bundle_location, device=device)
         if self.bundle.bundle_id != prepared.bundle_id:
             raise IncompatibleBundleError(
@@ -314,9 +316,15 @@ def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning,
                            exclude_invalid_files=False)
     columns = list(prepared.plan.columns)
-    table = dataset.to_table(columns=columns)
-    grouped = table.group_by(columns).aggregate([([], "count_all")]).to_pylist()
-    return {tuple(str(row[c]) for c in columns): int(row["count_all"]) for row in grouped}
+    counts: dict[tuple[str, ...], int] = {}
+    # Batch by batch, so the driver's memory does not grow with n.
+    for batch in dataset.to_batches(columns=columns):
+        grouped = pa.Table.from_batches([batch]).group_by(columns).aggregate(
+            [([], "count_all")])
+        for row in grouped.to_pylist():
+            key = tuple(str(row[c]) for c in columns)
+            counts[key] = counts.get(key, 0) + int(row["count_all"])
+    return counts
 
 
 def _files(prepared: PreparedCohort) -> list[dict[str, Any]]:

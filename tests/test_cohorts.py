@@ -105,14 +105,20 @@ def test_cohort_written_and_read_back(ray_cluster, tiny_bundle_dir, tmp_path):
     assert record["bundle_id"] == manifest["bundle_id"] and record["seed"] == 1
     assert schema.names == ["sample_id", "tissue", "source", *manifest["genes"]]
     assert str(schema.field(manifest["genes"][0]).type) == "float"
+    # snappy cannot shrink float32 genes: they are stored uncompressed, the labels not.
+    chunks = pq.ParquetFile(next(out.glob("*.parquet"))).metadata.row_group(0)
+    codecs = {chunks.column(i).path_in_schema: chunks.column(i).compression
+              for i in range(chunks.num_columns)}
+    assert codecs["tissue"] == "SNAPPY" and codecs[manifest["genes"][0]] == "UNCOMPRESSED"
+    assert manifest["compression"] == "snappy" and manifest["gene_compression"] == "none"
     assert not list(tmp_path.glob(".cohort.tmp-*"))
 
 
 def test_same_seed_same_values_other_seed_differs(ray_cluster, tiny_bundle_dir, tmp_path):
     common = ["--bundle", tiny_bundle_dir, "--n", 300, "--block-rows", 70, "--mix", "balanced"]
     assert _run([*common, "--out", tmp_path / "a", "--seed", 5]) == 0
-    # Two actors of one torch thread each vs the default one actor of two threads:
-    # neither the actor count nor the thread count may change the values.
+    # Two actors of one block at a time vs the default one actor of two blocks at
+    # once: neither the actor count nor the parallel calls may change the values.
     assert _run([*common, "--out", tmp_path / "b", "--seed", 5, "--workers", 2]) == 0
     assert _run([*common, "--out", tmp_path / "c", "--seed", 6]) == 0
     a, b, c = (_read(tmp_path / x) for x in "abc")

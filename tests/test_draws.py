@@ -106,3 +106,20 @@ def test_bundle_can_sample_independent_draws(tiny_bundle_dir):
 def test_bad_draws_value_is_refused():
     with pytest.raises(InvalidConfigError, match="draws.*'centred', 'independent'"):
         SampleConfig(draws="stratified")
+
+
+def test_chunked_cpu_decoding_gives_the_values_of_one_pass(tiny_bundle_dir, monkeypatch):
+    import cvae_ray.model as model_module
+
+    model = ModelBundle.load(tiny_bundle_dir).model
+    codes = np.array([[0, 0]] * 150 + [[1, 1]] * 100, dtype=np.int64)
+    latent, noise = request_draws(codes, model.config.latent_dim, model.n_genes, 3, HALF)
+    with torch.no_grad():
+        monkeypatch.setattr(model_module, "SAMPLE_CHUNK", 10_000)
+        whole = model.draw(torch.from_numpy(codes), latent, noise, HALF)
+        monkeypatch.setattr(model_module, "SAMPLE_CHUNK", 64)   # 4 chunks, the last partial
+        chunked = model.draw(torch.from_numpy(codes), latent, noise, HALF)
+        means = model.draw(torch.from_numpy(codes), latent, None, HALF)
+
+    assert torch.equal(whole, chunked)
+    assert chunked.shape == (250, model.n_genes) and not torch.equal(means, chunked)
