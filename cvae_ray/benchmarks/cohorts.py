@@ -100,16 +100,20 @@ def quick_bundle(path: Path, epochs: int) -> str:
 
 
 def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: int = 8192,
-                     seconds: float = 5.0) -> float:
+                     seconds: float = 3.0, repeats: int = 3) -> float:
     """Samples/s of the model alone: draws (centred as the bundle samples), latent prior,
-    decode, noise (no conversion or I/O).
+    decode, noise (no conversion or I/O); the best of several windows.
+
+    The best, not the mean: this is the ceiling the job is judged against, and on a
+    shared machine a window can lose a quarter of its rate to a neighbour.
 
     Args:
         bundle_path: The bundle.
         threads: torch intra-op threads.
         parallel: Python threads sampling at once (torch and numpy release the GIL).
         batch: Samples per decoder pass.
-        seconds: How long each thread samples.
+        seconds: Length of each window.
+        repeats: Number of windows.
     """
     import numpy as np
     import torch
@@ -122,7 +126,6 @@ def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: i
     model, defaults = bundle.model, bundle.sample_defaults
     codes = np.zeros((batch, len(bundle.vocab)), dtype=np.int64)
     codes_t = torch.from_numpy(codes)
-    done = [0] * parallel
 
     def loop(slot: int) -> None:
         generator = torch.Generator().manual_seed(slot)
@@ -133,13 +136,36 @@ def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: i
                 model.draw(codes_t, z, noise, defaults)
                 done[slot] += batch
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=loop, args=(slot,)) for slot in range(parallel)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return sum(done) / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(repeats):
+        done = [0] * parallel
+        start = time.perf_counter()
+        workers = [threading.Thread(target=loop, args=(slot,)) for slot in range(parallel)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        best = max(best, sum(done) / (time.perf_counter() - start))
+    return best
+
+
+def _raw_with_actor_allocator(bundle_path: str, threads: int, parallel: int) -> float:
+    from cvae_ray.allocator import keep_freed_memory
+
+    # The sampling actors' allocator setting, so that the job is not judged against
+    # a ceiling lowered by page faults it avoids.
+    keep_freed_memory()
+    return raw_decoder_rate(bundle_path, threads=threads, parallel=parallel)
+
+
+def _raw_in_fresh_process(bundle_path: str, threads: int, parallel: int) -> float:
+    """:func:`raw_decoder_rate` in a new process, so that its heap (kept by the actors'
+    allocator setting) is not counted as the driver's memory."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_raw_with_actor_allocator, bundle_path, threads, parallel).result()
 
 
 def end_to_end(bundle_path: str, n: int, compression: str, workers: int | None,
@@ -184,22 +210,19 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from cvae_ray.allocator import keep_freed_memory
     from cvae_ray.cohort_plan import BLOCK_ROWS
 
     scratch = Path(tempfile.mkdtemp(prefix="cvae_ray_bench_bundle_"))
     try:
         bundle_path = args.bundle or quick_bundle(scratch / "bundle", args.epochs)
         # The machine's limit: torch alone on every CPU given to Ray, the better of
-        # one pass on all threads and one single-threaded pass per CPU at once, with
-        # the allocator setting the sampling actors use (so the job is not judged
-        # against a ceiling lowered by page faults it avoids).
-        keep_freed_memory()
-        wide = raw_decoder_rate(bundle_path, threads=args.cpus)
-        print(f"raw decoder (1 pass x {args.cpus} threads, batch 8192): {wide:,.0f} samples/s")
-        parallel = raw_decoder_rate(bundle_path, threads=1, parallel=args.cpus)
-        print(f"raw decoder ({args.cpus} passes x 1 thread, batch 8192): {parallel:,.0f} "
-              "samples/s")
+        # one pass on all threads and one single-threaded pass per CPU at once.
+        wide = _raw_in_fresh_process(bundle_path, threads=args.cpus, parallel=1)
+        print(f"raw decoder (1 pass x {args.cpus} threads, batch 8192, best of 3 x 3 s): "
+              f"{wide:,.0f} samples/s")
+        parallel = _raw_in_fresh_process(bundle_path, threads=1, parallel=args.cpus)
+        print(f"raw decoder ({args.cpus} passes x 1 thread, batch 8192, best of 3 x 3 s): "
+              f"{parallel:,.0f} samples/s")
         raw_total = max(wide, parallel)
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1")
