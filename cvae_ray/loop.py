@@ -139,9 +139,8 @@ def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
     """Refit, on the training split, what sampling uses besides the weights.
 
     The latent prior (when sampling uses it), then the decoder-noise gap measured
-    with that prior (when sampling calibrates the noise). Called before each
-    validation: both belong to the current weights, so the checkpoint selected (and
-    exported) carries the prior and gap it was scored with.
+    with that prior (when sampling calibrates the noise). Called by
+    :func:`validation_figures` before it samples.
     """
     if sample_config.fitted_prior:
         model.latent_prior = fit_latent_prior(model, x_train, codes_train)
@@ -161,14 +160,21 @@ def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bo
 
 
 @torch.no_grad()
-def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
-                       codes_val: torch.Tensor, sample_config: SampleConfig,
+def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
+                       x_val: np.ndarray, codes_val: torch.Tensor, sample_config: SampleConfig,
                        seeds: int = VAL_GAMMA_SEEDS) -> tuple[float, float]:
-    """Validation gamma and DCR ratio, from one set of draws with the validation mix.
+    """Refit the sampler on the training split, then validation gamma and DCR ratio.
+
+    The refit (:func:`refit_sampler`) comes first because the prior and noise gap
+    belong to the current weights: the checkpoint selected (and exported) carries
+    the ones it was scored with. Gamma and DCR come from one set of draws with the
+    validation mix.
 
     Args:
-        model: The (unwrapped) CVAE, its prior and noise gap refitted (:func:`refit_sampler`).
-        x_train: Training expression (standardised), numpy: the DCR reference set.
+        model: The (unwrapped) CVAE.
+        x_train: Training expression (standardised): the refit's data and the DCR
+            reference set.
+        codes_train: Training condition codes.
         x_val: Validation expression (standardised), numpy.
         codes_val: Validation condition codes.
         sample_config: Noise, temperature and latent prior used for sampling (as the
@@ -182,14 +188,16 @@ def validation_figures(model: CVAE, x_train: np.ndarray, x_val: np.ndarray,
         unseen real samples do: the model has begun to reproduce its training set,
         and such a checkpoint is not selected (see :data:`MIN_DCR_RATIO`).
     """
+    refit_sampler(model, x_train, codes_train, sample_config)
     model.eval()
+    reference = x_train.cpu().numpy()
     gammas, ratio = [], float("nan")
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         synthetic = model.sample(codes_val, generator, sample_config).cpu().numpy()
         gammas.append(gamma(x_val, synthetic))
         if seed == 0:
-            ratio = float(dcr(x_train, x_val, synthetic)["dcr_ratio"])
+            ratio = float(dcr(reference, x_val, synthetic)["dcr_ratio"])
     return float(np.mean(gammas)), ratio
 
 
@@ -232,8 +240,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         val_g = ratio = None
         if evaluate:
-            refit_sampler(model, xt, ct, sample_config)
-            val_g, ratio = validation_figures(model, x_train, x_val, cv, sample_config)
+            val_g, ratio = validation_figures(model, xt, ct, x_val, cv, sample_config)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
         best.history.append(metrics)
@@ -255,9 +262,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
             break
     if not best.state_dict:  # Budget ran out before any evaluation: keep the last weights.
         best.best_epoch = len(best.history)
-        refit_sampler(model, xt, ct, sample_config)
+        best.best_val_gamma, _ = validation_figures(model, xt, ct, x_val, cv, sample_config)
         best.state_dict = cpu_state(model)
-        best.best_val_gamma, _ = validation_figures(model, x_train, x_val, cv, sample_config)
         best.best_val_loss = best.history[-1].val_loss
     best.seconds = time.perf_counter() - started
     return best

@@ -31,8 +31,8 @@ from ray.train.torch import TorchTrainer
 
 from cvae_ray.bundle import ModelBundle
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.loop import (eligible_checkpoint, kl_weight, make_optimizer, refit_sampler,
-                           train_epoch, validation_figures, validation_loss)
+from cvae_ray.loop import (eligible_checkpoint, kl_weight, make_optimizer, train_epoch,
+                           validation_figures, validation_loss)
 from cvae_ray.metrics import metric_info
 from cvae_ray.model import CVAE, cpu_state
 from cvae_ray.prepare import Prepared
@@ -161,9 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_loss = val_g = ratio = float("nan")
         if rank == 0:
             val_loss = validation_loss(model, xv, cv, weight)
-            refit_sampler(model, xt, ct, sample_config)
-            val_g, ratio = validation_figures(model, data["x_train"], data["x_val"], cv,
-                                              sample_config)
+            val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config)
         elapsed = time.perf_counter() - started
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
         val_loss, val_g, ratio, over_time = _broadcast(
