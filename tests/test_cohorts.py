@@ -197,3 +197,14 @@ def test_killed_job_publishes_nothing(ray_cluster, tiny_bundle_dir, tmp_path):
     # Assert
     assert not (out / "_manifest.json").exists()
     assert not out.exists()
+
+
+def test_raw_ceiling_measures_parallel_passes_and_runs_in_a_fresh_process(tiny_bundle_dir):
+    # The benchmark's ceiling (no timing asserted: only that both layouts run).
+    from cvae_ray.benchmarks.cohorts import raw_decoder_rate, raw_in_fresh_process
+
+    two_passes = raw_decoder_rate(str(tiny_bundle_dir), threads=1, parallel=2, batch=256,
+                                  seconds=0.1, repeats=2)
+    fresh = raw_in_fresh_process(str(tiny_bundle_dir), threads=2, parallel=1, batch=256,
+                                 seconds=0.1, repeats=1)
+    assert two_passes > 0 and fresh > 0

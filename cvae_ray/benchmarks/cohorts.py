@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 
@@ -149,23 +149,24 @@ def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: i
     return best
 
 
-def _raw_with_actor_allocator(bundle_path: str, threads: int, parallel: int) -> float:
+def _raw_with_actor_allocator(bundle_path: str, **options: Any) -> float:
     from cvae_ray.allocator import keep_freed_memory
 
     # The sampling actors' allocator setting, so that the job is not judged against
     # a ceiling lowered by page faults it avoids.
     keep_freed_memory()
-    return raw_decoder_rate(bundle_path, threads=threads, parallel=parallel)
+    return raw_decoder_rate(bundle_path, **options)
 
 
-def _raw_in_fresh_process(bundle_path: str, threads: int, parallel: int) -> float:
-    """:func:`raw_decoder_rate` in a new process, so that its heap (kept by the actors'
-    allocator setting) is not counted as the driver's memory."""
+def raw_in_fresh_process(bundle_path: str, **options: Any) -> float:
+    """:func:`raw_decoder_rate` (same options) in a new process with the actors'
+    allocator setting; the process keeps its heap, which is then not counted as the
+    driver's memory."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_raw_with_actor_allocator, bundle_path, threads, parallel).result()
+        return pool.submit(_raw_with_actor_allocator, bundle_path, **options).result()
 
 
 def end_to_end(bundle_path: str, n: int, compression: str, workers: int | None,
@@ -217,10 +218,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         bundle_path = args.bundle or quick_bundle(scratch / "bundle", args.epochs)
         # The machine's limit: torch alone on every CPU given to Ray, the better of
         # one pass on all threads and one single-threaded pass per CPU at once.
-        wide = _raw_in_fresh_process(bundle_path, threads=args.cpus, parallel=1)
+        wide = raw_in_fresh_process(bundle_path, threads=args.cpus, parallel=1)
         print(f"raw decoder (1 pass x {args.cpus} threads, batch 8192, best of 3 x 3 s): "
               f"{wide:,.0f} samples/s")
-        parallel = _raw_in_fresh_process(bundle_path, threads=1, parallel=args.cpus)
+        parallel = raw_in_fresh_process(bundle_path, threads=1, parallel=args.cpus)
         print(f"raw decoder ({args.cpus} passes x 1 thread, batch 8192, best of 3 x 3 s): "
               f"{parallel:,.0f} samples/s")
         raw_total = max(wide, parallel)
@@ -255,5 +256,5 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["MemorySampler", "end_to_end", "raw_decoder_rate", "run"]
+__all__ = ["MemorySampler", "end_to_end", "raw_decoder_rate", "raw_in_fresh_process", "run"]
 
