@@ -107,16 +107,22 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
         yield address
     finally:
         # Only this cluster's process group: a bare `ray stop` would kill others' too.
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(head.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_process_group(head)
         _forget_cluster(address)
         _say("local Ray cluster stopped")
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its whole group;
+    SIGKILL the group if it has not exited after ``timeout`` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _forget_cluster(address: str) -> None:

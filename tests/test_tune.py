@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cvae_ray.demo import stop_process_group
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.search_space import (configs_from_point, default_point, default_space,
                                    parse_space)
@@ -255,14 +255,7 @@ class _Cluster:
 
     def stop(self):
         for proc in reversed(self.procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop_process_group(proc)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
