@@ -210,21 +210,21 @@ class CVAE(nn.Module):
             z = self.latent_prior.transform(z, codes)
         scale = (self.noise_scale(sample) if gene_noise is not None and sample.temperature > 0
                  else None)
-        n = z.shape[0]
-        chunk = SAMPLE_CHUNK if device.type == "cpu" else n
-        if n <= chunk:
-            out = self.decode(z, codes)
-            if scale is not None:
-                out.addcmul_(gene_noise.to(device), scale)
-            return out
-        # On CPU, decode in cache-sized chunks (rows are independent; same values).
-        out = torch.empty(n, self.n_genes, device=device)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
+
+        def rows_out(rows: slice) -> torch.Tensor:
             part = self.decode(z[rows], codes[rows])
             if scale is not None:
-                part.addcmul_(gene_noise[rows], scale)
-            out[rows] = part
+                part.addcmul_(gene_noise[rows].to(device), scale)
+            return part
+
+        n = z.shape[0]
+        if device.type != "cpu" or n <= SAMPLE_CHUNK:
+            return rows_out(slice(None))
+        # On CPU, decode in cache-sized chunks (rows are independent; same values).
+        out = torch.empty(n, self.n_genes, device=device)
+        for start in range(0, n, SAMPLE_CHUNK):
+            rows = slice(start, start + SAMPLE_CHUNK)
+            out[rows] = rows_out(rows)
         return out
 
     @torch.no_grad()
