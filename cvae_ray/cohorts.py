@@ -97,6 +97,11 @@ class PreparedCohort:
     command: list[str] = field(default_factory=list)
 
     @property
+    def gene_compression(self) -> str:
+        """Codec of the gene columns (see :func:`parquet_options`)."""
+        return GENE_CODEC.get(self.compression, self.compression)
+
+    @property
     def remote(self) -> bool:
         """Whether the output goes to a URI rather than a local path."""
         return is_uri(self.out)
@@ -296,9 +301,8 @@ def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
     labels get the codec; zstd and gzip do shrink genes and apply to every column.
     """
     labels = [SAMPLE_ID] + [c for c in prepared.plan.columns if c not in prepared.partition_by]
-    gene_codec = GENE_CODEC.get(prepared.compression, prepared.compression)
     options = {"compression": {**{c: prepared.compression for c in labels},
-                               **{g: gene_codec for g in prepared.genes}},
+                               **{g: prepared.gene_compression for g in prepared.genes}},
                "use_dictionary": [c for c in labels if c != SAMPLE_ID],
                "write_statistics": labels}
     if prepared.compression == "zstd":
@@ -357,7 +361,7 @@ def manifest(prepared: PreparedCohort, counts: dict[tuple[str, ...], int],
         "partition_by": prepared.partition_by,
         "rows_per_file": prepared.rows_per_file,
         "compression": prepared.compression,
-        "gene_compression": GENE_CODEC.get(prepared.compression, prepared.compression),
+        "gene_compression": prepared.gene_compression,
         "files": files,
         "versions": {"cvae_ray": __version__, "ray": ray.__version__,
                      "torch": torch.__version__, "pyarrow": pa.__version__,
