@@ -21,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -291,41 +292,53 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     cells = []
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in environment}
-    os.environ.update(environment)  # read by the Serve processes this local Ray starts
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _node_ip_address="127.0.0.1")
+    # Set for the Serve processes this local Ray starts; restored even if ray.init fails.
+    with _environment(environment):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
+        try:
+            with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
+                deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))
+                _wait_ready(url)
+            for fmt in formats:
+                for n in ns:
+                    if n not in limit:
+                        # Measured here, beside the idle service: both see the same load.
+                        limit[n] = in_process_throughput(
+                            bundle, n, duration_s=min(duration_s, 3.0), max_calls=max_requests)
+                    bodies = [{"conditions": {c: str(rng.choice(v))
+                                              for c, v in bundle.vocab.items()},
+                               "n": n, "seed": i} for i in range(64)]
+                    for concurrency in concurrencies:
+                        args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
+                                max_requests)
+                        figures = (_drive_wrk(*args) if client == "wrk"
+                                   else asyncio.run(_drive(*args)))
+                        cell = Cell(fmt, n, concurrency, *figures)
+                        cells.append(cell)
+                        progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} "
+                                 f"{cell.requests_per_s:9.1f} req/s "
+                                 f"{cell.samples_per_s:11.0f} samples/s  "
+                                 f"p50 {cell.p50_ms:7.1f} ms p99 {cell.p99_ms:7.1f} ms")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client, ingress)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore their previous values."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
-            deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))
-            _wait_ready(url)
-        for fmt in formats:
-            for n in ns:
-                if n not in limit:
-                    # Measured here, beside the idle service, so both see the same machine load.
-                    limit[n] = in_process_throughput(bundle, n, duration_s=min(duration_s, 3.0),
-                                                     max_calls=max_requests)
-                bodies = [{"conditions": {c: str(rng.choice(v)) for c, v in bundle.vocab.items()},
-                           "n": n, "seed": i} for i in range(64)]
-                for concurrency in concurrencies:
-                    args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
-                            max_requests)
-                    figures = (_drive_wrk(*args) if client == "wrk"
-                               else asyncio.run(_drive(*args)))
-                    cell = Cell(fmt, n, concurrency, *figures)
-                    cells.append(cell)
-                    progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} {cell.requests_per_s:9.1f} req/s "
-                             f"{cell.samples_per_s:11.0f} samples/s  p50 {cell.p50_ms:7.1f} ms "
-                             f"p99 {cell.p99_ms:7.1f} ms")
+        yield
     finally:
-        serve.shutdown()
-        ray.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client, ingress)
 
 
 def format_table(result: BenchResult) -> str:
