@@ -27,13 +27,16 @@ from cvae_ray.generators import GENERATORS, TSTR_SEED_OFFSET, joint_labels, make
 from cvae_ray.metrics import METRICS, evaluate_all, metric_info, real_vs_real, trtr, tstr
 from cvae_ray.prepare import Prepared
 
-__all__ = ["REAL_ROW", "SAMPLE_SEED_OFFSET", "direction", "format_table", "metric_columns",
-           "run_benchmark", "summarise", "write_results"]
+__all__ = ["COPY_DCR_RATIO", "REAL_ROW", "SAMPLE_SEED_OFFSET", "copy_check", "direction",
+           "format_table", "metric_columns", "run_benchmark", "summarise", "write_results"]
 
 REAL_ROW = "real-vs-real"
 # Sampling seeds differ from fit seeds so that no generator's sampling noise
 # replays the noise it was initialised with.
 SAMPLE_SEED_OFFSET = 10_000
+#: The no-copy criterion: the median synthetic sample sits no closer to a training
+#: sample than the median real test sample does (DCR ratio >= 1).
+COPY_DCR_RATIO = 1.0
 
 
 def metric_columns(conditions: Sequence[str]) -> list[str]:
@@ -60,6 +63,20 @@ def summarise(values: Sequence[float]) -> dict[str, float | None]:
     if arr.size == 0:
         return {"mean": None, "sd": None}
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def copy_check(per_seed: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """How many seeds' synthetic sets fail the no-copy criterion (:data:`COPY_DCR_RATIO`).
+
+    A generator can buy gamma by reproducing its training samples; this says
+    which rows of the table did.
+
+    Returns:
+        ``{"seeds": seeds with a DCR ratio, "failed": seeds below the criterion}``.
+    """
+    ratios = [m.get("dcr_ratio") for m in per_seed]
+    ratios = [r for r in ratios if r is not None and np.isfinite(r)]
+    return {"seeds": len(ratios), "failed": sum(r < COPY_DCR_RATIO for r in ratios)}
 
 
 def _per_column(score: Callable[..., dict[str, float]], x_fit: np.ndarray, cond_fit,
@@ -99,7 +116,8 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
         One row per generator after the real-vs-real row: ``generator``, ``seeds``,
         ``metrics`` (column -> mean, sd, better), ``fit_seconds`` and
         ``samples_per_second`` (mean, sd), ``fit_info`` (per seed: epochs run,
-        what the budget cut), and ``error`` when the generator failed.
+        what the budget cut), ``copy_check`` (:func:`copy_check`), and ``error``
+        when the generator failed.
 
     Raises:
         InvalidConfigError: Unknown generator, seeds below 1, or no test split.
@@ -151,7 +169,8 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
                 progress(f"{name} seed {s}: fit {fit_s[-1]:.1f} s, gamma {values['gamma']:.4f}, "
                          f"detection AUC {values['detection_auc']:.3f}, {_cut(generator.info)}")
             rows.append(_row(name, per_seed, columns, fit_seconds=summarise(fit_s),
-                             samples_per_second=summarise(rate), fit_info=infos))
+                             samples_per_second=summarise(rate), fit_info=infos,
+                             copy_check=copy_check(per_seed)))
         except Exception as exc:  # noqa: BLE001 - one failing generator must not lose the others
             progress(f"{name} FAILED: {exc!r}")
             rows.append(_row(name, per_seed, columns, fit_seconds=summarise(fit_s),
@@ -196,14 +215,15 @@ def format_table(rows: Sequence[dict]) -> str:
     The header's second line says which way each metric is better.
     """
     columns = list(rows[0]["metrics"])
-    head = ["generator"] + columns + ["fit s", "samples/s", "epochs run / asked"]
-    better = ["better:"] + [direction(c) for c in columns] + ["lower", "higher", ""]
+    head = ["generator"] + columns + ["fit s", "samples/s", "epochs run / asked",
+                                      "copy check (DCR ratio >= 1)"]
+    better = ["better:"] + [direction(c) for c in columns] + ["lower", "higher", "", "pass"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              "| " + " | ".join(better) + " |"]
     for row in rows:
         cells = [row["generator"]] + [_cell(row["metrics"][c]) for c in columns]
         cells += [_cell(row["fit_seconds"], 1), _cell(row["samples_per_second"], 0),
-                  _epochs(row)]
+                  _epochs(row), _copies(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -224,6 +244,15 @@ def _epochs(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _copies(row: Mapping[str, Any]) -> str:
+    check = row.get("copy_check")
+    if not check or not check["seeds"]:
+        return "-"
+    if not check["failed"]:
+        return "pass"
+    return f"fail in {check['failed']}/{check['seeds']} seeds"
+
+
 def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, Any]) -> Path:
     """Write ``results.json`` (the rows), ``run.json`` (settings) and ``results.md``.
 
@@ -239,7 +268,10 @@ def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, A
             "Each cell: mean ± sd over seeds. The second header line says which way is "
             "better. The real-vs-real row is the reference a perfect generator would match "
             "(its per-column TSTR cells are TRTR: trained on the real training split). "
-            "Synthetic sets have the test split's size and condition mix.\n\n"
+            "Synthetic sets have the test split's size and condition mix. The copy check "
+            "fails a seed whose synthetic samples sit closer to the training data than the "
+            "real test samples do (median distance to the nearest training sample, DCR "
+            "ratio < 1): gamma can be bought by reproducing training samples.\n\n"
             f"{format_table(rows)}\n")
     failed = [r for r in rows if r.get("error")]
     if failed:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvae_ray.benchmark import REAL_ROW, metric_columns
+from cvae_ray.benchmark import REAL_ROW, copy_check, metric_columns
 from cvae_ray.bundle import ModelBundle
 from cvae_ray.metrics import METRICS
 
@@ -135,13 +135,22 @@ def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
     assert rows[1]["metrics"]["detection_auc"]["better"] == "closer to 0.5"
     assert rows[1]["metrics"]["mmd"]["better"] == "lower"
     assert [i["epochs_run"] for i in rows[1]["fit_info"]] == [2, 2]
+    assert rows[1]["copy_check"]["seeds"] == 2 and "copy_check" not in rows[0]
     markdown = (out / "results.md").read_text()
     assert "| gaussian |" in markdown and "| real-vs-real |" in markdown
     assert "tstr_accuracy[tissue]" in markdown and "closer to 0.5" in markdown
+    assert "copy check (DCR ratio >= 1)" in markdown
     assert "| gaussian |" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     assert run["seeds"] == 2 and run["split"]["test"] == len(pd.read_parquet(demo_path)) - \
         run["split"]["train"] - run["split"]["val"]
+
+
+def test_copy_check_counts_seeds_below_a_dcr_ratio_of_one():
+    per_seed = [{"dcr_ratio": 1.2}, {"dcr_ratio": 0.9}, {"dcr_ratio": 1.0},
+                {"dcr_ratio": float("nan")}]
+    assert copy_check(per_seed) == {"seeds": 3, "failed": 1}
+    assert copy_check([{"gamma": 0.9}]) == {"seeds": 0, "failed": 0}
 
 
 def test_benchmark_job_rejects_unknown_generator(demo_path, tmp_path, capsys):
