@@ -269,7 +269,6 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
         The measured cells and the in-process limit.
     """
     import ray
-    from ray import serve
 
     from cvae_ray.bundle import ModelBundle
     from cvae_ray.serve_api import read_api_token
@@ -292,38 +291,47 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     cells = []
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    # Set for the Serve processes this local Ray starts; restored even if ray.init fails.
-    with _environment(environment):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1")
-        try:
-            with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
-                deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))
-                _wait_ready(url)
-            for fmt in formats:
-                for n in ns:
-                    if n not in limit:
-                        # Measured here, beside the idle service: both see the same load.
-                        limit[n] = in_process_throughput(
-                            bundle, n, duration_s=min(duration_s, 3.0), max_calls=max_requests)
-                    bodies = [{"conditions": {c: str(rng.choice(v))
-                                              for c, v in bundle.vocab.items()},
-                               "n": n, "seed": i} for i in range(64)]
-                    for concurrency in concurrencies:
-                        args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
-                                max_requests)
-                        figures = (_drive_wrk(*args) if client == "wrk"
-                                   else asyncio.run(_drive(*args)))
-                        cell = Cell(fmt, n, concurrency, *figures)
-                        cells.append(cell)
-                        progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} "
-                                 f"{cell.requests_per_s:9.1f} req/s "
-                                 f"{cell.samples_per_s:11.0f} samples/s  "
-                                 f"p50 {cell.p50_ms:7.1f} ms p99 {cell.p99_ms:7.1f} ms")
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    # The environment is read by the Serve processes this local Ray starts.
+    with _environment(environment), _local_ray(num_cpus):
+        with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_") as workdir:
+            deploy(bundle_dir, port, ray.get_runtime_context().gcs_address, Path(workdir))
+            _wait_ready(url)
+        for fmt in formats:
+            for n in ns:
+                if n not in limit:
+                    # Measured here, beside the idle service: both see the same load.
+                    limit[n] = in_process_throughput(
+                        bundle, n, duration_s=min(duration_s, 3.0), max_calls=max_requests)
+                bodies = [{"conditions": {c: str(rng.choice(v))
+                                          for c, v in bundle.vocab.items()},
+                           "n": n, "seed": i} for i in range(64)]
+                for concurrency in concurrencies:
+                    args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
+                            max_requests)
+                    figures = (_drive_wrk(*args) if client == "wrk"
+                               else asyncio.run(_drive(*args)))
+                    cell = Cell(fmt, n, concurrency, *figures)
+                    cells.append(cell)
+                    progress(f"{fmt:5s} n={n:<5d} c={concurrency:<3d} "
+                             f"{cell.requests_per_s:9.1f} req/s "
+                             f"{cell.samples_per_s:11.0f} samples/s  "
+                             f"p50 {cell.p50_ms:7.1f} ms p99 {cell.p99_ms:7.1f} ms")
     return BenchResult(bundle.bundle_id, len(bundle.genes), tuple(cells), limit, client, ingress)
+
+
+@contextmanager
+def _local_ray(num_cpus: int) -> Iterator[None]:
+    """A local Ray for the block; Serve and Ray are shut down after it."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 @contextmanager
