@@ -1,8 +1,8 @@
 """cvae_ray: conditional-VAE synthetic gene-expression data, tuned, served and generated with Ray.
 
-The core modules (config, data, preprocess, model, loop, metrics, bundle) are
-plain numpy/pandas/torch and never import Ray; the Ray parts (tuning, serve,
-cohorts) sit at the edge and meet at the model bundle.
+The layers and what each may import are in ``cvae_ray/LAYERS.md``: data in, metrics and
+the pure-torch model never import Ray; the Ray applications (``apps/``) and the evaluation
+(``evaluation/``) meet only at the model bundle.
 """
 
 from __future__ import annotations

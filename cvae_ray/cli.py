@@ -14,8 +14,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cvae_ray.config import (NAN_POLICIES, SCALES, CohortSpec, ModelConfig, SampleConfig,
-                             TrainConfig)
+from cvae_ray.config import (
+    NAN_POLICIES,
+    SCALES,
+    CohortSpec,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from cvae_ray.errors import CvaeRayError
 
 _TRAIN = TrainConfig()
@@ -67,7 +73,7 @@ def cohort_spec_from_args(args: argparse.Namespace) -> CohortSpec:
 
 def read_cohort_from_args(args: argparse.Namespace, spec: CohortSpec):
     """Read the cohort the data options name."""
-    from cvae_ray.data import read_cohort
+    from cvae_ray.data.dataset import read_cohort
 
     return read_cohort(args.data, spec.conditions, sample_id=spec.sample_id,
                        metadata=args.metadata, genes_by_samples=args.genes_by_samples,
@@ -127,7 +133,7 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
 
 def run_fit(args: argparse.Namespace) -> int:
     """``cvae-ray fit``."""
-    from cvae_ray.fitting import fit_bundle
+    from cvae_ray.model.fitting import fit_bundle
 
     spec = cohort_spec_from_args(args)
     model_config, train_overrides = _configs(args.config)
@@ -171,8 +177,8 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
 
 def run_sample(args: argparse.Namespace) -> int:
     """``cvae-ray sample``."""
-    from cvae_ray.bundle import ModelBundle
-    from cvae_ray.data import read_table
+    from cvae_ray.data.dataset import read_table
+    from cvae_ray.model.bundle import ModelBundle
 
     bundle = ModelBundle.load(args.bundle)
     if args.like:
@@ -201,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fit(args)
         if args.command == "sample":
             return run_sample(args)
-        from cvae_ray.simulate import SIMULATED_NOTE, write_demo_cohort
+        from cvae_ray.data.simulate import SIMULATED_NOTE, write_demo_cohort
 
         write_demo_cohort(args.out, n_samples=args.n_samples, n_genes=args.n_genes,
                           seed=args.seed)

@@ -225,14 +225,14 @@ class SampleConfig(FromDictMixin):
         temperature: Scale of the decoder noise's standard deviation.
         scale: ``input`` (the scale of the training file, e.g. linear FPKM) or ``log``.
         latent: ``fitted`` draws latent codes from the Gaussian fitted per condition
-            combination on the training split (:mod:`cvae_ray.latent_prior`);
+            combination on the training split (:mod:`cvae_ray.model.latent_prior`);
             ``standard`` from the N(0, I) prior, as the reference method did.
         noise_calibration: Share (0 to 1) of the per-gene variance gap between the
             training data and the model's samples, fitted after training
-            (:mod:`cvae_ray.calibration`), added to the decoder-noise variance: 0 keeps
+            (:mod:`cvae_ray.model.noise_gap`), added to the decoder-noise variance: 0 keeps
             the decoder's own noise, 1 closes the gap with independent per-gene noise.
         draws: ``centred`` centres the random draws of each condition combination within
-            a request (:mod:`cvae_ray.draws`: the cohort's per-combination means carry
+            a request (:mod:`cvae_ray.model.draws`: the cohort's per-combination means carry
             less Monte-Carlo offset); ``independent`` draws every sample independently.
         noise_centring: With centred draws, the share (0 to 1) of each combination's
             mean decoder-noise draw that is removed (the latent draws are always

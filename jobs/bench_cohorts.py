@@ -1,4 +1,4 @@
-"""Benchmark cohort generation against the raw decoder (see cvae_ray/benchmarks/cohorts.py).
+"""Benchmark cohort generation against the raw decoder (see cvae_ray/tools/bench_cohorts.py).
 
     python jobs/bench_cohorts.py [--bundle B] [--sizes 100000 1000000] [--cpus 2]
 """
@@ -12,14 +12,14 @@ from typing import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's own parser, so that commands in the docs are checked against it."""
-    from cvae_ray.benchmarks.cohorts import build_parser as benchmark_parser
+    from cvae_ray.tools.bench_cohorts import build_parser as benchmark_parser
 
     return benchmark_parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the cohort benchmark and print its table."""
-    from cvae_ray.benchmarks.cohorts import run
+    from cvae_ray.tools.bench_cohorts import run
 
     return run(argv)
 

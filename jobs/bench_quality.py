@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run and print one JSON row per fit seed (or one for ``--bundle``)."""
-    from cvae_ray.benchmarks.quality import measure, measure_bundle
+    from cvae_ray.tools.bench_quality import measure, measure_bundle
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Load benchmark of the sampling service (see cvae_ray/benchmarks/serve.py).
+"""Load benchmark of the sampling service (see cvae_ray/tools/bench_serve.py).
 
     python jobs/bench_serve.py [--bundle B | --data D] [--n 1 100 1000] [--concurrency 1 8 32]
                                [--formats json arrow] [--duration 5] [--max-requests 2000]
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from cvae_ray.benchmarks.serve import CLIENTS, FORMATS, INGRESSES
+from cvae_ray.tools.bench_serve import CLIENTS, FORMATS, INGRESSES
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rnaseqdb_gtex_tcga_l1000.parquet"
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --n, --concurrency and --max-requests must be >= 1 and --duration > 0",
               file=sys.stderr)
         return 2
-    from cvae_ray.benchmarks.serve import format_table, quick_bundle, run_benchmark
+    from cvae_ray.tools.bench_serve import format_table, quick_bundle, run_benchmark
 
     with tempfile.TemporaryDirectory(prefix="cvae_ray_bench_bundle_") as tmp:
         bundle = args.bundle

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     args = build_parser().parse_args(argv)
-    from cvae_ray.benchmarks.tune import run
+    from cvae_ray.tools.bench_tune import run
 
     try:
         run(args.data, tuple(args.condition or ("tissue", "source")), cpus=args.cpus,

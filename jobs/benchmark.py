@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cvae_ray.cli import add_data_arguments, cohort_spec_from_args, read_cohort_from_args
+from cvae_ray.cli import (
+    add_data_arguments,
+    cohort_spec_from_args,
+    read_cohort_from_args,
+)
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 ALL_GENERATORS = "cvae,gaussian,wgan-gp,tvae,ctgan"
@@ -46,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every generator ran, 1 when one failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    from cvae_ray.benchmark import format_table, run_benchmark, write_results
-    from cvae_ray.generators import GENERATORS
-    from cvae_ray.prepare import prepare
+    from cvae_ray.data.model_inputs import prepare
+    from cvae_ray.evaluation.benchmark import format_table, run_benchmark, write_results
+    from cvae_ray.evaluation.generators import GENERATORS
 
     try:
         names = [g.strip() for g in args.generators.split(",") if g.strip()]

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo and print its summary."""
-    from cvae_ray.demo import run_demo, summary
+    from cvae_ray.tools.demo import run_demo, summary
 
     args = build_parser().parse_args(argv)
     try:

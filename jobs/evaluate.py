@@ -44,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report; 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    from cvae_ray.bundle import ModelBundle
-    from cvae_ray.data import read_table
-    from cvae_ray.report import evaluate_bundle, held_out_from_data, held_out_from_tables
+    from cvae_ray.data.dataset import read_table
+    from cvae_ray.evaluation.report import (
+        evaluate_bundle,
+        held_out_from_data,
+        held_out_from_tables,
+    )
+    from cvae_ray.model.bundle import ModelBundle
 
     def progress(line: str) -> None:
         print(line, flush=True)

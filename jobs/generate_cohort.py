@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Sequence
 
-from cvae_ray.cohort_plan import BLOCK_ROWS
+from cvae_ray.apps.cohort_plan import BLOCK_ROWS
 from cvae_ray.config import SCALES, SampleConfig
 from cvae_ray.errors import CvaeRayError
 
@@ -35,7 +35,7 @@ MIX_HELP = """condition mix (default: train). One of:
 
 def build_parser() -> argparse.ArgumentParser:
     """The job's arguments (importable without starting Ray)."""
-    from cvae_ray.cohorts import COMPRESSIONS, DEFAULT_COMPRESSION
+    from cvae_ray.apps.synthetic_cohort import COMPRESSIONS, DEFAULT_COMPRESSION
 
     parser = argparse.ArgumentParser(
         prog="generate_cohort.py", formatter_class=argparse.RawTextHelpFormatter,
@@ -79,7 +79,11 @@ def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, check them without Ray, then generate and publish the cohort."""
     args = build_parser().parse_args(argv)
-    from cvae_ray.cohorts import discard_staging, prepare_cohort, write_cohort
+    from cvae_ray.apps.synthetic_cohort import (
+        discard_staging,
+        prepare_cohort,
+        write_cohort,
+    )
 
     if args.workers is not None and args.workers <= 0:
         print(f"error: --workers={args.workers} is not valid; expected a positive integer.",

@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from cvae_ray.data.public_formats import FORMATS, convert
 from cvae_ray.errors import CvaeRayError
-from cvae_ray.formats import FORMATS, convert
 
 
 def build_parser() -> argparse.ArgumentParser:

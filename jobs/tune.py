@@ -18,7 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from cvae_ray.cli import add_data_arguments, cohort_spec_from_args, read_cohort_from_args
+from cvae_ray.cli import (
+    add_data_arguments,
+    cohort_spec_from_args,
+    read_cohort_from_args,
+)
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 # Relative input paths are also looked up here: under `ray job submit --working-dir`
@@ -117,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cvae_ray.prepare import prepare
-    from cvae_ray.search_space import default_space, read_space, space_to_dict
+    from cvae_ray.apps.search_space import default_space, read_space, space_to_dict
+    from cvae_ray.data.model_inputs import prepare
 
     if args.num_trials < 1:
         raise InvalidConfigError(f"--num-trials={args.num_trials} must be at least 1.")
@@ -126,7 +130,12 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidConfigError(f"--workers={args.workers} must be at least 1.")
     space = (read_space(_input_path(args.search_space, "--search-space"))
              if args.search_space else default_space())
-    from cvae_ray.tuning import TuneRequest, check_storage, resolve_storage, run_search
+    from cvae_ray.apps.tune import (
+        TuneRequest,
+        check_storage,
+        resolve_storage,
+        run_search,
+    )
 
     storage = resolve_storage(_output_path(args.storage))
     check_storage(storage)
@@ -135,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     args.metadata = _input_path(args.metadata, "--metadata")
     with tempfile.TemporaryDirectory() as scratch:
         if args.data is None:
-            from cvae_ray.simulate import SIMULATED_NOTE, write_demo_cohort
+            from cvae_ray.data.simulate import SIMULATED_NOTE, write_demo_cohort
 
             banner = "*" * 78
             print(f"{banner}\n* NO --data GIVEN: tuning on the {SIMULATED_NOTE}.\n"
@@ -148,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         spec = cohort_spec_from_args(args)
         cohort = read_cohort_from_args(args, spec)
         prepared = prepare(cohort, spec)
-    from cvae_ray.train import payload_from_prepared
+    from cvae_ray.apps.train import payload_from_prepared
 
     payload = payload_from_prepared(prepared, spec)
     print(f"data: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; conditions "

@@ -11,17 +11,16 @@ from __future__ import annotations
 import functools
 import glob
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import click
+import tomllib
 import yaml
-from packaging.requirements import Requirement
-
 from doc_commands import DocCommand
 from jobs_cli import job_args_error, parser_error
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -178,8 +177,8 @@ def _check_make(argv: Sequence[str]) -> list[str]:
 
 @functools.cache
 def _serve_routes() -> dict[str, set[str]]:
-    # Routes are declared when cvae_ray.serve is imported; nothing is started.
-    from cvae_ray.serve import api
+    # Routes are declared when cvae_ray.apps.serve is imported; nothing is started.
+    from cvae_ray.apps.serve import api
 
     return {path: {m.upper() for m in methods} for path, methods in api.openapi()["paths"].items()}
 
@@ -201,7 +200,7 @@ def _check_curl(argv: Sequence[str]) -> list[str]:
             problems.append(f"{url.geturl()}: serve_config.yaml serves on port {port}")
         allowed = _serve_routes().get(url.path or "/")
         if allowed is None:
-            problems.append(f"{url.path} is not a route of cvae_ray.serve "
+            problems.append(f"{url.path} is not a route of cvae_ray.apps.serve "
                             f"(routes: {sorted(_serve_routes())})")
         elif method.upper() not in allowed:
             problems.append(f"{url.path} does not answer {method} (only {sorted(allowed)})")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import RNASEQDB, require_shared_data
 
-from cvae_ray.bundle import ModelBundle
-
-from conftest import RNASEQDB, require_shared_data
+from cvae_ray.model.bundle import ModelBundle
 
 
 def cvae_ray(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ The commands are read from the ```bash / ```sh / ```shell / ```console blocks
   by Serve's schema or from the import path with its ``key=value`` arguments;
 * ``make T``: the Makefile has target ``T``;
 * ``curl`` to the local Serve app: path and method are routes of
-  ``cvae_ray.serve.api`` and the port is the one in ``serve_config.yaml``;
+  ``cvae_ray.apps.serve.api`` and the port is the one in ``serve_config.yaml``;
 * every command, run here or not: paths under ``k8s/``, ``jobs/``, ``docs/``,
   ``cvae_ray/`` and ``tests/`` exist (``deploy/X`` stands for ``k8s/X``, which the
   docs copy there), ``../shared/data`` files exist when that folder does, the
@@ -47,7 +47,6 @@ from typing import Sequence
 
 import pandas as pd
 import pytest
-
 from doc_checks import CHECKS, NOT_RUN_HERE, REPO, check
 from doc_commands import DocCommand, doc_commands, fenced_blocks, split_line
 
@@ -167,8 +166,8 @@ BROKEN = {
     "submit wrong flag": ("ray job submit --workdir . -- python jobs/tune.py", "No such option"),
     "ray unclassified": ("ray stop", "not classified"),
     "serve config": ("serve run no_such_config.yaml", "does not exist"),
-    "serve builder": ("serve run cvae_ray.serve:no_such_builder bundle=x", "cannot build"),
-    "serve args": ("serve run cvae_ray.serve:build_app bundle=x max_m=3", "max_m"),
+    "serve builder": ("serve run cvae_ray.apps.serve:no_such_builder bundle=x", "cannot build"),
+    "serve args": ("serve run cvae_ray.apps.serve:build_app bundle=x max_m=3", "max_m"),
     "make target": ("make tests", "no target"),
     "route": ("curl -s localhost:8000/v2/samples", "not a route"),
     "method": ("curl -s localhost:8000/v1/samples", "does not answer GET"),

@@ -13,16 +13,15 @@ import copy
 import functools
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
-from packaging.requirements import Requirement
-
 from jobs_cli import job_args_error
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"

@@ -1,0 +1,231 @@
+"""The sampling service's wire contract: app arguments, request body, response encodings.
+
+Kept apart from :mod:`cvae_ray.apps.serve` so the contract can be read (and tested)
+without Ray: pydantic models of the builder arguments and the request body, and
+the three response encodings (JSON, Arrow IPC stream, Parquet).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pandas.io.json import ujson_dumps
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from cvae_ray.config import SampleConfig
+from cvae_ray.errors import InvalidConfigError
+
+BUNDLE_ENV = "CVAE_RAY_BUNDLE"
+TOKEN_ENV = "CVAE_RAY_API_TOKEN"
+TOKEN_FILE_ENV = "CVAE_RAY_API_TOKEN_FILE"
+
+JSON = "application/json"
+ARROW = "application/vnd.apache.arrow.stream"
+PARQUET = "application/vnd.apache.parquet"
+PARQUET_ALIASES = (PARQUET, "application/x-parquet")
+MEDIA_TYPES = (JSON, ARROW, *PARQUET_ALIASES)
+
+# JSON floats are written with this many decimal places: below float32's
+# resolution for expression values, and it keeps large responses short. Clients
+# that need the exact float32 values ask for Arrow or Parquet.
+JSON_DECIMALS = 6
+
+
+class SamplerArgs(BaseModel):
+    """Arguments of :func:`cvae_ray.apps.serve.build_app` (the ``args`` block of serve_config.yaml).
+
+    Attributes:
+        bundle: Model bundle directory or URI; the environment variable
+            ``CVAE_RAY_BUNDLE`` replaces it when set.
+        max_n: Largest ``n`` one request may ask for (also bounded by the bundle's own limit).
+        max_body_bytes: Largest accepted request body; larger bodies get 413.
+        require_token: Refuse to start unless a bearer token is configured through
+            ``CVAE_RAY_API_TOKEN`` or ``CVAE_RAY_API_TOKEN_FILE``. A token found there
+            always enables authentication, whatever this says.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(min_length=1)
+    max_n: int = Field(default=SampleConfig().max_n, gt=0)
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    require_token: bool = False
+
+    def resolved_bundle(self) -> str:
+        """The bundle location, with ``CVAE_RAY_BUNDLE`` taking precedence when set."""
+        return os.environ.get(BUNDLE_ENV) or self.bundle
+
+
+def read_api_token() -> str | None:
+    """The bearer token from the environment (``CVAE_RAY_API_TOKEN``, else the file it names).
+
+    The token is never part of the app arguments, so it never lands in a config
+    file kept in the repository.
+
+    Returns:
+        The token, or ``None`` when neither variable is set.
+
+    Raises:
+        InvalidConfigError: The token file is missing or empty, or the token is empty.
+    """
+    token = os.environ.get(TOKEN_ENV)
+    if token is not None:
+        if not token.strip():
+            raise InvalidConfigError(f"{TOKEN_ENV} is set but empty; unset it or give a token.")
+        return token.strip()
+    file_name = os.environ.get(TOKEN_FILE_ENV)
+    if not file_name:
+        return None
+    path = Path(file_name)
+    if not path.is_file():
+        raise InvalidConfigError(f"{TOKEN_FILE_ENV}={file_name!r} is not a readable file.")
+    token = path.read_text().strip()
+    if not token:
+        raise InvalidConfigError(f"the token file {file_name!r} ({TOKEN_FILE_ENV}) is empty.")
+    return token
+
+
+class SampleBody(BaseModel):
+    """Body of ``POST /v1/samples``.
+
+    Either one mapping of condition column -> value with ``n`` samples, or a list
+    of mappings with one sample each.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"conditions": {"tissue": "lung", "source": "GTEx"}, "n": 100, "seed": 7, "scale": "log"},
+        {"conditions": [{"tissue": "lung", "source": "GTEx"},
+                        {"tissue": "liver", "source": "TCGA"}], "seed": 7},
+    ]})
+
+    conditions: dict[StrictStr, StrictStr] | list[dict[StrictStr, StrictStr]] = Field(
+        description="One mapping column -> value for all n samples, or one mapping per sample.")
+    n: StrictInt | None = Field(
+        default=None, description="Number of samples (required with a single mapping).")
+    seed: StrictInt | None = Field(
+        default=None, ge=0, description="Random seed; omitted: a random one, echoed back.")
+    scale: Literal["input", "log"] | None = Field(
+        default=None, description="'input' (the training file's scale) or 'log' "
+                                  "(default: the bundle's, normally 'input').")
+    genes: list[StrictStr] | None = Field(
+        default=None, description="Optional gene subset, in the order wanted.")
+    noise: StrictBool | None = Field(
+        default=None, description="Add decoder noise (default: the bundle's).")
+
+    @field_validator("conditions")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("conditions is an empty list; give at least one mapping.")
+        return value
+
+    @field_validator("genes")
+    @classmethod
+    def _genes_not_empty(cls, value: Any) -> Any:
+        if value is not None and not value:
+            raise ValueError("genes is an empty list; omit it to get every gene.")
+        return value
+
+    def sample_count(self) -> int | None:
+        """Number of samples asked for (``None`` when a single mapping comes without ``n``)."""
+        return len(self.conditions) if isinstance(self.conditions, list) else self.n
+
+
+def choose_media_type(accept: str | None) -> str | None:
+    """Pick the response encoding from an ``Accept`` header.
+
+    Args:
+        accept: The header value (``None``/empty/``*/*`` mean JSON).
+
+    Returns:
+        One of :data:`MEDIA_TYPES`, or ``None`` when none of them is acceptable.
+    """
+    if not accept:
+        return JSON
+    best: tuple[float, int, str] | None = None
+    for position, part in enumerate(accept.split(",")):
+        fields = [f.strip() for f in part.split(";")]
+        media, quality = fields[0].lower(), 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        if media in ("*/*", "application/*", JSON):
+            chosen = JSON
+        elif media in (ARROW, *PARQUET_ALIASES):
+            chosen = media
+        else:
+            continue
+        # Highest quality wins; among equals, the first listed.
+        if best is None or quality > best[0]:
+            best = (quality, position, chosen)
+    return best[2] if best else None
+
+
+def encode_json(bundle_id: str, seed: int, genes: Sequence[str], conditions: Sequence[dict],
+                values: np.ndarray) -> bytes:
+    """The JSON response, written by pandas' C encoder straight from the arrays.
+
+    ``json.dumps`` of a 1,000 x 1,000 matrix takes about a second; the ujson
+    encoder bundled with pandas writes the float32 array directly, several times faster.
+
+    Args:
+        bundle_id: Id of the bundle that sampled.
+        seed: The request's seed.
+        genes: Gene names (columns of ``values``).
+        conditions: One mapping column -> value per sample.
+        values: ``(n, len(genes))`` samples.
+    """
+    head = ujson_dumps({"bundle_id": bundle_id, "seed": int(seed), "genes": list(genes),
+                        "conditions": list(conditions)})
+    samples = ujson_dumps(np.asarray(values), double_precision=JSON_DECIMALS)
+    return (head[:-1] + ',"samples":' + samples + "}").encode()
+
+
+def to_arrow(columns: Sequence[str], conditions: Sequence[dict], genes: Sequence[str],
+             values: np.ndarray) -> pa.Table:
+    """Condition columns (strings) followed by one float32 column per gene.
+
+    Args:
+        columns: Condition column names, in model order.
+        conditions: One mapping column -> value per sample.
+        genes: Gene names (columns of ``values``).
+        values: ``(n, len(genes))`` samples.
+    """
+    # One contiguous block, so each gene column is a zero-copy slice of it.
+    block = np.ascontiguousarray(np.asarray(values, dtype=np.float32).T)
+    arrays = [pa.array([row[c] for row in conditions], type=pa.string()) for c in columns]
+    arrays += [pa.array(column) for column in block]
+    return pa.Table.from_arrays(arrays, names=[*map(str, columns), *genes])
+
+
+def encode_table(table: pa.Table, media_type: str, metadata: dict[str, str]) -> bytes:
+    """An Arrow IPC stream or a Parquet file of ``table``, with ``metadata`` in its schema."""
+    table = table.replace_schema_metadata(metadata)
+    if media_type == ARROW:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+    buffer = io.BytesIO()
+    # Snappy: fast to write, and every Parquet reader understands it.
+    pq.write_table(table, buffer, compression="snappy")
+    return buffer.getvalue()

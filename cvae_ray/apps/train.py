@@ -1,0 +1,274 @@
+"""Ray Train: the per-worker training loop and the TorchTrainer that runs it.
+
+Each worker runs the same steps as the single-process loop
+(:mod:`cvae_ray.model.loop`) on its shard of the training rows, with the model
+wrapped in DistributedDataParallel by ``ray.train.torch.prepare_model``.
+Every ``eval_every`` epochs rank 0 scores the validation split and all ranks
+call ``ray.train.report``; rank 0 attaches a checkpoint directory that is a
+loadable model bundle (``config.json`` + ``weights.pt``) plus
+``train_state.pt`` (optimiser state, epoch, best-so-far) for resuming after a
+worker failure.
+
+Data: the driver prepares the cohort once and ``ray.put``s the arrays
+(:func:`payload_from_prepared`); workers ``ray.get`` them. For cohorts of about
+1,000 samples x 1,000 genes (4 MB of float32) that is cheaper and simpler than
+a Ray Data pipeline; a cohort that does not fit one worker's memory would need
+Ray Data shards instead.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.data.model_inputs import Prepared
+from cvae_ray.data.preprocess import Preprocessor
+from cvae_ray.metrics.registry import metric_info
+from cvae_ray.model.bundle import ModelBundle
+from cvae_ray.model.cvae import CVAE, cpu_state
+from cvae_ray.model.loop import (
+    eligible_checkpoint,
+    kl_weight,
+    make_optimizer,
+    train_epoch,
+    validation_figures,
+    validation_loss,
+)
+
+TRAIN_STATE_FILE = "train_state.pt"
+METRIC = "val_gamma"
+# Name in the metric registry of what checkpoints (and trials) are selected on.
+SELECTION_METRIC = "gamma"
+
+
+def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any]:
+    """Everything a worker needs, as plain arrays and dicts (what the driver ``ray.put``s)."""
+    x_train, c_train = prepared.part("train")
+    x_val, c_val = prepared.part("val")
+    counts = prepared.condition_frame("train").value_counts().reset_index()
+    return {
+        "x_train": x_train, "codes_train": c_train, "x_val": x_val, "codes_val": c_val,
+        "genes": list(prepared.genes), "vocab": {k: list(v) for k, v in prepared.vocab.items()},
+        "preprocessor": prepared.preprocessor.to_dict(), "cohort_spec": spec.to_dict(),
+        "record": {
+            "fingerprint": prepared.fingerprint, "n_samples": len(prepared.sample_ids),
+            "n_train": int(len(prepared.split.train)), "n_val": int(len(prepared.split.val)),
+            "n_test": int(len(prepared.split.test)),
+            "genes_not_found": prepared.genes_not_found,
+            "train_condition_counts": counts.to_dict(orient="records"),
+        },
+    }
+
+
+def selection_score(value: float, eligible: bool) -> float:
+    """Checkpoint score: the validation metric, or the worst possible value when not eligible.
+
+    Eligibility is :func:`cvae_ray.model.loop.eligible_checkpoint` (after KL warm-up, and
+    samples no closer to training data than real validation samples), as in
+    :func:`cvae_ray.model.loop.fit`.
+    """
+    info = metric_info(SELECTION_METRIC)
+    if eligible and math.isfinite(value):
+        return float(value)
+    return float(info.low - 1.0 if info.higher_is_better else info.high + 1.0)
+
+
+def _better(a: float, b: float) -> bool:
+    return a > b if metric_info(SELECTION_METRIC).higher_is_better else a < b
+
+
+def _shard(n_rows: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's training rows for an epoch: a seeded permutation cut into equal shards.
+
+    Equal shard sizes keep every rank at the same number of batches, which DDP's
+    collective all-reduce needs; the dropped remainder changes every epoch.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_rows, generator=generator)
+    per_rank = n_rows // world
+    return order[rank::world][:per_rank]
+
+
+def _broadcast(values: list[float], world: int) -> list[float]:
+    """Rank 0's values on every rank (validation figures and the stop decision)."""
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function.
+
+    Args:
+        config: ``data`` (a one-element list holding the ObjectRef of
+            :func:`payload_from_prepared`), ``model`` / ``train`` / ``sample`` config
+            dicts, and optionally ``fail_once_at_epoch`` (tests: raise once, on a run that
+            did not start from a checkpoint, to exercise failure recovery).
+    """
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    data = ray.get(config["data"][0])
+    model_config = ModelConfig.from_dict(config["model"])
+    train_config = TrainConfig.from_dict(config["train"])
+    sample_config = SampleConfig.from_dict(config["sample"])
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(train_config.seed)
+    sizes = [len(v) for v in data["vocab"].values()]
+    model = CVAE(data["x_train"].shape[1], sizes, model_config)
+    state = {"epoch": 0, "best": selection_score(float("nan"), False), "best_epoch": 0,
+             "stale": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    optimizer_state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            model.load_state_dict(torch.load(Path(folder) / "weights.pt", map_location="cpu",
+                                             weights_only=True))
+            saved = torch.load(Path(folder) / TRAIN_STATE_FILE, map_location="cpu",
+                               weights_only=True)
+        optimizer_state = saved.pop("optimizer")
+        state.update(saved)
+    resumed_from = state["epoch"]
+
+    wrapped = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to device
+    optimizer = make_optimizer(wrapped, train_config)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    xt = torch.from_numpy(data["x_train"].copy()).to(device)  # object-store arrays are read-only
+    ct = torch.from_numpy(data["codes_train"]).to(device)
+    xv = torch.from_numpy(data["x_val"].copy()).to(device)
+    cv = torch.from_numpy(data["codes_val"]).to(device)
+    # DDP averages gradients over ranks: a per-rank batch of batch_size / world keeps
+    # the effective batch (and so the optimisation) of the single-process loop.
+    batch_size = max(2, train_config.batch_size // world)
+    started = time.perf_counter()
+    for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
+        tick = time.perf_counter()
+        weight = kl_weight(epoch, train_config)
+        rows = _shard(xt.shape[0], epoch, train_config.seed, rank, world).to(device)
+        generator = torch.Generator().manual_seed(train_config.seed * 7919 + epoch)
+        train_loss = train_epoch(wrapped, optimizer, xt[rows], ct[rows], batch_size=batch_size,
+                                 kl_weight=weight, generator=generator)
+        evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
+        if not evaluate:
+            continue
+        val_loss = val_g = ratio = float("nan")
+        if rank == 0:
+            val_loss = validation_loss(model, xv, cv, weight)
+            val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config)
+        elapsed = time.perf_counter() - started
+        over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
+        val_loss, val_g, ratio, over_time = _broadcast(
+            [val_loss, val_g, ratio, float(over_time)], world)
+        eligible = eligible_checkpoint(epoch, ratio, train_config)
+        score = selection_score(val_g, eligible)
+        improved = _better(score, state["best"]) or state["best_epoch"] == 0
+        if improved:
+            state["best"], state["best_epoch"], state["stale"] = score, epoch, 0
+        elif epoch >= train_config.kl_warmup_epochs:
+            state["stale"] += 1
+        final = (state["stale"] >= train_config.patience or bool(over_time)
+                 or epoch == train_config.epochs)
+        state["epoch"] = epoch
+        figures = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   METRIC: val_g, "val_dcr_ratio": ratio, "selection_score": score,
+                   "kl_weight": weight,
+                   "eligible": eligible, "epoch_seconds": time.perf_counter() - tick}
+        state["history"].append(figures)
+        metrics = {**figures, "best_selection_score": state["best"],
+                   "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
+                   "final": final, "world_size": world}
+        if config.get("fail_once_at_epoch") == epoch and resumed_from == 0:
+            raise RuntimeError(f"injected failure at epoch {epoch} (fail_once_at_epoch)")
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                _write_checkpoint(folder, model, optimizer, state, data, model_config,
+                                  train_config, sample_config, figures)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        if final:
+            break
+
+
+def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer,
+                      state: dict[str, Any], data: dict[str, Any], model_config: ModelConfig,
+                      train_config: TrainConfig, sample_config: SampleConfig,
+                      figures: dict[str, Any]) -> None:
+    """A model bundle of the current weights, plus the state needed to resume."""
+    record = {**data["record"], "best_epoch": figures["epoch"], "val_gamma": figures[METRIC],
+              "val_loss": figures["val_loss"], "epochs_run": figures["epoch"],
+              "history": state["history"]}
+    bundle = ModelBundle.create(
+        state_dict=cpu_state(model),
+        genes=data["genes"], vocab=data["vocab"],
+        preprocessor=Preprocessor.from_dict(data["preprocessor"]), model_config=model_config,
+        train_config=train_config, cohort_spec=CohortSpec.from_dict(data["cohort_spec"]),
+        sample_config=sample_config, training=record)
+    bundle.save(folder)
+    torch.save({**{k: v for k, v in state.items()}, "optimizer": optimizer.state_dict()},
+               Path(folder) / TRAIN_STATE_FILE)
+
+
+def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_config: TrainConfig,
+                  *, sample_config: SampleConfig | None = None, num_workers: int = 1,
+                  use_gpu: bool = False, cpus_per_worker: float = 1.0, name: str,
+                  storage_path: str, max_failures: int = 2, callbacks: list | None = None,
+                  extra_config: dict[str, Any] | None = None) -> TorchTrainer:
+    """A TorchTrainer running :func:`train_loop_per_worker` for one configuration.
+
+    Args:
+        data_ref: ObjectRef of :func:`payload_from_prepared`.
+        model_config: Architecture.
+        train_config: Optimisation settings.
+        sample_config: How validation samples are drawn (bundle defaults otherwise).
+        num_workers: Ray Train workers (DDP ranks).
+        use_gpu: One GPU per worker.
+        cpus_per_worker: CPUs reserved per worker.
+        name: Run name under ``storage_path``; the same name and storage resume the run.
+        storage_path: Where checkpoints go (shared storage on a multi-node cluster).
+        max_failures: Worker-group restarts from the latest checkpoint before giving up.
+        callbacks: Ray Train callbacks (``TuneReportCallback`` inside a Tune trial).
+        extra_config: Extra keys for the worker config (tests).
+
+    Returns:
+        The trainer (call ``fit()``).
+    """
+    resources: dict[str, float] = {"CPU": cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    loop_config = {"data": [data_ref], "model": model_config.to_dict(),
+                   "train": train_config.to_dict(),
+                   "sample": (sample_config or SampleConfig()).to_dict(), **(extra_config or {})}
+    info = metric_info(SELECTION_METRIC)
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Keep the best checkpoint (what gets exported) and, always, the latest
+            # (what a restarted worker group resumes from).
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="selection_score",
+                checkpoint_score_order="max" if info.higher_is_better else "min")))
+
+
+def fit_one(payload: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig,
+            **kwargs: Any) -> ray.train.Result:
+    """Run one Ray Train fit outside Tune (benchmarks, tests). ``kwargs`` go to build_trainer."""
+    return build_trainer(ray.put(payload), model_config, train_config, **kwargs).fit()
+

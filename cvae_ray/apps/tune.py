@@ -1,0 +1,418 @@
+"""Ray Tune around Ray Train: search CVAE hyperparameters, export the best bundle.
+
+The Tune trainable is a driver function (:func:`_trial`) that builds and fits a
+:class:`~ray.train.torch.TorchTrainer` (Ray >= 2.51 "Train V2" pattern;
+``Tuner(trainer)`` is deprecated). Train workers report with
+``ray.train.report``; ``TuneReportCallback`` forwards rank 0's figures to Tune,
+adding the persisted checkpoint's path as ``checkpoint_path``.
+
+Selection uses the validation split only: ASHA and Optuna see ``val_gamma``
+(direction from the metric registry), and the exported bundle is the reported
+checkpoint with the best validation score over all trials. The config defaults
+are the first point evaluated, so the export is never worse on validation than
+training with the defaults under the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from cvae_ray.apps.search_space import (
+    Distribution,
+    Space,
+    configs_from_point,
+    default_point,
+    space_to_dict,
+)
+from cvae_ray.apps.train import METRIC, SELECTION_METRIC, build_trainer, selection_score
+from cvae_ray.config import ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.errors import CvaeRayError, InvalidConfigError
+from cvae_ray.metrics.registry import metric_info
+from cvae_ray.model.bundle import ModelBundle
+from cvae_ray.storage import is_uri
+
+REQUEST_FILE = "cvae_ray_request.json"
+TRIALS_FILE = "trials.csv"
+DRIVER_MEMORY_BYTES = 256 * 1024 ** 2
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """One search.
+
+    Attributes:
+        space: The validated search space.
+        num_trials: Trials to run (the defaults' point included).
+        workers: Ray Train workers per trial.
+        use_gpu: One GPU per worker.
+        cpus_per_worker: CPUs per worker.
+        storage: Absolute path or URI of Tune/Train results.
+        name: Experiment name under ``storage``; reusing it resumes.
+        out: Where the best bundle is exported.
+        seed: Seed of the search, the split (via the cohort spec) and each trial's init.
+        max_trial_time_s: Wall-clock budget of one trial's training (``None``: none).
+        max_failures: Worker-group restarts per trial and trial retries.
+        reduction_factor: ASHA's halving rate.
+    """
+
+    space: Space
+    num_trials: int
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage: str = ""
+    name: str = "cvae-tune"
+    out: str = "runs/best_bundle"
+    seed: int = 0
+    max_trial_time_s: float | None = None
+    max_failures: int = 2
+    reduction_factor: int = 2
+
+
+@dataclass
+class TuneOutcome:
+    """What a finished search produced."""
+
+    bundle_path: str
+    best_trial_id: str
+    best_config: dict[str, Any]
+    best_val_gamma: float
+    best_epoch: int
+    n_trials: int
+    n_stopped_early: int
+    n_errored: int
+    resumed: bool
+    trials_csv: str
+    default_val_gamma: float | None = None
+    table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+
+
+# ---------------------------------------------------------------------------- checks
+def check_resources(request: TuneRequest) -> int:
+    """Check one trial fits the cluster; return how many trials can run at once.
+
+    Raises:
+        InvalidConfigError: More GPUs or CPUs per trial than the cluster has.
+    """
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    need_cpu = request.workers * request.cpus_per_worker
+    if request.use_gpu and gpus < request.workers:
+        raise InvalidConfigError(
+            f"--gpu with --workers {request.workers} needs {request.workers} GPU(s) per trial "
+            f"but the cluster has {gpus:g}; use fewer --workers, drop --gpu, or add GPU nodes.")
+    if cpus < need_cpu:
+        raise InvalidConfigError(
+            f"--workers {request.workers} needs {need_cpu:g} CPU(s) per trial but the cluster "
+            f"has {cpus:g}; use fewer --workers.")
+    fit = int(cpus // need_cpu) if need_cpu else request.num_trials
+    if request.use_gpu:
+        fit = min(fit, int(gpus // request.workers))
+    return max(1, min(fit, request.num_trials))
+
+
+def check_storage(storage: str) -> None:
+    """Fail now, not after the first trial, when the storage path cannot be written.
+
+    Raises:
+        InvalidConfigError: The local directory cannot be created or written.
+    """
+    if is_uri(storage):
+        return  # Checked by pyarrow on first write; credentials live with the cluster.
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InvalidConfigError(f"--storage {storage!r} is not writable: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- space
+def _domain(dist: Distribution):
+    if dist.kind == "choice":
+        return tune.choice(list(dist.args))
+    if dist.kind == "uniform":
+        return tune.uniform(*dist.args)
+    if dist.kind == "loguniform":
+        return tune.loguniform(*dist.args)
+    return tune.randint(dist.args[0], dist.args[1] + 1)  # int bounds are inclusive
+
+
+def tune_space(space: Space) -> dict[str, dict[str, Any]]:
+    """The space as a nested Tune ``param_space`` (``{"model": {...}, "train": {...}}``)."""
+    return {section: {name: _domain(v) if isinstance(v, Distribution) else v
+                      for name, v in entries.items()} for section, entries in space.items()}
+
+
+def default_points(space: Space) -> list[dict[str, Any]]:
+    """The config defaults as Optuna's first point (flat ``section/name`` keys).
+
+    Returns an empty list when a default lies outside a user-given distribution.
+    """
+    defaults = default_point(space)
+    point = {}
+    for section, entries in space.items():
+        for name, dist in entries.items():
+            if isinstance(dist, Distribution):
+                if not dist.contains(defaults[section][name]):
+                    return []
+                point[f"{section}/{name}"] = defaults[section][name]
+    return [point]
+
+
+def _rung_budget(space: Space) -> tuple[int, int]:
+    """ASHA's (grace_period, max_t) in evaluations (training_iteration counts reports)."""
+    def values(section: str, name: str, default: int) -> list:
+        v = space.get(section, {}).get(name, default)
+        return list(v.args) if isinstance(v, Distribution) else [v]
+
+    t = TrainConfig()
+    epochs = max(values("train", "epochs", t.epochs))
+    every = min(values("train", "eval_every", t.eval_every))
+    warmup = max(values("train", "kl_warmup_epochs", t.kl_warmup_epochs))
+    max_t = max(1, math.ceil(epochs / every))
+    # No trial is cut before its KL warm-up ends: earlier scores are not comparable.
+    grace = min(max_t, math.ceil(warmup / every) + 1)
+    return grace, max_t
+
+
+# ---------------------------------------------------------------------------- trial
+def _trial(config: dict[str, Any], data: list, setup: dict[str, Any]) -> None:
+    """Tune trainable: one configuration, trained by a TorchTrainer."""
+    model_config, train_config = configs_from_point(
+        config, seed=setup["seed"], device="cuda" if setup["use_gpu"] else "cpu",
+        max_time_s=setup["max_trial_time_s"])
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        data[0], model_config, train_config, num_workers=setup["workers"],
+        use_gpu=setup["use_gpu"], cpus_per_worker=setup["cpus_per_worker"],
+        # A stable name makes a restored trial resume its Train run from its checkpoint.
+        name=f"{setup['name']}-train-{trial_id}", storage_path=setup["storage"],
+        max_failures=setup["max_failures"], callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _trainable(request: TuneRequest, data_ref: ray.ObjectRef):
+    setup = {k: getattr(request, k) for k in ("seed", "use_gpu", "max_trial_time_s", "workers",
+                                              "cpus_per_worker", "name", "storage",
+                                              "max_failures")}
+    # The list keeps the ObjectRef a reference (with_parameters would resolve it):
+    # each Train worker fetches the arrays itself.
+    fn = tune.with_parameters(_trial, data=[data_ref], setup=setup)
+    # The driver only waits on its Train workers, which reserve their own CPUs; it
+    # reserves some memory instead (a placement group needs a non-zero bundle), so a
+    # 2-CPU machine runs two 1-worker trials at once.
+    return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
+
+
+def experiment_path(request: TuneRequest) -> str:
+    """Where Tune keeps this search (``storage/name``)."""
+    return f"{request.storage.rstrip('/')}/{request.name}"
+
+
+def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> TuneOutcome:
+    """Run (or resume) the search and export the best bundle.
+
+    Args:
+        request: The search settings (already validated; Ray already initialised).
+        payload: :func:`cvae_ray.apps.train.payload_from_prepared` of the prepared cohort.
+        log: Progress printer.
+
+    Returns:
+        The outcome: bundle path, best trial, counts.
+
+    Raises:
+        CvaeRayError: Resuming with other data, or no trial produced a checkpoint.
+    """
+    concurrent = check_resources(request)
+    info = metric_info(SELECTION_METRIC)
+    mode = "max" if info.higher_is_better else "min"
+    data_ref = ray.put(payload)
+    trainable = _trainable(request, data_ref)
+    path = experiment_path(request)
+    fingerprint = payload["record"]["fingerprint"]
+    resumed = tune.Tuner.can_restore(path)
+    if resumed:
+        _check_same_request(path, fingerprint, request)
+        log(f"resuming the search in {path} (same --name): finished trials are kept, "
+            f"unfinished ones continue from their checkpoints")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        grace, max_t = _rung_budget(request.space)
+        points = default_points(request.space)
+        if not points:
+            log("note: a config default lies outside the search space, so the defaults are "
+                "not evaluated first")
+        searcher = OptunaSearch(points_to_evaluate=points or None, seed=request.seed)
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=grace,
+                                  max_t=max_t, reduction_factor=request.reduction_factor)
+        tuner = tune.Tuner(
+            trainable, param_space=tune_space(request.space),
+            tune_config=tune.TuneConfig(metric=METRIC, mode=mode, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=request.num_trials,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name=request.name, storage_path=request.storage,
+                failure_config=tune.FailureConfig(max_failures=request.max_failures)))
+        log(f"search: {request.num_trials} trials, {concurrent} at a time, "
+            f"{request.workers} Train worker(s) each; ASHA grace {grace} / max {max_t} "
+            f"evaluations; results in {path}")
+    grid = tuner.fit()
+    _write_request(path, fingerprint, request)
+    return _export(grid, request, path, resumed, log)
+
+
+def _check_same_request(path: str, fingerprint: str, request: TuneRequest) -> None:
+    if is_uri(path):
+        return
+    record = Path(path) / REQUEST_FILE
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise InvalidConfigError(
+                f"--name {request.name!r} in {request.storage!r} is a search on other data "
+                f"(fingerprint {saved.get('fingerprint', '?')[:12]} vs {fingerprint[:12]}); "
+                f"choose another --name to start a new search.")
+
+
+def _write_request(path: str, fingerprint: str, request: TuneRequest) -> None:
+    record = {"fingerprint": fingerprint, "space": space_to_dict(request.space),
+              **{k: v for k, v in asdict(request).items() if k != "space"}}
+    _write_text(f"{path}/{REQUEST_FILE}", json.dumps(record, indent=1, default=str))
+
+
+def _write_text(location: str, text: str) -> None:
+    if is_uri(location):
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(location)
+        with fs.open_output_stream(inner) as stream:
+            stream.write(text.encode())
+    else:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+
+
+# ---------------------------------------------------------------------------- export
+def _candidates(grid) -> pd.DataFrame:
+    """Every reported checkpoint of every trial, with its validation score."""
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or "checkpoint_path" not in frame:
+            continue
+        frame = frame[frame["checkpoint_path"].notna()]
+        for _, row in frame.iterrows():
+            rows.append({"trial_id": row.get("trial_id"), "checkpoint_path": row["checkpoint_path"],
+                         "selection_score": row["selection_score"], METRIC: row[METRIC],
+                         "epoch": int(row["epoch"]), "training_iteration":
+                         int(row["training_iteration"]), "config": result.config})
+    return pd.DataFrame(rows)
+
+
+def trial_table(grid) -> pd.DataFrame:
+    """One row per trial: its configuration, last figures, best score and how it ended."""
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        frame = result.metrics_dataframe
+        best = (frame["selection_score"].max() if frame is not None and "selection_score" in frame
+                else float("nan"))
+        row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else
+               ("COMPLETED" if metrics.get("final") else "STOPPED_EARLY"),
+               "evaluations": metrics.get("training_iteration"), "epochs": metrics.get("epoch"),
+               "best_val_gamma": best, f"last_{METRIC}": metrics.get(METRIC),
+               "resumed_from_epoch": metrics.get("resumed_from_epoch"),
+               "seconds": metrics.get("time_total_s")}
+        for section, values in (result.config or {}).items():
+            if isinstance(values, dict):
+                row.update({f"{section}.{k}": v for k, v in values.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOutcome:
+    higher = metric_info(SELECTION_METRIC).higher_is_better
+    worst = selection_score(float("nan"), False)
+    candidates = _candidates(grid)
+    table = trial_table(grid)
+    trials_csv = f"{path}/{TRIALS_FILE}"
+    _write_text(trials_csv, table.to_csv(index=False))
+    if not is_uri(request.out):
+        beside = Path(request.out).resolve()
+        beside.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(beside.parent / f"{beside.name}_trials.csv", index=False)
+    if candidates.empty:
+        raise CvaeRayError(f"no trial reported a checkpoint; see the trial logs under {path}.")
+    # Best score first; among equal scores the later checkpoint (the one Train keeps).
+    ordered = candidates.sort_values(["selection_score", "training_iteration"],
+                                     ascending=[not higher, False])
+    for _, best in ordered.iterrows():
+        if best["selection_score"] == worst and len(ordered[ordered.selection_score != worst]):
+            continue
+        try:
+            bundle = ModelBundle.load(best["checkpoint_path"])
+        except CvaeRayError:
+            continue  # Checkpoint deleted by num_to_keep (a tie) or lost: take the next.
+        break
+    else:
+        raise CvaeRayError(f"no reported checkpoint could be loaded; see {path}.")
+    meta = bundle.metadata
+    training = {**meta.get("training", {}), "tune": {
+        "experiment": path, "trial_id": best["trial_id"], "config": best["config"],
+        "checkpoint": best["checkpoint_path"], "search_space": space_to_dict(request.space),
+        "n_trials": len(table)}}
+    exported = ModelBundle.create(
+        state_dict=bundle.model.state_dict(), genes=bundle.genes, vocab=bundle.vocab,
+        preprocessor=bundle.preprocessor,
+        model_config=ModelConfig.from_dict(meta["model_config"]),
+        train_config=TrainConfig.from_dict(meta["train_config"]),
+        cohort_spec=_spec(meta), sample_config=SampleConfig.from_dict(meta["sample_defaults"]),
+        training=training)
+    location = exported.save(request.out)
+    default_gamma = _default_trial_score(grid, request.space)
+    return TuneOutcome(
+        bundle_path=location, best_trial_id=str(best["trial_id"]), best_config=best["config"],
+        best_val_gamma=float(best[METRIC]), best_epoch=int(best["epoch"]),
+        n_trials=len(table), n_stopped_early=int((table["status"] == "STOPPED_EARLY").sum()),
+        n_errored=int((table["status"] == "ERROR").sum()), resumed=resumed,
+        trials_csv=trials_csv, default_val_gamma=default_gamma, table=table)
+
+
+def _spec(meta: dict[str, Any]):
+    from cvae_ray.config import CohortSpec
+
+    return CohortSpec.from_dict(meta["cohort_spec"]) if meta.get("cohort_spec") else None
+
+
+def _default_trial_score(grid, space: Space) -> float | None:
+    """Best eligible validation score of the trial that ran the config defaults."""
+    defaults = default_point(space)
+    for result in grid:
+        config = result.config or {}
+        if all(config.get(s, {}).get(n) == defaults[s][n] for s, e in space.items()
+               for n, v in e.items() if isinstance(v, Distribution)):
+            frame = result.metrics_dataframe
+            if frame is not None and "selection_score" in frame:
+                return float(frame["selection_score"].max())
+    return None
+
+
+def resolve_storage(storage: str) -> str:
+    """An absolute local path (Ray requires one) or the URI unchanged."""
+    return storage if is_uri(storage) else str(Path(os.path.expanduser(storage)).resolve())

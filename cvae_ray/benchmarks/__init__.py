@@ -1,1 +1,0 @@
-"""Benchmark scripts' logic: each prints its figures beside the limit they are compared to."""

@@ -1,0 +1,293 @@
+"""Benchmark generators on one prepared split: fit, sample the test mix, score, tabulate.
+
+Protocol (``docs/benchmark.md``): the data split is fixed (``CohortSpec.seed``);
+every generator is fitted on the training split, selects its model on the
+validation split only, and for each seed ``s`` is fitted with seed ``s`` and
+sampled with seed ``SAMPLE_SEED_OFFSET + s``, one synthetic row per test row
+(the test split's condition mix and size). Every metric of
+:func:`cvae_ray.metrics.registry.evaluate_all` (labels: the joint condition label) and
+TSTR per condition column (trained on a second synthetic set with the training
+split's mix and size, drawn with seed ``TSTR_SEED_OFFSET + s``, so that it
+compares with TRTR at equal size) are reported as mean and sd over seeds, beside a
+real-vs-real row (:func:`cvae_ray.metrics.registry.real_vs_real`, and TRTR per column).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from cvae_ray.data.model_inputs import Prepared
+from cvae_ray.errors import InvalidConfigError
+from cvae_ray.evaluation.generators import (
+    GENERATORS,
+    TSTR_SEED_OFFSET,
+    joint_labels,
+    make_generator,
+)
+from cvae_ray.metrics.registry import (
+    METRICS,
+    evaluate_all,
+    metric_info,
+    real_vs_real,
+    trtr,
+    tstr,
+)
+
+__all__ = ["COPY_DCR_RATIO", "REAL_ROW", "SAMPLE_SEED_OFFSET", "copy_check", "direction",
+           "format_table", "metric_columns", "run_benchmark", "summarise", "write_results"]
+
+REAL_ROW = "real-vs-real"
+# Sampling seeds differ from fit seeds so that no generator's sampling noise
+# replays the noise it was initialised with.
+SAMPLE_SEED_OFFSET = 10_000
+#: The no-copy criterion: the median synthetic sample sits no closer to a training
+#: sample than the median real test sample does (DCR ratio >= 1).
+COPY_DCR_RATIO = 1.0
+
+
+def metric_columns(conditions: Sequence[str]) -> list[str]:
+    """Every reported metric: the registry's, then TSTR accuracy and macro-F1 per condition column."""
+    per_column = [f"tstr_{kind}[{c}]" for c in conditions for kind in ("accuracy", "macro_f1")]
+    return list(METRICS) + per_column
+
+
+def _base(column: str) -> str:
+    return column.split("[", 1)[0]
+
+
+def direction(column: str) -> str:
+    """``higher``, ``lower`` or ``closer to X`` is better, from :data:`METRICS`."""
+    info = metric_info(_base(column))
+    if info.ideal is not None:
+        return f"closer to {info.ideal:g}"
+    return "higher" if info.higher_is_better else "lower"
+
+
+def summarise(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and sample sd (0 for one value) of finite values; None when there are none."""
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "sd": None}
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def copy_check(per_seed: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """How many seeds' synthetic sets fail the no-copy criterion (:data:`COPY_DCR_RATIO`).
+
+    A generator can buy gamma by reproducing its training samples; this says
+    which rows of the table did.
+
+    Returns:
+        ``{"seeds": seeds with a DCR ratio, "failed": seeds below the criterion}``.
+    """
+    ratios = [m.get("dcr_ratio") for m in per_seed]
+    ratios = [r for r in ratios if r is not None and np.isfinite(r)]
+    return {"seeds": len(ratios), "failed": sum(r < COPY_DCR_RATIO for r in ratios)}
+
+
+def _per_column(score: Callable[..., dict[str, float]], x_fit: np.ndarray, cond_fit,
+                x_test: np.ndarray, cond_test, conditions: Sequence[str], seed: int
+                ) -> dict[str, float]:
+    out = {}
+    for c in conditions:
+        values = score(x_fit, cond_fit[c].to_numpy(), x_test, cond_test[c].to_numpy(), seed=seed)
+        out[f"tstr_accuracy[{c}]"] = values["accuracy"]
+        out[f"tstr_macro_f1[{c}]"] = values["macro_f1"]
+    return out
+
+
+def _row(name: str, per_seed: list[dict[str, float]], columns: list[str], **extra: Any) -> dict:
+    metrics = {}
+    for column in columns:
+        stats = summarise([m.get(column) for m in per_seed])
+        metrics[column] = {**stats, "better": direction(column)}
+    return {"generator": name, "seeds": len(per_seed), "metrics": metrics, **extra}
+
+
+def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int = 3,
+                  time_budget_s: float | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None,
+                  progress: Callable[[str], None] = print) -> list[dict]:
+    """Fit, sample and score each generator for several seeds on one prepared split.
+
+    Args:
+        prepared: The prepared cohort (fixed split; needs a non-empty test split).
+        generators: Names from :data:`cvae_ray.evaluation.generators.GENERATORS`.
+        seeds: Fit/sampling seed pairs per generator (at least 1; 3 or more for a report).
+        time_budget_s: Wall-clock budget of each fit (None: each generator's own epochs).
+        options: Per-generator constructor options, by name.
+        progress: Called with one line per step.
+
+    Returns:
+        One row per generator after the real-vs-real row: ``generator``, ``seeds``,
+        ``metrics`` (column -> mean, sd, better), ``fit_seconds`` and
+        ``samples_per_second`` (mean, sd), ``fit_info`` (per seed: epochs run,
+        what the budget cut), ``copy_check`` (:func:`copy_check`), and ``error``
+        when the generator failed.
+
+    Raises:
+        InvalidConfigError: Unknown generator, seeds below 1, or no test split.
+    """
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise InvalidConfigError(f"unknown generator(s) {unknown}; known: {sorted(GENERATORS)}.")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise InvalidConfigError(f"seeds={seeds!r} is not valid; expected an integer >= 1.")
+    if len(prepared.split.test) == 0:
+        raise InvalidConfigError("the benchmark needs a test split (test_fraction > 0).")
+    options = dict(options or {})
+    conditions = list(prepared.vocab)
+    columns = metric_columns(conditions)
+    x_train, _ = prepared.part("train")
+    x_val, _ = prepared.part("val")
+    x_test, _ = prepared.part("test")
+    cond_train, cond_val, cond_test = (prepared.condition_frame(p) for p in ("train", "val", "test"))
+    y_train, y_test = joint_labels(cond_train), joint_labels(cond_test)
+
+    progress(f"real-vs-real reference ({seeds} seeds)")
+    reference = []
+    for s in range(seeds):
+        values = real_vs_real(x_train, x_test, y_train, y_test, seed=s)
+        values.update(_per_column(trtr, x_train, cond_train, x_test, cond_test, conditions, s))
+        reference.append(values)
+    rows = [_row(REAL_ROW, reference, columns, fit_seconds=summarise([]),
+                 samples_per_second=summarise([]), fit_info=[])]
+
+    for name in generators:
+        per_seed, fit_s, rate, infos = [], [], [], []
+        try:
+            for s in range(seeds):
+                generator = make_generator(name, options.get(name), time_budget_s)
+                started = time.perf_counter()
+                generator.fit(x_train, cond_train, x_val, cond_val, seed=s)
+                fit_s.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                synthetic = generator.sample(cond_test, seed=SAMPLE_SEED_OFFSET + s)
+                rate.append(len(synthetic) / max(time.perf_counter() - started, 1e-9))
+                infos.append(_jsonable(generator.info))
+                values = evaluate_all(x_train, x_test, synthetic, y_test, y_test, seed=s)
+                # TSTR per condition trains on a synthetic copy of the training split
+                # (its mix and size), as TRTR trains on the training split itself.
+                synthetic_train = generator.sample(cond_train, seed=TSTR_SEED_OFFSET + s)
+                values.update(_per_column(tstr, synthetic_train, cond_train, x_test, cond_test,
+                                          conditions, s))
+                per_seed.append(values)
+                progress(f"{name} seed {s}: fit {fit_s[-1]:.1f} s, gamma {values['gamma']:.4f}, "
+                         f"detection AUC {values['detection_auc']:.3f}, {_cut(generator.info)}")
+            rows.append(_row(name, per_seed, columns, fit_seconds=summarise(fit_s),
+                             samples_per_second=summarise(rate), fit_info=infos,
+                             copy_check=copy_check(per_seed)))
+        except Exception as exc:  # noqa: BLE001 - one failing generator must not lose the others
+            progress(f"{name} FAILED: {exc!r}")
+            rows.append(_row(name, per_seed, columns, fit_seconds=summarise(fit_s),
+                             samples_per_second=summarise(rate), fit_info=infos,
+                             error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=5)))
+    return rows
+
+
+def _cut(info: Mapping[str, Any]) -> str:
+    if "epochs_run" not in info:
+        return "closed form"
+    text = f"{info['epochs_run']}/{info.get('max_epochs', '?')} epochs"
+    if info.get("cut_by_budget"):
+        text += " (cut by the time budget)"
+    if info.get("unmatched_rows"):
+        text += f", {info['unmatched_rows']} rows off their condition"
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _cell(stats: Mapping[str, Any], digits: int = 3) -> str:
+    if stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The results as one Markdown table: a row per generator, a column per figure.
+
+    The header's second line says which way each metric is better.
+    """
+    columns = list(rows[0]["metrics"])
+    head = ["generator"] + columns + ["fit s", "samples/s", "epochs run / asked",
+                                      "copy check (DCR ratio >= 1)"]
+    better = ["better:"] + [direction(c) for c in columns] + ["lower", "higher", "", "pass"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             "| " + " | ".join(better) + " |"]
+    for row in rows:
+        cells = [row["generator"]] + [_cell(row["metrics"][c]) for c in columns]
+        cells += [_cell(row["fit_seconds"], 1), _cell(row["samples_per_second"], 0),
+                  _epochs(row), _copies(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _epochs(row: Mapping[str, Any]) -> str:
+    if row.get("error"):
+        return f"FAILED: {row['error'][:80]}"
+    infos = row.get("fit_info") or []
+    runs = [i for i in infos if "epochs_run" in i]
+    if not runs:
+        return "closed form" if infos else ""
+    text = ", ".join(f"{i['epochs_run']}/{i['max_epochs']}" for i in runs)
+    if any(i.get("cut_by_budget") for i in runs):
+        text += " (budget cut)"
+    unmatched = sum(i.get("unmatched_rows", 0) for i in runs)
+    if unmatched:
+        text += f"; {unmatched} rows off condition"
+    return text
+
+
+def _copies(row: Mapping[str, Any]) -> str:
+    check = row.get("copy_check")
+    if not check or not check["seeds"]:
+        return "-"
+    if not check["failed"]:
+        return "pass"
+    return f"fail in {check['failed']}/{check['seeds']} seeds"
+
+
+def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, Any]) -> Path:
+    """Write ``results.json`` (the rows), ``run.json`` (settings) and ``results.md``.
+
+    Returns:
+        The path of ``results.md``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_jsonable(list(rows)), indent=1))
+    (out / "run.json").write_text(json.dumps(_jsonable(dict(run)), indent=1))
+    settings = "\n".join(f"- {k}: {v}" for k, v in run.items())
+    text = (f"# Benchmark results\n\n{settings}\n\n"
+            "Each cell: mean ± sd over seeds. The second header line says which way is "
+            "better. The real-vs-real row is the reference a perfect generator would match "
+            "(its per-column TSTR cells are TRTR: trained on the real training split). "
+            "Synthetic sets have the test split's size and condition mix. The copy check "
+            "fails a seed whose synthetic samples sit closer to the training data than the "
+            "real test samples do (median distance to the nearest training sample, DCR "
+            "ratio < 1): gamma can be bought by reproducing training samples.\n\n"
+            f"{format_table(rows)}\n")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        text += "\n## Failures\n\n" + "\n".join(f"- {r['generator']}: {r['error']}"
+                                                for r in failed) + "\n"
+    (out / "results.md").write_text(text)
+    return out / "results.md"

@@ -1,0 +1,410 @@
+"""Metrics comparing real and synthetic expression matrices.
+
+Every metric is a plain function over ``samples x genes`` arrays and is listed in
+:data:`METRICS` with its direction and range, so that tuning, checkpoint
+selection and reports cannot disagree about which way is better.
+
+The metrics live in groups -- :mod:`cvae_ray.metrics.fidelity`,
+:mod:`cvae_ray.metrics.utility`, :mod:`cvae_ray.metrics.privacy` -- and are
+registered here with gamma. :func:`evaluate_all` computes them for one
+synthetic set and :func:`real_vs_real` gives the reference a real set scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Collection, Sequence
+
+import numpy as np
+
+from cvae_ray.errors import InvalidDataError
+from cvae_ray.metrics.fidelity import (
+    check_labels,
+    check_matrix,
+    check_same_genes,
+    correlation_distance,
+    detection_auc,
+    marginal_agreement,
+    mmd,
+    prdc,
+    subsample,
+)
+from cvae_ray.metrics.privacy import aa_ts, aa_ts_detail, dcr
+from cvae_ray.metrics.utility import augmentation_gain, trtr, tstr
+
+__all__ = [
+    "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail", "augmentation_gain",
+    "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma", "gamma_detail",
+    "marginal_agreement", "metric_info", "mmd", "prdc", "real_vs_real", "trtr", "tstr"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric means.
+
+    Attributes:
+        name: Registry key.
+        higher_is_better: Direction used by tuning and checkpoint selection.
+        low: Lowest possible value.
+        high: Highest possible value.
+        description: One line on what it measures.
+        ideal: The value a perfect generator gets when it is not an end of the
+            range (0.5 for detection AUC and AA_ts, 1 for density); None when the
+            best value is simply the end ``higher_is_better`` points to.
+    """
+
+    name: str
+    higher_is_better: bool
+    low: float
+    high: float
+    description: str
+    ideal: float | None = None
+
+
+@dataclass(frozen=True)
+class GammaResult:
+    """Gamma with the genes it left out.
+
+    Attributes:
+        value: The gamma coefficient.
+        excluded_genes: Indices of genes constant in either set, left out of the computation.
+    """
+
+    value: float
+    excluded_genes: tuple[int, ...]
+
+
+# gamma keeps its historical helper name; the checks are shared by all groups.
+_as_matrix = check_matrix
+
+
+def _upper_correlations(x: np.ndarray) -> np.ndarray:
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    corr = (z.T @ z) / x.shape[0]
+    return corr[np.triu_indices(corr.shape[0], k=1)]
+
+
+def gamma_detail(real: np.ndarray, synthetic: np.ndarray) -> GammaResult:
+    """Gamma coefficient of Viñas et al. 2022, with the genes it excluded.
+
+    For each set, the Pearson correlation of every gene pair gives distances
+    d = 1 - r over the strict upper triangle; gamma is the Pearson correlation of
+    the two distance vectors. The sets may have different numbers of samples.
+    Genes constant in either set have no correlation and are excluded.
+
+    Range [-1, 1], higher is better; two independent real samples of the same
+    population give the real-vs-real ceiling (about 0.97 on the RNAseqDB L1000 set).
+
+    Args:
+        real: Real samples x genes (log scale; per-gene scaling does not matter).
+        synthetic: Synthetic samples x the same genes.
+
+    Returns:
+        The gamma value and the excluded gene indices.
+
+    Raises:
+        InvalidDataError: Shapes differ in genes, too few samples or genes, or non-finite values.
+    """
+    real = _as_matrix(real, "real")
+    synthetic = _as_matrix(synthetic, "synthetic")
+    if real.shape[1] != synthetic.shape[1]:
+        raise InvalidDataError(
+            f"real has {real.shape[1]} genes but synthetic has {synthetic.shape[1]}.")
+    keep = (real.std(axis=0) > 0) & (synthetic.std(axis=0) > 0)
+    if keep.sum() < 3:
+        raise InvalidDataError("gamma needs at least 3 genes that vary in both sets.")
+    d_real = 1.0 - _upper_correlations(real[:, keep])
+    d_syn = 1.0 - _upper_correlations(synthetic[:, keep])
+    value = float(np.corrcoef(d_real, d_syn)[0, 1])
+    return GammaResult(value=value, excluded_genes=tuple(int(i) for i in np.flatnonzero(~keep)))
+
+
+def gamma(real: np.ndarray, synthetic: np.ndarray) -> float:
+    """Gamma coefficient (see :func:`gamma_detail`). Range [-1, 1], higher is better."""
+    return gamma_detail(real, synthetic).value
+
+
+def _field(fn: Callable[..., dict[str, float]], key: str) -> Callable[..., float]:
+    """One value of a metric function that returns several."""
+
+    def picked(*args, **kwargs) -> float:
+        return fn(*args, **kwargs)[key]
+
+    picked.__name__ = picked.__qualname__ = f"{fn.__name__}_{key}"
+    picked.__doc__ = f"``{fn.__name__}(...)[{key!r}]``; see :func:`{fn.__module__}.{fn.__name__}`."
+    return picked
+
+
+_INF = float("inf")
+
+# Callables take the arguments of the function they come from: (real, synthetic)
+# for fidelity and aa_ts, (x_syn, y_syn, x_test, y_test) for TSTR,
+# (x_train, x_holdout, x_syn) for DCR. evaluate_all is the uniform entry point.
+METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
+    "gamma": (MetricInfo("gamma", True, -1.0, 1.0,
+                         "correlation of gene-gene correlation distances (Viñas et al. 2022)"),
+              gamma),
+    "correlation_distance": (MetricInfo(
+        "correlation_distance", False, 0.0, _INF,
+        "||C_real - C_syn||_F / ||C_real||_F of gene-gene Pearson matrices"),
+        correlation_distance),
+    "mean_r": (MetricInfo("mean_r", True, -1.0, 1.0,
+                          "Pearson r of per-gene (per-label) means, real vs synthetic"),
+               _field(marginal_agreement, "mean_r")),
+    "sd_r": (MetricInfo("sd_r", True, -1.0, 1.0,
+                        "Pearson r of per-gene (per-label) standard deviations"),
+             _field(marginal_agreement, "sd_r")),
+    "mean_abs_error": (MetricInfo("mean_abs_error", False, 0.0, _INF,
+                                  "mean |mean_syn - mean_real| per gene (per label), data units"),
+                       _field(marginal_agreement, "mean_abs_error")),
+    "sd_rel_error": (MetricInfo("sd_rel_error", False, 0.0, _INF,
+                                "mean |sd_syn - sd_real| / sd_real per gene (per label)"),
+                     _field(marginal_agreement, "sd_rel_error")),
+    "precision": (MetricInfo("precision", True, 0.0, 1.0,
+                             "share of synthetic samples inside real k-NN balls (Naeem 2020)"),
+                  _field(prdc, "precision")),
+    "recall": (MetricInfo("recall", True, 0.0, 1.0,
+                          "share of real samples inside synthetic k-NN balls (Naeem 2020)"),
+               _field(prdc, "recall")),
+    "density": (MetricInfo("density", True, 0.0, _INF,
+                           "mean count of real k-NN balls holding a synthetic sample, / k; "
+                           "about 1 is ideal, more is not better", ideal=1.0),
+                _field(prdc, "density")),
+    "coverage": (MetricInfo("coverage", True, 0.0, 1.0,
+                            "share of real k-NN balls holding a synthetic sample (Naeem 2020)"),
+                 _field(prdc, "coverage")),
+    "mmd": (MetricInfo("mmd", False, 0.0, 2.0,
+                       "biased RBF MMD^2, median-heuristic bandwidth, real-fitted PCA space"),
+            mmd),
+    "detection_auc": (MetricInfo("detection_auc", False, 0.0, 1.0,
+                                 "cross-validated ROC-AUC of a real-vs-synthetic classifier; "
+                                 "0.5 is ideal", ideal=0.5),
+                      detection_auc),
+    "tstr_accuracy": (MetricInfo("tstr_accuracy", True, 0.0, 1.0,
+                                 "accuracy on real test of a classifier trained on synthetic"),
+                      _field(tstr, "accuracy")),
+    "tstr_macro_f1": (MetricInfo("tstr_macro_f1", True, 0.0, 1.0,
+                                 "macro-F1 on real test of a classifier trained on synthetic"),
+                      _field(tstr, "macro_f1")),
+    "dcr_median": (MetricInfo("dcr_median", True, 0.0, _INF,
+                              "median distance of synthetic samples to their closest training "
+                              "sample; compare with real held-out samples"),
+                   _field(dcr, "dcr_median")),
+    "dcr_ratio": (MetricInfo("dcr_ratio", True, 0.0, _INF,
+                             "median DCR of synthetic / of real held-out; below 1 flags "
+                             "memorisation", ideal=1.0),
+                  _field(dcr, "dcr_ratio")),
+    "copy_fraction": (MetricInfo("copy_fraction", False, 0.0, 1.0,
+                                 "share of synthetic samples closer to training than any real "
+                                 "held-out sample"),
+                      _field(dcr, "copy_fraction")),
+    "aa_ts": (MetricInfo("aa_ts", False, 0.0, 1.0,
+                         "nearest-neighbour adversarial accuracy vs training (Yale 2020); "
+                         "0.5 is ideal, towards 0 flags memorisation", ideal=0.5),
+              aa_ts),
+    "aa_ts_test": (MetricInfo("aa_ts_test", False, 0.0, 1.0,
+                              "nearest-neighbour adversarial accuracy vs real test; "
+                              "0.5 is ideal, towards 1 flags poor fidelity", ideal=0.5),
+                   aa_ts),
+}
+
+
+@dataclass(frozen=True)
+class _Sets:
+    """The sets each metric group compares (see evaluate_all and real_vs_real)."""
+
+    real: np.ndarray                 # real comparison set (the test split)
+    synthetic: np.ndarray            # set judged against it
+    y_real: np.ndarray | None
+    y_synthetic: np.ndarray | None
+    train: np.ndarray                # real training set, for memorisation checks
+    holdout: np.ndarray              # real samples unseen in training: privacy reference
+    private_synthetic: np.ndarray    # set checked for copies of the training set
+    seed: int
+
+
+def _tstr_group(s: _Sets) -> dict[str, float]:
+    scores = tstr(s.synthetic, s.y_synthetic, s.real, s.y_real, seed=s.seed)
+    return {f"tstr_{k}": v for k, v in scores.items()}
+
+
+# Metrics computed together, with the function computing them.
+_GROUPS: tuple[tuple[tuple[str, ...], Callable[[_Sets], dict[str, float]]], ...] = (
+    (("gamma",), lambda s: {"gamma": gamma(s.real, s.synthetic)}),
+    (("correlation_distance",),
+     lambda s: {"correlation_distance": correlation_distance(s.real, s.synthetic)}),
+    (("mean_r", "sd_r", "mean_abs_error", "sd_rel_error"),
+     lambda s: marginal_agreement(s.real, s.synthetic, s.y_real, s.y_synthetic)),
+    (("precision", "recall", "density", "coverage"),
+     lambda s: prdc(s.real, s.synthetic, seed=s.seed)),
+    (("mmd",), lambda s: {"mmd": mmd(s.real, s.synthetic, seed=s.seed)}),
+    (("detection_auc",),
+     lambda s: {"detection_auc": detection_auc(s.real, s.synthetic, seed=s.seed)}),
+    (("tstr_accuracy", "tstr_macro_f1"), _tstr_group),
+    (("dcr_median", "dcr_ratio", "copy_fraction"),
+     lambda s: dcr(s.train, s.holdout, s.private_synthetic)),
+    (("aa_ts",), lambda s: {"aa_ts": aa_ts(s.train, s.private_synthetic, seed=s.seed)}),
+    (("aa_ts_test",), lambda s: {"aa_ts_test": aa_ts(s.real, s.synthetic, seed=s.seed)}),
+)
+
+_LABELLED = frozenset({"tstr_accuracy", "tstr_macro_f1"})
+
+
+def _wanted(metrics: Collection[str] | None, labelled: bool) -> list[str]:
+    if metrics is None:
+        return [m for m in METRICS if labelled or m not in _LABELLED]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    for name in metrics:
+        metric_info(name)
+    if not labelled and _LABELLED & set(metrics):
+        raise InvalidDataError(f"metrics {sorted(_LABELLED & set(metrics))} need labels for "
+                               "the real and synthetic sets.")
+    return [m for m in METRICS if m in set(metrics)]
+
+
+def _compute(sets: _Sets, wanted: list[str]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for keys, compute in _GROUPS:
+        if set(keys) & set(wanted):
+            values.update(compute(sets))
+    return {m: float(values[m]) for m in wanted}
+
+
+def _check_inputs(matrices: dict[str, np.ndarray], labels: dict[str, tuple[object, str]]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    checked = {name: check_matrix(x, name) for name, x in matrices.items()}
+    check_same_genes(**checked)
+    ys = {name: None if y is None else check_labels(y, len(checked[rows]), name, rows)
+          for name, (y, rows) in labels.items()}
+    return checked, ys
+
+
+def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.ndarray,
+                 y_test: Sequence | np.ndarray | None = None,
+                 y_synthetic: Sequence | np.ndarray | None = None, *,
+                 metrics: Collection[str] | None = None, seed: int = 0) -> dict[str, float]:
+    """Compute registered metrics for one synthetic set.
+
+    Fidelity metrics and ``aa_ts_test`` compare ``synthetic`` with ``real_test``
+    (generate it for the test label distribution, at the test size); TSTR
+    trains on ``synthetic`` and scores on ``real_test``; the memorisation
+    metrics (``dcr_*``, ``copy_fraction``, ``aa_ts``) compare ``synthetic``
+    with ``real_train``, using ``real_test`` as the unseen reference.
+    :func:`cvae_ray.metrics.utility.augmentation_gain` returns a curve, not one
+    number, and is not included.
+
+    Args:
+        real_train: Real training samples x genes.
+        real_test: Real test samples x genes.
+        synthetic: Synthetic samples x genes.
+        y_test: Label (one condition column) of each test sample; with
+            ``y_synthetic`` it enables TSTR and per-label marginal agreement.
+        y_synthetic: Label of each synthetic sample.
+        metrics: Names to compute; None computes every registered metric (the
+            TSTR ones only when labels are given).
+        seed: Seed passed to every metric that samples or fits.
+
+    Returns:
+        ``{metric_name: value}`` in registry order; see :func:`metric_info`.
+
+    Raises:
+        InvalidDataError: Bad shapes, values or labels, labels given for only one
+            set, or labels missing for a requested TSTR metric.
+        InvalidConfigError: An unknown metric name.
+    """
+    if (y_test is None) != (y_synthetic is None):
+        raise InvalidDataError("give both y_test and y_synthetic, or neither.")
+    x, y = _check_inputs(
+        {"real_train": real_train, "real_test": real_test, "synthetic": synthetic},
+        {"y_test": (y_test, "real_test"), "y_synthetic": (y_synthetic, "synthetic")})
+    wanted = _wanted(metrics, labelled=y_test is not None)
+    sets = _Sets(real=x["real_test"], synthetic=x["synthetic"], y_real=y["y_test"],
+                 y_synthetic=y["y_synthetic"], train=x["real_train"], holdout=x["real_test"],
+                 private_synthetic=x["synthetic"], seed=seed)
+    return _compute(sets, wanted)
+
+
+def _stand_in(train: np.ndarray, y_train: np.ndarray | None, y_test: np.ndarray | None,
+              n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Training rows standing in for synthetic samples: the test size and label mix."""
+    if y_train is None or y_test is None:
+        return subsample(train, n, rng), None
+    rows = []
+    for label in sorted(set(y_test.tolist()), key=str):
+        wanted = int(np.sum(y_test == label))
+        rows.append(rng.permutation(np.flatnonzero(y_train == label))[:wanted])
+    picked = np.sort(np.concatenate(rows))
+    return train[picked], y_train[picked]
+
+
+def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
+                 y_train: Sequence | np.ndarray | None = None,
+                 y_test: Sequence | np.ndarray | None = None, *,
+                 metrics: Collection[str] | None = None, seed: int = 0) -> dict[str, float]:
+    """The scores of real data in place of synthetic: the reference for :func:`evaluate_all`.
+
+    Same keys, same comparisons, with the synthetic set replaced by real samples
+    that a perfect generator would be indistinguishable from:
+
+    - fidelity, ``aa_ts_test`` and TSTR: a seeded draw of ``real_train`` rows
+      with the test set's size and label counts (per label, as many as the test
+      has, or all the training set has), compared with ``real_test``; TSTR
+      thus becomes TRTR at the synthetic set's size;
+    - memorisation (``dcr_*``, ``copy_fraction``, ``aa_ts``): ``real_test`` is
+      split at random into halves; one half plays the synthetic set, the other
+      the unseen reference, against ``real_train`` (a training row cannot
+      stand in here: it would be a perfect copy).
+
+    Args:
+        real_train: Real training samples x genes.
+        real_test: Real test samples x genes (at least 6).
+        y_train: Label of each training sample; with ``y_test`` it enables TSTR
+            and label-matched draws.
+        y_test: Label of each test sample.
+        metrics: Names to compute; None as in :func:`evaluate_all`.
+        seed: Seed of the draws and of every metric.
+
+    Returns:
+        ``{metric_name: value}`` in registry order.
+
+    Raises:
+        InvalidDataError: Bad shapes, values or labels, or labels for one set only.
+        InvalidConfigError: An unknown metric name.
+    """
+    if (y_train is None) != (y_test is None):
+        raise InvalidDataError("give both y_train and y_test, or neither.")
+    x, y = _check_inputs({"real_train": real_train, "real_test": real_test},
+                         {"y_train": (y_train, "real_train"), "y_test": (y_test, "real_test")})
+    if len(x["real_test"]) < 6:
+        raise InvalidDataError(
+            f"real_vs_real needs at least 6 test samples to halve, got {len(x['real_test'])}.")
+    wanted = _wanted(metrics, labelled=y_test is not None)
+    rng = np.random.default_rng(seed)
+    stand_in, y_stand_in = _stand_in(x["real_train"], y["y_train"], y["y_test"],
+                                     len(x["real_test"]), rng)
+    halves = np.array_split(rng.permutation(len(x["real_test"])), 2)
+    sets = _Sets(real=x["real_test"], synthetic=stand_in, y_real=y["y_test"],
+                 y_synthetic=y_stand_in, train=x["real_train"],
+                 holdout=x["real_test"][np.sort(halves[1])],
+                 private_synthetic=x["real_test"][np.sort(halves[0])], seed=seed)
+    return _compute(sets, wanted)
+
+
+def metric_info(name: str) -> MetricInfo:
+    """Look up a metric's direction and range.
+
+    Args:
+        name: A key of :data:`METRICS`.
+
+    Returns:
+        Its :class:`MetricInfo`.
+
+    Raises:
+        InvalidConfigError: The name is not a registered metric.
+    """
+    from cvae_ray.errors import InvalidConfigError
+
+    if name not in METRICS:
+        raise InvalidConfigError(f"unknown metric {name!r}; known metrics: {sorted(METRICS)}.")
+    return METRICS[name][0]

@@ -1,0 +1,440 @@
+"""The model bundle: a directory of plain files that Serve, the cohort job and evaluation share.
+
+Layout::
+
+    BUNDLE/
+      config.json   format, version, genes, condition vocabularies, preprocessing,
+                    model/training/sampling settings, training metrics, data fingerprint
+      weights.pt    the CVAE's state_dict (tensors only; loaded with weights_only=True)
+
+Nothing is pickled: any tool can read ``config.json``, and loading the weights
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import io
+import json
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cvae_ray import __version__
+from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.data.preprocess import Preprocessor
+from cvae_ray.errors import (
+    IncompatibleBundleError,
+    InvalidConfigError,
+    InvalidDataError,
+    UnknownConditionError,
+)
+from cvae_ray.model.cvae import CVAE, cpu_state
+from cvae_ray.model.draws import request_draws
+from cvae_ray.storage import download_dir, is_uri, local_path, replace_dir, upload_dir
+
+BUNDLE_FORMAT = "cvae_ray.bundle"
+# 2: the weights carry the fitted latent prior (cvae_ray.model.latent_prior).
+BUNDLE_VERSION = 2
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+Conditions = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One request in a batched decoder pass.
+
+    Attributes:
+        codes: ``(n, n_conditions)`` int64 condition codes, one row per sample.
+        seed: Seed of this request's latent codes and decoder noise.
+    """
+
+    codes: np.ndarray
+    seed: int
+
+
+def _state_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
+    return buffer.getvalue()
+
+
+class ModelBundle:
+    """A trained CVAE with everything needed to sample on the input scale.
+
+    Args:
+        model: The trained CVAE (weights loaded).
+        preprocessor: The fitted preprocessing.
+        genes: Gene names in model order.
+        vocab: Condition column -> allowed values (code order).
+        metadata: Everything else recorded in ``config.json``.
+    """
+
+    def __init__(self, model: CVAE, preprocessor: Preprocessor, genes: Sequence[str],
+                 vocab: Mapping[str, Sequence[str]], metadata: Mapping[str, Any]) -> None:
+        self.model = model.eval()
+        self.preprocessor = preprocessor
+        self.genes = [str(g) for g in genes]
+        self.vocab = {str(k): [str(v) for v in values] for k, values in vocab.items()}
+        self.metadata = dict(metadata)
+        self.sample_defaults = SampleConfig.from_dict(self.metadata.get("sample_defaults", {}))
+        self._gene_index = {g: i for i, g in enumerate(self.genes)}
+        self._code_of = {c: {v: i for i, v in enumerate(vals)} for c, vals in self.vocab.items()}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def condition_columns(self) -> list[str]:
+        """Condition column names, in model order."""
+        return list(self.vocab)
+
+    @property
+    def bundle_id(self) -> str:
+        """Content hash of the weights and preprocessing (stable across copies)."""
+        return str(self.metadata["bundle_id"])
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model sits on."""
+        return self.model.gene_log_var.device
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def create(cls, *, state_dict: Mapping[str, torch.Tensor], genes: Sequence[str],
+               vocab: Mapping[str, Sequence[str]], preprocessor: Preprocessor,
+               model_config: ModelConfig, train_config: TrainConfig | None = None,
+               cohort_spec: CohortSpec | None = None, sample_config: SampleConfig | None = None,
+               training: Mapping[str, Any] | None = None) -> "ModelBundle":
+        """Assemble a bundle from trained weights and the fitted preprocessing.
+
+        Args:
+            state_dict: The CVAE's weights.
+            genes: Gene names in model order.
+            vocab: Condition column -> values in code order.
+            preprocessor: Fitted preprocessing.
+            model_config: Architecture the weights belong to.
+            train_config: Training settings (recorded).
+            cohort_spec: Data settings (recorded).
+            sample_config: Sampling defaults stored in the bundle.
+            training: Training metrics, data fingerprint, split sizes... (recorded).
+
+        Returns:
+            The bundle, on CPU.
+        """
+        model = CVAE(len(genes), [len(v) for v in vocab.values()], model_config)
+        model.load_state_dict(state_dict, strict=True)
+        digest = hashlib.sha256(_state_bytes(model.state_dict()))
+        digest.update(json.dumps([list(genes), {k: list(v) for k, v in vocab.items()},
+                                  preprocessor.to_dict()]).encode())
+        metadata = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "package_version": __version__,
+            "bundle_id": digest.hexdigest()[:16],
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_config": model_config.to_dict(),
+            "train_config": train_config.to_dict() if train_config else None,
+            "cohort_spec": cohort_spec.to_dict() if cohort_spec else None,
+            "sample_defaults": (sample_config or SampleConfig()).to_dict(),
+            "seed": train_config.seed if train_config else None,
+            "training": dict(training or {}),
+        }
+        return cls(model, preprocessor, genes, vocab, metadata)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> str:
+        """Write the bundle directory (local path or ``s3://``/``gs://`` URI).
+
+        The files are written to a temporary directory first and moved into place
+        only when complete, so an interrupted save never leaves a bundle that loads.
+
+        Args:
+            path: Target directory; an existing bundle there is replaced.
+
+        Returns:
+            The location written.
+        """
+        staging = Path(tempfile.mkdtemp(prefix="cvae_ray_bundle_"))
+        try:
+            config = dict(self.metadata, genes=self.genes, conditions=self.vocab,
+                          preprocessing=self.preprocessor.to_dict())
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+            state = cpu_state(self.model)
+            torch.save(state, staging / WEIGHTS_FILE)
+            if is_uri(path):
+                upload_dir(staging, str(path))
+                return str(path)
+            target = local_path(path).resolve()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Stage beside the target so the final rename stays on one filesystem.
+            sibling = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            sibling.rmdir()
+            shutil.move(str(staging), sibling)
+            replace_dir(sibling, target)
+            return str(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu",
+             expected_genes: Sequence[str] | None = None) -> "ModelBundle":
+        """Load a bundle strictly.
+
+        Args:
+            path: Bundle directory (local path or URI).
+            device: torch device for the model.
+            expected_genes: If given, the bundle's genes must be exactly these, in this order.
+
+        Returns:
+            The bundle.
+
+        Raises:
+            IncompatibleBundleError: Missing or unreadable files, another format or version,
+                weights that do not fit the recorded architecture, or a gene-order mismatch.
+        """
+        source = download_dir(str(path)) if is_uri(path) else local_path(path)
+        if not source.is_dir():
+            raise IncompatibleBundleError(f"model bundle {str(path)!r} is not a directory.")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (source / name).is_file():
+                raise IncompatibleBundleError(
+                    f"model bundle {str(path)!r} has no {name}; a bundle holds {CONFIG_FILE} and "
+                    f"{WEIGHTS_FILE} (written by `cvae-ray fit` or jobs/tune.py).")
+        try:
+            config = json.loads((source / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise IncompatibleBundleError(f"{CONFIG_FILE} of {str(path)!r} is not JSON: {exc}")
+        if config.get("format") != BUNDLE_FORMAT:
+            raise IncompatibleBundleError(
+                f"{str(path)!r} is not a cvae_ray model bundle (format {config.get('format')!r}).")
+        if config.get("format_version") != BUNDLE_VERSION:
+            raise IncompatibleBundleError(
+                f"bundle format version {config.get('format_version')!r} is not supported; this "
+                f"cvae_ray ({__version__}) reads version {BUNDLE_VERSION}. Re-export the bundle.")
+        try:
+            genes = list(config.pop("genes"))
+            vocab = dict(config.pop("conditions"))
+            preprocessor = Preprocessor.from_dict(config.pop("preprocessing"))
+            model_config = ModelConfig.from_dict(config["model_config"])
+        except (KeyError, TypeError, InvalidConfigError) as exc:
+            raise IncompatibleBundleError(f"{CONFIG_FILE} of {str(path)!r} is incomplete: {exc}")
+        if len(preprocessor.mean) != len(genes):
+            raise IncompatibleBundleError(
+                f"bundle {str(path)!r} lists {len(genes)} genes but its preprocessing has "
+                f"{len(preprocessor.mean)}.")
+        if expected_genes is not None and list(expected_genes) != genes:
+            raise IncompatibleBundleError(_gene_mismatch(genes, list(expected_genes)))
+        try:
+            state = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            model = CVAE(len(genes), [len(v) for v in vocab.values()], model_config)
+            model.load_state_dict(state, strict=True)
+        except pickle.UnpicklingError as exc:
+            raise IncompatibleBundleError(
+                f"{WEIGHTS_FILE} of {str(path)!r} holds more than plain tensors; refusing to load "
+                "it (weights are loaded with weights_only=True).") from exc
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise IncompatibleBundleError(
+                f"weights of {str(path)!r} do not fit its recorded architecture: {exc}") from exc
+        return cls(model.to(device), preprocessor, genes, vocab, config)
+
+    # ------------------------------------------------------------------ conditions
+    def encode_conditions(self, conditions: Conditions,
+                          n: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """Check condition values and turn them into codes, one row per sample.
+
+        Args:
+            conditions: One mapping for all ``n`` samples; a list of mappings (one sample
+                each); or a table with the condition columns (one sample per row).
+            n: Number of samples for a single mapping; must be omitted or match otherwise.
+
+        Returns:
+            The condition table (one row per sample) and its ``(n, n_conditions)`` codes.
+
+        Raises:
+            UnknownConditionError: A column is missing or unknown, or a value is not allowed.
+            InvalidConfigError: ``n`` is missing, not positive, above the limit, or inconsistent.
+        """
+        if isinstance(conditions, pd.DataFrame):
+            rows = conditions
+            if n is not None and n != len(rows):
+                raise InvalidConfigError(f"n={n} but the condition table has {len(rows)} rows.")
+        elif isinstance(conditions, Mapping):
+            if n is None:
+                raise InvalidConfigError("n is required with a single condition mapping.")
+            self.check_n(n)
+            rows = pd.DataFrame([dict(conditions)] * n) if n else pd.DataFrame()
+            self._check_keys(set(conditions))
+        else:
+            conditions = list(conditions)
+            if n is not None and n != len(conditions):
+                raise InvalidConfigError(f"n={n} but {len(conditions)} condition mappings were given.")
+            for item in conditions:
+                if not isinstance(item, Mapping):
+                    raise InvalidConfigError(
+                        f"each condition must be a mapping column -> value, got {item!r}.")
+                self._check_keys(set(item))
+            rows = pd.DataFrame(conditions)
+        self.check_n(len(rows))
+        missing = [c for c in self.condition_columns if c not in rows.columns]
+        if missing:
+            raise UnknownConditionError(
+                f"missing condition column(s) {missing}; the model needs {self.condition_columns}.")
+        rows = rows[self.condition_columns].astype(str).reset_index(drop=True)
+        codes = np.empty((len(rows), len(self.vocab)), dtype=np.int64)
+        for j, column in enumerate(self.condition_columns):
+            mapping = self._code_of[column]
+            values = rows[column].to_numpy()
+            unknown = sorted(set(values) - set(mapping))
+            if unknown:
+                raise UnknownConditionError(
+                    f"unknown value {unknown[0]!r} for condition {column!r}; allowed values: "
+                    f"{self.vocab[column]}.")
+            codes[:, j] = [mapping[v] for v in values]
+        return rows, codes
+
+    def _check_keys(self, keys: set[str]) -> None:
+        unknown = sorted(keys - set(self.vocab))
+        if unknown:
+            raise UnknownConditionError(
+                f"unknown condition column {unknown[0]!r}; the model's condition columns are "
+                f"{self.condition_columns}.")
+
+    def check_n(self, n: Any) -> None:
+        """Refuse a sample count that is not a positive integer up to ``max_n``.
+
+        Raises:
+            InvalidConfigError: Naming the bad ``n`` and the accepted range.
+        """
+        limit = self.sample_defaults.max_n
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 < n <= limit:
+            raise InvalidConfigError(f"n={n!r} is not valid; expected an integer from 1 to {limit}.")
+
+    def gene_positions(self, genes: Sequence[str] | None) -> np.ndarray | None:
+        """Positions of a gene subset in model order (``None`` = all genes).
+
+        Raises:
+            InvalidDataError: A gene is not in the bundle.
+        """
+        if genes is None:
+            return None
+        unknown = [g for g in genes if g not in self._gene_index]
+        if unknown:
+            raise InvalidDataError(f"unknown gene(s) {unknown[:5]}: the model has {len(self.genes)} "
+                                   f"genes (see GET /v1/model or config.json).")
+        return np.array([self._gene_index[g] for g in genes], dtype=np.int64)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_standardised(self, requests: Sequence[SampleRequest], *, noise: bool | None = None,
+                            temperature: float | None = None) -> list[np.ndarray]:
+        """Sample several requests in one decoder pass, each from its own seed.
+
+        Each request's latent codes and then its decoder noise are drawn from a
+        generator seeded with its own seed, and centred per condition combination
+        within the request only (:mod:`cvae_ray.model.draws`), so a request's samples do
+        not depend on which other requests share the pass.
+
+        Args:
+            requests: Condition codes and seed per request.
+            noise: Add decoder noise (default: the bundle's sampling default).
+            temperature: Decoder-noise scale (default: the bundle's).
+
+        Returns:
+            One ``(n_i, n_genes)`` float32 array per request, in standardised space.
+        """
+        settings = self.sample_defaults
+        if noise is not None or temperature is not None:
+            settings = dataclasses.replace(
+                settings, noise=settings.noise if noise is None else noise,
+                temperature=settings.temperature if temperature is None else temperature)
+        draws = [request_draws(r.codes, self.model.config.latent_dim, self.model.n_genes,
+                               int(r.seed), settings) for r in requests]
+        latent_noise = _concat([latent for latent, _ in draws])
+        gene_noise = _concat([genes for _, genes in draws]) if draws[0][1] is not None else None
+        codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
+        means = self.model.draw(codes, latent_noise, gene_noise, settings)
+        out = means.float().cpu().numpy()
+        bounds = np.cumsum([0] + [len(r.codes) for r in requests])
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def to_scale(self, standardised: np.ndarray, scale: str | None = None, *,
+                 gene_major: bool = False) -> np.ndarray:
+        """Standardised samples to the ``input`` or ``log`` scale (float32).
+
+        ``gene_major=True`` returns genes x samples (see :meth:`Preprocessor.inverse`).
+        """
+        return self.preprocessor.inverse(standardised, scale or self.sample_defaults.scale,
+                                         gene_major=gene_major)
+
+    def sample(self, conditions: Conditions, n: int | None = None, *, seed: int = 0,
+               scale: str | None = None, noise: bool | None = None,
+               temperature: float | None = None,
+               genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """Draw synthetic samples as a table of condition columns and one column per gene.
+
+        Args:
+            conditions: ``{"tissue": "lung", "source": "GTEx"}`` with ``n``; a list of
+                mappings (one sample each); or a table with the condition columns.
+            n: Number of samples for a single mapping.
+            seed: Random seed; the same seed and conditions give the same samples.
+            scale: ``input`` (the training file's scale) or ``log`` (default: bundle's).
+            noise: Add decoder noise (default: bundle's).
+            temperature: Decoder-noise scale (default: bundle's).
+            genes: Optional gene subset (output keeps this order).
+
+        Returns:
+            Condition columns followed by float32 gene columns.
+
+        Raises:
+            UnknownConditionError: Unknown condition column or value.
+            InvalidConfigError: Bad ``n``, seed or scale.
+            InvalidDataError: Unknown gene in ``genes``.
+        """
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise InvalidConfigError(f"seed={seed!r} is not valid; expected an integer >= 0.")
+        table, codes = self.encode_conditions(conditions, n)
+        positions = self.gene_positions(genes)
+        [standardised] = self.sample_standardised([SampleRequest(codes, int(seed))], noise=noise,
+                                                  temperature=temperature)
+        values = self.to_scale(standardised, scale)
+        names = self.genes
+        if positions is not None:
+            values, names = values[:, positions], [self.genes[i] for i in positions]
+        return pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
+
+    def standardise_real(self, table: pd.DataFrame) -> np.ndarray:
+        """Bring a real table (gene columns on the input scale) into the model's space.
+
+        Raises:
+            InvalidDataError: Genes of the bundle are missing from the table.
+        """
+        missing = [g for g in self.genes if g not in table.columns]
+        if missing:
+            raise InvalidDataError(f"{len(missing)} of the bundle's genes are missing from the "
+                                   f"real table, e.g. {missing[:5]}.")
+        return self.preprocessor.transform(table[self.genes].to_numpy(np.float64))
+
+
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` that does not copy a single part (one request: a whole cohort block)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _gene_mismatch(have: list[str], want: list[str]) -> str:
+    if set(have) != set(want):
+        extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+        return (f"gene list mismatch: the bundle has {len(have)} genes, expected {len(want)}; "
+                f"only in bundle: {extra[:5]}, missing from bundle: {missing[:5]}.")
+    first = next(i for i, (a, b) in enumerate(zip(have, want)) if a != b)
+    return (f"gene order mismatch at position {first}: bundle has {have[first]!r}, expected "
+            f"{want[first]!r}.")

@@ -1,0 +1,456 @@
+"""The sampling service end to end: serve_config.yaml deployed with `serve run` on a local Ray,
+spoken to over real HTTP.
+
+One Ray cluster (2 CPUs) and one deployment serve the whole module; the tests
+that disturb it (killing a replica, switching the bundle) run last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from support import REPO, TINY_MODEL, TINY_TRAIN
+
+from cvae_ray.apps.serve_api import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    SamplerArgs,
+    choose_media_type,
+)
+from cvae_ray.config import CohortSpec, TrainConfig
+from cvae_ray.errors import IncompatibleBundleError
+from cvae_ray.model.bundle import ModelBundle
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "test-token-not-a-secret"
+DEPLOY_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """Where the deployed app listens and how to (re)deploy it from serve_config.yaml."""
+
+    def __init__(self, tmp: Path, port: int, gcs_address: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.headers = {"Authorization": f"Bearer {TOKEN}"}
+        self._tmp, self._port, self._gcs = tmp, port, gcs_address
+
+    def deploy(self, bundle: Path) -> None:
+        """Run `serve run --non-blocking` on serve_config.yaml, pointed at ``bundle``."""
+        config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+        config["http_options"].update(host="127.0.0.1", port=self._port)
+        [app] = config["applications"]
+        app["args"]["bundle"] = str(bundle)
+        path = self._tmp / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        serve_cli = Path(sys.executable).with_name("serve")
+        subprocess.run([str(serve_cli), "run", "--non-blocking", "--address", self._gcs, str(path)],
+                       cwd=REPO, check=True, timeout=DEPLOY_TIMEOUT_S, capture_output=True)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        kwargs.setdefault("headers", self.headers)
+        return httpx.get(self.url + path, timeout=60, **kwargs)
+
+    def post(self, body=None, *, accept: str | None = None, headers=None, **kwargs) -> httpx.Response:
+        sent = dict(self.headers if headers is None else headers)
+        if accept:
+            sent["Accept"] = accept
+        if body is not None:
+            kwargs["json"] = body
+        return httpx.post(self.url + "/v1/samples", headers=sent, timeout=60, **kwargs)
+
+    def wait_for_bundle(self, bundle_id: str, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.get("/v1/model")
+                if last.status_code == 200 and last.json()["bundle_id"] == bundle_id:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.5)
+        raise AssertionError(f"service did not report bundle {bundle_id} in time; last: {last}")
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_bundle_dir, demo_path, tmp_path_factory) -> tuple[Path, Path]:
+    """The shared tiny bundle and a second one trained with another seed (for the switch)."""
+    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.model.fitting import fit_bundle
+
+    cohort = read_cohort(demo_path, ["tissue", "source"])
+    other, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")), TINY_MODEL,
+                          TrainConfig.from_dict({**TINY_TRAIN.to_dict(), "seed": 1}))
+    out = tmp_path_factory.mktemp("bundle2") / "other"
+    other.save(out)
+    return tiny_bundle_dir, out
+
+
+@pytest.fixture(scope="module")
+def bundle(bundles) -> ModelBundle:
+    return ModelBundle.load(bundles[0])
+
+
+@pytest.fixture(scope="module")
+def service(bundles, tmp_path_factory):
+    # Setup: the replicas inherit the environment of the raylet started here, so
+    # the token file set now turns authentication on for the whole module.
+    tmp = tmp_path_factory.mktemp("serve")
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN + "\n")
+    saved = {k: os.environ.pop(k, None) for k in (TOKEN_ENV, TOKEN_FILE_ENV, "CVAE_RAY_BUNDLE")}
+    os.environ[TOKEN_FILE_ENV] = str(token_file)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        svc = Service(tmp, _free_port(), ray.get_runtime_context().gcs_address)
+        svc.deploy(bundles[0])
+        svc.wait_for_bundle(ModelBundle.load(bundles[0]).bundle_id)
+        yield svc
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(TOKEN_FILE_ENV, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def _json_frame(payload: dict) -> np.ndarray:
+    return np.asarray(payload["samples"], dtype=np.float64)
+
+
+def _expected(bundle: ModelBundle, conditions, n=None, seed=0, **kwargs) -> np.ndarray:
+    frame = bundle.sample(conditions, n, seed=seed, **kwargs)
+    return frame.drop(columns=bundle.condition_columns).to_numpy(np.float64)
+
+
+# ---------------------------------------------------------------------- no Ray needed
+def test_build_app_validates_its_arguments():
+    from pydantic import ValidationError
+
+    from cvae_ray.apps.serve import build_app
+
+    with pytest.raises(ValidationError, match="bundle"):
+        build_app({})
+    with pytest.raises(ValidationError, match="max_n"):
+        build_app({"bundle": "b", "max_n": 0})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        build_app({"bundle": "b", "bundel_typo": 1})
+    # `serve run cvae_ray.apps.serve:build_app bundle=... max_n=10` passes strings.
+    assert build_app({"bundle": "b", "max_n": "10"}) is not None
+
+
+def test_bundle_env_overrides_argument(monkeypatch):
+    args = SamplerArgs(bundle="runs/a")
+    monkeypatch.delenv("CVAE_RAY_BUNDLE", raising=False)
+    assert args.resolved_bundle() == "runs/a"
+    monkeypatch.setenv("CVAE_RAY_BUNDLE", "s3://bucket/b")
+    assert args.resolved_bundle() == "s3://bucket/b"
+
+
+def test_missing_bundle_fails_replica_start(tmp_path, monkeypatch):
+    from cvae_ray.apps.serve import Sampler
+
+    monkeypatch.delenv("CVAE_RAY_BUNDLE", raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+    # Serve's ingress wrapper makes the constructor a coroutine; run it as a replica would.
+    replica = Sampler.func_or_class.__new__(Sampler.func_or_class)
+    with pytest.raises(IncompatibleBundleError, match="is not a directory"):
+        asyncio.run(replica.__init__(str(tmp_path / "missing"), 10, 1000))
+
+
+@pytest.mark.parametrize("accept, chosen", [
+    (None, "application/json"), ("*/*", "application/json"),
+    ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.stream"),
+    ("application/x-parquet", "application/x-parquet"),
+    ("text/csv;q=1, application/vnd.apache.parquet;q=0.5", "application/vnd.apache.parquet"),
+    ("text/csv", None), ("application/json;q=0", None),
+])
+def test_accept_negotiation(accept, chosen):
+    assert choose_media_type(accept) == chosen
+
+
+def test_import_starts_nothing():
+    code = "import cvae_ray.apps.serve, ray, sys; sys.exit(1 if ray.is_initialized() else 0)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---------------------------------------------------------------------- endpoints
+def test_probes(service):
+    assert service.get("/healthz", headers={}).json() == {"status": "alive"}
+    ready = service.get("/readyz", headers={})
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_model_describes_the_bundle(service, bundle):
+    info = service.get("/v1/model").json()
+    assert info["bundle_id"] == bundle.bundle_id
+    assert info["genes"] == bundle.genes
+    assert info["conditions"] == bundle.vocab
+    assert info["bundle_format_version"] == bundle.metadata["format_version"]
+    assert info["limits"]["max_n"] == 10000
+    assert "val_gamma" in info["training"] and "history" not in info["training"]
+    full = service.get("/v1/model", params={"history": "true"}).json()
+    assert len(full["training"]["history"]) == bundle.metadata["training"]["epochs_run"]
+
+
+def test_openapi_documents_the_api(service):
+    spec = service.get("/openapi.json", headers={}).json()
+    body = spec["paths"]["/v1/samples"]["post"]["requestBody"]["content"]["application/json"]
+    assert "conditions" in body["schema"]["properties"]
+    assert service.get("/docs", headers={}).status_code == 200
+
+
+def test_samples_json_single_mapping(service, bundle):
+    conditions = {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][0]}
+    reply = service.post({"conditions": conditions, "n": 5, "seed": 7, "scale": "log"})
+    assert reply.status_code == 200, reply.text
+    payload = reply.json()
+    assert payload["bundle_id"] == bundle.bundle_id and payload["seed"] == 7
+    assert payload["genes"] == bundle.genes
+    assert payload["conditions"] == [conditions] * 5
+    np.testing.assert_allclose(_json_frame(payload), _expected(bundle, conditions, 5, seed=7,
+                                                               scale="log"), rtol=1e-5, atol=1e-5)
+
+
+def test_samples_json_list_and_gene_subset(service, bundle):
+    rows = [{"tissue": t, "source": bundle.vocab["source"][-1]} for t in bundle.vocab["tissue"]]
+    genes = bundle.genes[3:6][::-1]
+    payload = service.post({"conditions": rows, "seed": 3, "genes": genes}).json()
+    assert payload["genes"] == genes and payload["conditions"] == rows
+    np.testing.assert_allclose(_json_frame(payload), _expected(bundle, rows, seed=3, genes=genes),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_random_seed_is_echoed(service, bundle):
+    conditions = {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][0]}
+    payload = service.post({"conditions": conditions, "n": 2}).json()
+    np.testing.assert_allclose(_json_frame(payload),
+                               _expected(bundle, conditions, 2, seed=payload["seed"]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("accept", ["application/vnd.apache.arrow.stream",
+                                    "application/vnd.apache.parquet", "application/x-parquet"])
+def test_samples_arrow_and_parquet(service, bundle, accept):
+    conditions = {"tissue": bundle.vocab["tissue"][1], "source": bundle.vocab["source"][0]}
+    reply = service.post({"conditions": conditions, "n": 4, "seed": 11}, accept=accept)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == accept
+    if "arrow" in accept:
+        table = pa.ipc.open_stream(reply.content).read_all()
+    else:
+        table = pq.read_table(io.BytesIO(reply.content))
+    assert table.column_names == [*bundle.condition_columns, *bundle.genes]
+    assert table.schema.metadata[b"bundle_id"].decode() == bundle.bundle_id
+    assert table.column("tissue").to_pylist() == [conditions["tissue"]] * 4
+    expected = bundle.sample(conditions, 4, seed=11)
+    for gene in bundle.genes:
+        assert table.schema.field(gene).type == pa.float32()
+    np.testing.assert_allclose(table.select(bundle.genes).to_pandas().to_numpy(),
+                               expected[bundle.genes].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_samples_other_seed_different(service, bundle):
+    body = {"conditions": {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][1]},
+            "n": 3, "seed": 5}
+    first, again = service.post(body).json(), service.post(body).json()
+    other = service.post({**body, "seed": 6}).json()
+    assert first["samples"] == again["samples"]
+    assert not np.allclose(_json_frame(first), _json_frame(other))
+
+
+# ---------------------------------------------------------------------- bad input
+def _bad_cases(vocab_tissue: list[str]):
+    good = {"tissue": vocab_tissue[0], "source": "GTEx"}
+    return [
+        ("unknown-column", {"conditions": {**good, "sex": "F"}, "n": 1}, 422, "sex"),
+        ("unknown-value", {"conditions": {**good, "tissue": "moon"}, "n": 1}, 422, "allowed values"),
+        ("missing-column", {"conditions": {"tissue": vocab_tissue[0]}, "n": 1}, 422, "source"),
+        ("n-zero", {"conditions": good, "n": 0}, 422, "10000"),
+        ("n-negative", {"conditions": good, "n": -3}, 422, "10000"),
+        ("n-too-big", {"conditions": good, "n": 10001}, 422, "10000"),
+        ("n-missing", {"conditions": good}, 422, "n is required"),
+        ("n-mismatch", {"conditions": [good, good], "n": 3}, 422, "2 condition mappings"),
+        ("n-string", {"conditions": good, "n": "5"}, 422, "n"),
+        ("conditions-number", {"conditions": 5, "n": 1}, 422, "conditions"),
+        ("empty-list", {"conditions": [], "seed": 1}, 422, "empty list"),
+        ("bad-scale", {"conditions": good, "n": 1, "scale": "linear"}, 422, "scale"),
+        ("negative-seed", {"conditions": good, "n": 1, "seed": -1}, 422, "seed"),
+        ("unknown-gene", {"conditions": good, "n": 1, "genes": ["NOPE1"]}, 422, "NOPE1"),
+        ("extra-field", {"conditions": good, "n": 1, "colour": "red"}, 422, "colour"),
+    ]
+
+
+def test_bad_bodies_are_refused_clearly(service, bundle):
+    for name, body, status, text in _bad_cases(bundle.vocab["tissue"]):
+        reply = service.post(body)
+        assert reply.status_code == status, (name, reply.text)
+        assert text in json.dumps(reply.json()), (name, reply.text)
+    unknown = service.post({"conditions": {"tissue": "moon", "source": "GTEx"}, "n": 1}).json()
+    assert unknown["allowed"] == bundle.vocab
+
+
+def test_malformed_json_and_empty_body(service):
+    headers = {**service.headers, "Content-Type": "application/json"}
+    reply = httpx.post(service.url + "/v1/samples", content=b'{"conditions": {', headers=headers)
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["detail"]
+    reply = httpx.post(service.url + "/v1/samples", content=b"", headers=headers)
+    assert reply.status_code == 400 and "empty request body" in reply.json()["detail"]
+    assert service.get("/v1/model", params={"history": "maybe"}).status_code == 422
+
+
+def test_unsupported_accept_is_406(service, bundle):
+    body = {"conditions": {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}, "n": 1}
+    reply = service.post(body, accept="text/csv")
+    assert reply.status_code == 406 and "application/vnd.apache.arrow.stream" in reply.text
+
+
+def test_oversized_body_is_413(service):
+    big = b'{"conditions": {"tissue": "' + b"x" * (1 << 20) + b'"}, "n": 1}'
+    headers = {**service.headers, "Content-Type": "application/json"}
+    declared = httpx.post(service.url + "/v1/samples", content=big, headers=headers, timeout=60)
+    assert declared.status_code == 413 and "1048576" in declared.json()["detail"]
+
+    def chunks():  # no Content-Length: the replica must count what arrives
+        for start in range(0, len(big), 65536):
+            yield big[start:start + 65536]
+
+    streamed = httpx.post(service.url + "/v1/samples", content=chunks(), headers=headers, timeout=60)
+    assert streamed.status_code == 413
+
+
+def test_auth_refuses_missing_and_wrong_tokens(service, bundle):
+    body = {"conditions": {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}, "n": 1}
+    assert service.post(body, headers={}).status_code == 401
+    assert service.post(body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert service.post(body, headers={"Authorization": TOKEN}).status_code == 401
+    assert service.get("/v1/model", headers={}).status_code == 401
+    assert service.post(body).status_code == 200
+
+
+def test_service_still_serves_after_bad_input(service, bundle):
+    test_bad_bodies_are_refused_clearly(service, bundle)
+    test_oversized_body_is_413(service)
+    assert service.get("/readyz", headers={}).status_code == 200
+    body = {"conditions": {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}, "n": 2, "seed": 1}
+    assert service.post(body).status_code == 200
+
+
+# ---------------------------------------------------------------------- concurrency
+def test_burst_of_concurrent_requests_keeps_requests_apart(service, bundle):
+    rng = np.random.default_rng(0)
+    bodies = []
+    for i in range(50):
+        conditions = {c: str(rng.choice(v)) for c, v in bundle.vocab.items()}
+        bodies.append({"conditions": conditions, "n": int(rng.integers(1, 6)), "seed": 100 + i})
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=service.url, headers=service.headers,
+                                     timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/samples", json=b) for b in bodies))
+
+    replies = asyncio.run(burst())
+    assert [r.status_code for r in replies] == [200] * 50
+    for body, reply in zip(bodies, replies):
+        payload = reply.json()
+        assert payload["seed"] == body["seed"]
+        np.testing.assert_allclose(
+            _json_frame(payload), _expected(bundle, body["conditions"], body["n"], seed=body["seed"]),
+            rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- disruption (last)
+def _replica_actors() -> list[dict]:
+    return [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::cvae#Sampler")]
+
+
+def test_recovers_after_replica_is_killed(service, bundle):
+    body = {"conditions": {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}, "n": 2, "seed": 9}
+    before = service.post(body).json()
+    replicas = _replica_actors()
+    assert replicas, "no Sampler replica found"
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            reply = service.post(body)
+            if reply.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise AssertionError("service did not recover after its replicas were killed")
+    assert reply.json()["samples"] == before["samples"]
+    names = {a["name"] for a in _replica_actors()}
+    assert names and not names & {a["name"] for a in replicas}
+
+
+def test_bundle_switch_under_load(service, bundles, bundle):
+    new_bundle = ModelBundle.load(bundles[1])
+    assert new_bundle.bundle_id != bundle.bundle_id
+    by_id = {bundle.bundle_id: bundle, new_bundle.bundle_id: new_bundle}
+    conditions = {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][0]}
+    results: list[tuple[int, dict | str]] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=120) as client:
+            seed = worker * 1000
+            while not stop.is_set():
+                seed += 1
+                reply = client.post("/v1/samples",
+                                    json={"conditions": conditions, "n": 2, "seed": seed})
+                results.append((reply.status_code,
+                                reply.json() if reply.status_code == 200 else reply.text))
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for thread in workers:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        service.deploy(bundles[1])
+        service.wait_for_bundle(new_bundle.bundle_id)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join(timeout=120)
+
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:3]
+    served = {payload["bundle_id"] for _, payload in results}
+    assert served == set(by_id), served
+    for _, payload in results[::10]:  # each answer is its own bundle's sample for its seed
+        np.testing.assert_allclose(
+            _json_frame(payload),
+            _expected(by_id[payload["bundle_id"]], conditions, 2, seed=payload["seed"]),
+            rtol=1e-5, atol=1e-5)
+    assert service.get("/v1/model").json()["bundle_id"] == new_bundle.bundle_id

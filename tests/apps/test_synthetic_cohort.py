@@ -1,0 +1,207 @@
+"""Cohort generation with real Ray Data: files read back, manifest, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from cvae_ray.apps.cohort_plan import make_plan, resolve_mix
+from cvae_ray.errors import InvalidConfigError, UnknownConditionError
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = REPO / "jobs" / "generate_cohort.py"
+
+sys.path.insert(0, str(REPO / "jobs"))
+import generate_cohort  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield context
+    ray.shutdown()
+
+
+def _read(out: Path, partitioned: bool = False) -> pd.DataFrame:
+    dataset = pads.dataset(out, format="parquet", partitioning="hive" if partitioned else None)
+    frame = dataset.to_table().to_pandas()
+    return frame.sort_values("sample_id").reset_index(drop=True)
+
+
+def _run(args) -> int:
+    return generate_cohort.main([str(a) for a in args])
+
+
+def test_plan_is_pure_and_sums_up(tiny_bundle_dir):
+    # Setup
+    from cvae_ray.model.bundle import ModelBundle
+
+    bundle = ModelBundle.load(tiny_bundle_dir)
+    # Run
+    plan = make_plan(25_001, 3, "balanced", bundle.vocab, bundle.metadata, block_rows=1000)
+    # Assert
+    assert sum(plan.counts) == 25_001 and sum(b.count for b in plan.blocks) == 25_001
+    assert max(b.count for b in plan.blocks) <= 1000
+    assert len({b.seed for b in plan.blocks}) == len(plan.blocks)
+    again = make_plan(25_001, 3, "balanced", bundle.vocab, bundle.metadata, block_rows=1000)
+    assert again == plan
+
+
+def test_mix_forms(tiny_bundle_dir):
+    from cvae_ray.model.bundle import ModelBundle
+
+    bundle = ModelBundle.load(tiny_bundle_dir)
+    tissue = bundle.vocab["tissue"]
+    source = bundle.vocab["source"]
+    spec = f"tissue={tissue[0]},source={source[0]}:3;tissue={tissue[1]},source={source[0]}:7"
+    combos, counts = resolve_mix(spec, 10, bundle.vocab, bundle.metadata)
+    assert counts == [3, 7]
+    combos, counts = resolve_mix(spec.replace(":3", ":0.25").replace(":7", ":0.75"), 100,
+                                 bundle.vocab, bundle.metadata)
+    assert counts == [25, 75]
+    with pytest.raises(InvalidConfigError, match="does not sum up"):
+        resolve_mix(spec, 11, bundle.vocab, bundle.metadata)
+    with pytest.raises(UnknownConditionError, match="allowed values"):
+        resolve_mix(f"tissue=mars,source={source[0]}:1", 5, bundle.vocab, bundle.metadata)
+    _, counts = resolve_mix("product", 7, bundle.vocab, bundle.metadata)
+    assert sum(counts) == 7
+
+
+def test_cohort_written_and_read_back(ray_cluster, tiny_bundle_dir, tmp_path):
+    # Setup
+    out = tmp_path / "cohort"
+    # Run
+    assert _run(["--bundle", tiny_bundle_dir, "--n", 500, "--out", out, "--seed", 1,
+                 "--block-rows", 120, "--workers", 1]) == 0
+    # Assert
+    frame = _read(out)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(frame) == 500 == manifest["rows"]
+    assert frame["sample_id"].is_unique
+    counts = frame.groupby(["tissue", "source"]).size()
+    for row in manifest["rows_per_condition"]:
+        assert counts[(row["tissue"], row["source"])] == row["count"]
+    assert manifest["resolved_mix"] == [
+        {**r, "count": r["count"]} for r in manifest["resolved_mix"]]
+    assert manifest["seed"] == 1 and manifest["genes"] == manifest["columns"][3:]
+    assert manifest["versions"]["ray"] == "2.60.0" and manifest["command"]
+    schema = pq.read_schema(next(out.glob("*.parquet")))
+    record = json.loads(schema.metadata[b"cvae_ray.cohort"])
+    assert record["bundle_id"] == manifest["bundle_id"] and record["seed"] == 1
+    assert schema.names == ["sample_id", "tissue", "source", *manifest["genes"]]
+    assert str(schema.field(manifest["genes"][0]).type) == "float"
+    # snappy cannot shrink float32 genes: they are stored uncompressed, the labels not.
+    chunks = pq.ParquetFile(next(out.glob("*.parquet"))).metadata.row_group(0)
+    codecs = {chunks.column(i).path_in_schema: chunks.column(i).compression
+              for i in range(chunks.num_columns)}
+    assert codecs["tissue"] == "SNAPPY" and codecs[manifest["genes"][0]] == "UNCOMPRESSED"
+    assert manifest["compression"] == "snappy" and manifest["gene_compression"] == "none"
+    assert not list(tmp_path.glob(".cohort.tmp-*"))
+
+
+def test_same_seed_same_values_other_seed_differs(ray_cluster, tiny_bundle_dir, tmp_path):
+    common = ["--bundle", tiny_bundle_dir, "--n", 300, "--block-rows", 70, "--mix", "balanced"]
+    assert _run([*common, "--out", tmp_path / "a", "--seed", 5]) == 0
+    # Two actors of one block at a time vs the default one actor of two blocks at
+    # once: neither the actor count nor the parallel calls may change the values.
+    assert _run([*common, "--out", tmp_path / "b", "--seed", 5, "--workers", 2]) == 0
+    assert _run([*common, "--out", tmp_path / "c", "--seed", 6]) == 0
+    a, b, c = (_read(tmp_path / x) for x in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    genes = a.columns[3:]
+    assert not (a[genes].to_numpy() == c[genes].to_numpy()).all()
+
+
+def test_partitioned_output(ray_cluster, tiny_bundle_dir, tmp_path):
+    out = tmp_path / "parts"
+    assert _run(["--bundle", tiny_bundle_dir, "--n", 200, "--out", out, "--partition-by",
+                 "tissue", "--rows-per-file", 50, "--mix", "product"]) == 0
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert dirs and all(d.startswith("tissue=") for d in dirs)
+    frame = _read(out, partitioned=True)
+    assert len(frame) == 200
+    for path in out.rglob("*.parquet"):
+        assert pq.ParquetFile(path).metadata.num_rows <= 50
+
+
+def test_refuses_to_overwrite_unless_asked(ray_cluster, tiny_bundle_dir, tmp_path, capsys):
+    out = tmp_path / "once"
+    args = ["--bundle", tiny_bundle_dir, "--n", 50, "--out", out]
+    assert _run(args) == 0
+    assert _run([*args, "--seed", 9]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err
+    assert json.loads((out / "_manifest.json").read_text())["seed"] == 0
+    assert _run([*args, "--seed", 9, "--overwrite"]) == 0
+    assert json.loads((out / "_manifest.json").read_text())["seed"] == 9
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "0"], "n=0"),
+    (["--mix", "tissue=nowhere,source=x:1"], "allowed values"),
+    (["--mix", "balanced_please"], "weight"),
+    (["--partition-by", "sample_id"], "allowed"),
+])
+def test_bad_input_exits_2_before_ray(tiny_bundle_dir, tmp_path, capsys, extra, message):
+    args = ["--bundle", str(tiny_bundle_dir), "--n", "10", "--out", str(tmp_path / "x")]
+    assert generate_cohort.main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "x").exists()
+    assert not list(tmp_path.glob(".x.tmp-*"))
+
+
+def test_missing_bundle_and_unwritable_output(tmp_path, tiny_bundle_dir, capsys):
+    assert generate_cohort.main(["--bundle", str(tmp_path / "nope"), "--n", "5",
+                                 "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert generate_cohort.main(["--bundle", str(tiny_bundle_dir), "--n", "5",
+                                 "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_killed_job_publishes_nothing(ray_cluster, tiny_bundle_dir, tmp_path):
+    # Setup: a job on the test's cluster, big enough to still be running when killed.
+    out = tmp_path / "big"
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address_info["gcs_address"])
+    proc = subprocess.Popen([sys.executable, str(JOB), "--bundle", str(tiny_bundle_dir),
+                             "--n", "3000000", "--out", str(out), "--block-rows", "20000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Run: wait for the staging folder, then kill the driver outright.
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".big.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.glob(".big.tmp-*")), "the job never started writing"
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    # Assert
+    assert not (out / "_manifest.json").exists()
+    assert not out.exists()
+
+
+def test_raw_ceiling_measures_parallel_passes_and_runs_in_a_fresh_process(tiny_bundle_dir):
+    # The benchmark's ceiling (no timing asserted: only that both layouts run).
+    from cvae_ray.tools.bench_cohorts import raw_decoder_rate, raw_in_fresh_process
+
+    two_passes = raw_decoder_rate(str(tiny_bundle_dir), threads=1, parallel=2, batch=256,
+                                  seconds=0.1, repeats=2)
+    fresh = raw_in_fresh_process(str(tiny_bundle_dir), threads=2, parallel=1, batch=256,
+                                 seconds=0.1, repeats=1)
+    assert two_passes > 0 and fresh > 0

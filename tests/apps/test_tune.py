@@ -1,0 +1,297 @@
+"""Ray Tune + Ray Train: search space checks, a local search, worker-failure recovery,
+and a real two-node cluster running jobs/tune.py through `ray job submit` (stopped
+mid-search and resumed by name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cvae_ray.apps.search_space import (
+    configs_from_point,
+    default_point,
+    default_space,
+    parse_space,
+)
+from cvae_ray.errors import InvalidConfigError
+from cvae_ray.tools.demo import stop_process_group
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TUNE_JOB = REPO / "jobs" / "tune.py"
+# Tiny but real: few epochs, small network, evaluation every 2 epochs.
+TINY_SPACE = {
+    "model": {"latent_dim": {"choice": [4, 8]}, "hidden_width": 32, "depth": {"choice": [1, 2]}},
+    "train": {"lr": {"loguniform": [1e-3, 3e-3]}, "epochs": 4, "eval_every": 2,
+              "kl_warmup_epochs": 2},
+}
+
+
+def _space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(TINY_SPACE))
+    return path
+
+
+def _job():
+    """jobs/tune.py as a module (jobs/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tune_job", TUNE_JOB)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ search space (no Ray)
+def test_default_space_contains_the_config_defaults():
+    from cvae_ray.apps.tune import default_points
+    from cvae_ray.config import ModelConfig
+
+    space = default_space()
+    (point,) = default_points(space)
+    model, _ = configs_from_point(default_point(space))
+    assert model.hidden == ModelConfig().hidden and model.latent_dim == ModelConfig().latent_dim
+    assert point["model/latent_dim"] == ModelConfig().latent_dim
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model": {"width": {"choice": [1]}}}, r"unknown model parameter\(s\) \['width'\]"),
+    ({"optim": {}}, r"unknown search-space section\(s\) \['optim'\]"),
+    ({"train": {"lr": {"normal": [0, 1]}}}, r"train.lr: unknown distribution 'normal'"),
+    ({"train": {"lr": {"loguniform": [1e-2, 1e-3]}}}, r"train.lr: empty range"),
+    ({"train": {"batch_size": {"choice": []}}}, r"choice has no values"),
+    ({"model": {"dropout": {"uniform": [0.0, 1.5]}}}, r"model.dropout: value 1.5"),
+    ({"train": {"epochs": 5}}, r"searches nothing"),
+])
+def test_bad_search_space_is_named(values, message):
+    with pytest.raises(InvalidConfigError, match=message):
+        parse_space(values)
+
+
+def test_bad_input_exits_2_before_any_trial(tmp_path, capsys):
+    main = _job().main
+
+    bad_space = tmp_path / "bad.yaml"
+    bad_space.write_text("model:\n  latent: {choice: [2]}\n")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    cases = [
+        (["--data", str(tmp_path / "missing.parquet"), "--condition", "tissue"], "missing"),
+        (["--search-space", str(bad_space)], "unknown model parameter"),
+        (["--condition", "organ"], "organ"),
+        (["--storage", str(blocked / "sub")], "not writable"),
+    ]
+    for argv, needle in cases:
+        assert main(argv + ["--storage", str(tmp_path / "s")] if "--storage" not in argv
+                    else argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err, err
+
+
+# ------------------------------------------------------------------ local Ray
+@pytest.fixture
+def local_ray():
+    """A fresh local Ray per test: a trial that ASHA stops can leave its placement group
+    behind for a while, and a later test must not wait on those CPUs."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_local_search_exports_a_bundle_that_samples(local_ray, tmp_path, capsys):
+    from cvae_ray.model.bundle import ModelBundle
+    main = _job().main
+
+    out = tmp_path / "best"
+    rc = main(["--search-space", str(_space_file(tmp_path)), "--num-trials", "2",
+               "--storage", str(tmp_path / "runs"), "--name", "local", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "SIMULATED" in printed and "bundle:" in printed
+    bundle = ModelBundle.load(out)
+    assert bundle.metadata["training"]["tune"]["n_trials"] == 2
+    frame = bundle.sample({"tissue": "lung", "source": "GTEx"}, n=5, seed=1)
+    assert len(frame) == 5
+    table = pd.read_csv(tmp_path / "runs" / "local" / "trials.csv")
+    assert len(table) == 2
+    # The exported checkpoint is the best validation score reported by any trial.
+    assert bundle.metadata["training"]["val_gamma"] == pytest.approx(table.best_val_gamma.max())
+
+
+def test_more_gpus_than_the_cluster_has_is_refused(local_ray, tmp_path, capsys):
+    main = _job().main
+
+    rc = main(["--search-space", str(_space_file(tmp_path)), "--gpu", "--workers", "2",
+               "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "b")])
+    assert rc == 2
+    assert "GPU" in capsys.readouterr().err
+
+
+def test_train_workers_resume_from_checkpoint_after_a_failure(local_ray, tmp_path):
+    from cvae_ray.apps.train import fit_one, payload_from_prepared
+    from cvae_ray.config import CohortSpec, ModelConfig, TrainConfig
+    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.model_inputs import prepare
+    from cvae_ray.data.simulate import simulate_cohort
+    from cvae_ray.model.bundle import ModelBundle
+
+    path = tmp_path / "demo.parquet"
+    simulate_cohort(n_samples=240, n_genes=40, seed=0).to_parquet(path)
+    spec = CohortSpec(conditions=("tissue", "source"))
+    prepared = prepare(read_cohort(path, list(spec.conditions)), spec)
+    result = fit_one(payload_from_prepared(prepared, spec),
+                     ModelConfig(hidden=(16,), latent_dim=4),
+                     TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1),
+                     num_workers=2, cpus_per_worker=1, name="fail-once",
+                     storage_path=str(tmp_path / "train"), max_failures=1,
+                     extra_config={"fail_once_at_epoch": 2})
+    assert result.error is None
+    assert result.metrics["epoch"] == 3 and result.metrics["world_size"] == 2
+    assert result.metrics["resumed_from_epoch"] == 1  # restarted from epoch 1's checkpoint
+    ModelBundle.load(result.checkpoint.path)
+
+
+# ------------------------------------------------------------------ a real two-node cluster
+class _Cluster:
+    """A head and a worker node started with `ray start --block`; only they are stopped."""
+
+    def __init__(self, root: Path):
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                    # Token auth (default for local clusters in this Ray): a token of our
+                    # own, given to ray start and ray job submit alike.
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.gcs, self.dashboard = _free_port(), _free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+        self.temp = Path(f"/tmp/cvt{secrets.token_hex(3)}")  # short: unix socket paths
+        self.logs = root
+        ray = str(BIN / "ray")
+        head = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", "1", "--port", str(self.gcs),
+                "--dashboard-port", str(self.dashboard), "--dashboard-host", "127.0.0.1",
+                "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
+                "--dashboard-agent-listen-port", str(_free_port()),
+                "--temp-dir", str(self.temp), "--disable-usage-stats"]
+        node = [ray, "start", "--block", "--node-ip-address", "127.0.0.1",
+                "--address", f"127.0.0.1:{self.gcs}", "--num-cpus",
+                "1", "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
+        self.procs = [self._popen(head, "head")]
+        self._wait_for(lambda: self._cpus() >= 1, 120, "head node")
+        self.procs.append(self._popen(node, "node"))
+        self._wait_for(lambda: self._cpus() >= 2, 120, "second node")
+
+    def _popen(self, cmd, name):
+        log = open(self.logs / f"{name}.log", "w")
+        return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=REPO)
+
+    def _cpus(self) -> float:
+        out = subprocess.run([str(BIN / "ray"), "status", "--address", f"127.0.0.1:{self.gcs}"],
+                             env=self.env, capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            if line.strip().endswith(" CPU") and "/" in line:
+                return float(line.split("/")[1].split()[0])
+        return 0.0
+
+    @staticmethod
+    def _wait_for(check, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if check():
+                return
+            time.sleep(2)
+        raise TimeoutError(f"{what} did not come up within {timeout} s")
+
+    def job(self, *args: str) -> subprocess.CompletedProcess:
+        # --address before the subcommand's own arguments: after `--` it would reach the job.
+        verb, *rest = args
+        return subprocess.run([str(BIN / "ray"), "job", verb, "--address", self.address, *rest],
+                              env=self.env, capture_output=True, text=True, cwd=REPO)
+
+    def submit(self, argv: list[str]) -> str:
+        out = self.job("submit", "--no-wait", "--working-dir", ".", "--",
+                       "python", "jobs/tune.py", *argv)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for token in out.stdout.replace("'", " ").split():
+            if token.startswith("raysubmit_"):
+                return token
+        raise AssertionError(f"no job id in: {out.stdout}")
+
+    def wait(self, job_id: str, timeout: float) -> str:
+        deadline, out = time.time() + timeout, ""
+        while time.time() < deadline:
+            done = self.job("status", job_id)
+            out = done.stdout + done.stderr  # the CLI logs the status line to stderr
+            # The CLI says e.g. "Job 'raysubmit_x' was stopped" / "succeeded" / "failed".
+            for status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                if status.lower() in out.lower():
+                    return status
+            time.sleep(3)
+        return f"TIMEOUT (last status output: {out.strip()[-500:]!r})"
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            stop_process_group(proc)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _completed_trials(experiment: Path) -> set[str]:
+    done = set()
+    for result in experiment.glob("_trial_*/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip() and json.loads(line).get("final"):
+                done.add(json.loads(line)["trial_id"])
+    return done
+
+
+@pytest.mark.slow
+def test_job_submit_on_two_node_cluster_stops_and_resumes(tmp_path):
+    from cvae_ray.model.bundle import ModelBundle
+
+    cluster = _Cluster(tmp_path)
+    try:
+        storage, out = tmp_path / "shared", tmp_path / "best"
+        argv = ["--search-space", str(_space_file(tmp_path)), "--num-trials", "3",
+                "--storage", str(storage), "--name", "resume", "--out", str(out)]
+        # Run 1: stop the job once one trial has finished.
+        first = cluster.submit(argv)
+        deadline = time.time() + 300
+        while time.time() < deadline and not _completed_trials(storage / "resume"):
+            time.sleep(2)
+        done_before = _completed_trials(storage / "resume")
+        assert done_before, cluster.job("logs", first).stdout[-3000:]
+        stopped = cluster.job("stop", first)  # blocks until the job has stopped
+        assert cluster.wait(first, 300) in ("STOPPED", "SUCCEEDED"), stopped.stdout + stopped.stderr
+        # Run 2: the same --name resumes the search instead of starting over.
+        second = cluster.submit(argv)
+        status = cluster.wait(second, 420)
+        logs = cluster.job("logs", second).stdout
+        assert status == "SUCCEEDED", logs[-3000:]
+        table = pd.read_csv(storage / "resume" / "trials.csv", dtype={"trial_id": str})
+        assert "resuming the search" in logs
+        assert done_before <= set(table.trial_id)  # finished trials kept, not re-run
+        assert len(table) == 3
+        ModelBundle.load(out).sample({"tissue": "lung", "source": "GTEx"}, n=2)
+    finally:
+        cluster.stop()

@@ -1,0 +1,160 @@
+"""Evaluation report and benchmark jobs on a tiny SIMULATED cohort and bundle."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cvae_ray.evaluation.benchmark import REAL_ROW, copy_check, metric_columns
+from cvae_ray.metrics.registry import METRICS
+from cvae_ray.model.bundle import ModelBundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _job(name: str):
+    """jobs/<name>.py as a module (jobs/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_{name}_job", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jobs_import_without_side_effects():
+    for name in ("evaluate", "benchmark"):
+        parser = _job(name).build_parser()
+        assert "--out" in parser.format_help()
+
+
+def test_evaluate_job_writes_report_json_markdown_and_figures(tiny_bundle_dir, demo_path,
+                                                              tmp_path, capsys):
+    # Setup: the bundle was trained on demo_path; --split test re-derives its test split.
+    out = tmp_path / "report"
+
+    # Run
+    code = _job("evaluate").main(["--bundle", str(tiny_bundle_dir), "--real", str(demo_path),
+                                  "--seeds", "2", "--out", str(out)])
+
+    # Assert
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "seed 1: sampling" in printed and "figures: UMAP" in printed
+    report = json.loads((out / "report.json").read_text())
+    expected = metric_columns(["tissue", "source"])
+    assert list(report["metrics"]) == expected
+    assert set(METRICS) <= set(report["metrics"])
+    for name, entry in report["metrics"].items():
+        for key in ("mean", "sd", "reference_mean", "reference_sd"):
+            assert isinstance(entry[key], float), (name, key)
+        assert entry["better"] in ("higher", "lower") or entry["better"].startswith("closer")
+    assert report["seeds"] == 2 and report["n_train"] > 0
+    assert "fingerprint" in report["source"]
+    assert [r["n_per_class"] for r in report["augmentation"]["tissue"]] == [5, 10, 25]
+    markdown = (out / "report.md").read_text()
+    for figure in ("umap.png", "gene_moments.png", "augmentation.png"):
+        assert (out / figure).stat().st_size > 1000
+        assert f"]({figure})" in markdown
+    assert "| gamma |" in markdown and "real-vs-real" in markdown
+
+
+def test_evaluate_bundle_on_a_held_out_table_without_training_data(tiny_bundle_dir, demo_path,
+                                                                  tmp_path):
+    # Setup: an "independent" held-out table with the bundle's genes and conditions.
+    from cvae_ray.data.dataset import read_table
+    from cvae_ray.evaluation.report import evaluate_bundle
+
+    bundle = ModelBundle.load(tiny_bundle_dir)
+    table = read_table(demo_path).sample(60, random_state=0)
+    lines: list[str] = []
+
+    # Run
+    report = evaluate_bundle(bundle, table, seeds=1, out_dir=tmp_path, embedding="pca",
+                             progress=lines.append)
+
+    # Assert: no training set, so no privacy metrics and no augmentation curve.
+    assert "dcr_ratio" not in report["metrics"] and "aa_ts" not in report["metrics"]
+    assert report["metrics"]["gamma"]["reference_mean"] is not None
+    assert report["augmentation"] == {} and (tmp_path / "pca.png").exists()
+    assert "two random halves" in report["reference"]
+    assert any("training set: not given" in line for line in lines)
+
+
+def test_evaluate_job_refuses_other_data_for_the_test_split(tiny_bundle_dir, tmp_path, capsys):
+    from cvae_ray.data.simulate import write_demo_cohort
+
+    other = tmp_path / "other.parquet"
+    write_demo_cohort(str(other), n_samples=240, n_genes=40, seed=5)
+    code = _job("evaluate").main(["--bundle", str(tiny_bundle_dir), "--real", str(other),
+                                  "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "is not the data bundle" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_unknown_condition_values(tiny_bundle_dir, demo_path, tmp_path):
+    from cvae_ray.data.dataset import read_table
+    from cvae_ray.errors import UnknownConditionError
+    from cvae_ray.evaluation.report import evaluate_bundle
+
+    table = read_table(demo_path).head(20).copy()
+    table.loc[table.index[0], "tissue"] = "spleen"
+    with pytest.raises(UnknownConditionError, match="'spleen'"):
+        evaluate_bundle(ModelBundle.load(tiny_bundle_dir), table, out_dir=tmp_path)
+
+
+def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
+    # Setup: tiny CVAE settings so the run takes seconds.
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"cvae": {
+        "model": {"hidden": [16, 8], "latent_dim": 4},
+        "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1}}}))
+    out = tmp_path / "bench"
+
+    # Run
+    code = _job("benchmark").main([
+        "--data", str(demo_path), "--condition", "tissue", "--condition", "source",
+        "--generators", "cvae,gaussian", "--seeds", "2", "--options", str(options),
+        "--out", str(out)])
+
+    # Assert
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["generator"] for r in rows] == [REAL_ROW, "cvae", "gaussian"]
+    columns = metric_columns(["tissue", "source"])
+    for row in rows:
+        assert list(row["metrics"]) == columns
+        assert row["seeds"] == 2 and "error" not in row
+        for entry in row["metrics"].values():
+            assert isinstance(entry["mean"], float) and isinstance(entry["sd"], float)
+    assert rows[1]["fit_seconds"]["mean"] > 0 and rows[2]["samples_per_second"]["mean"] > 0
+    assert rows[0]["fit_seconds"]["mean"] is None
+    assert rows[1]["metrics"]["detection_auc"]["better"] == "closer to 0.5"
+    assert rows[1]["metrics"]["mmd"]["better"] == "lower"
+    assert [i["epochs_run"] for i in rows[1]["fit_info"]] == [2, 2]
+    assert rows[1]["copy_check"]["seeds"] == 2 and "copy_check" not in rows[0]
+    markdown = (out / "results.md").read_text()
+    assert "| gaussian |" in markdown and "| real-vs-real |" in markdown
+    assert "tstr_accuracy[tissue]" in markdown and "closer to 0.5" in markdown
+    assert "copy check (DCR ratio >= 1)" in markdown
+    assert "| gaussian |" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["seeds"] == 2 and run["split"]["test"] == len(pd.read_parquet(demo_path)) - \
+        run["split"]["train"] - run["split"]["val"]
+
+
+def test_copy_check_counts_seeds_below_a_dcr_ratio_of_one():
+    per_seed = [{"dcr_ratio": 1.2}, {"dcr_ratio": 0.9}, {"dcr_ratio": 1.0},
+                {"dcr_ratio": float("nan")}]
+    assert copy_check(per_seed) == {"seeds": 3, "failed": 1}
+    assert copy_check([{"gamma": 0.9}]) == {"seeds": 0, "failed": 0}
+
+
+def test_benchmark_job_rejects_unknown_generator(demo_path, tmp_path, capsys):
+    code = _job("benchmark").main(["--data", str(demo_path), "--condition", "tissue",
+                                   "--generators", "cvae,vae", "--out", str(tmp_path)])
+    assert code == 2
+    assert "unknown ['vae']" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()

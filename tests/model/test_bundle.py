@@ -1,0 +1,210 @@
+"""Model bundle: round trip, strict loading, sampling per condition, seeds, preprocessing inverse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cvae_ray.config import ModelConfig
+from cvae_ray.data.preprocess import Preprocessor
+from cvae_ray.errors import (
+    IncompatibleBundleError,
+    InvalidConfigError,
+    InvalidDataError,
+    UnknownConditionError,
+)
+from cvae_ray.model.bundle import CONFIG_FILE, WEIGHTS_FILE, ModelBundle, SampleRequest
+from cvae_ray.model.cvae import CVAE
+
+LUNG = {"tissue": "lung", "source": "GTEx"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle_dir) -> ModelBundle:
+    return ModelBundle.load(tiny_bundle_dir)
+
+
+def test_round_trip_keeps_weights_genes_and_samples(bundle, tmp_path):
+    copy_dir = tmp_path / "copy"
+    bundle.save(copy_dir)
+
+    again = ModelBundle.load(copy_dir)
+
+    assert again.genes == bundle.genes and again.vocab == bundle.vocab
+    assert again.bundle_id == bundle.bundle_id
+    for key, value in bundle.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value)
+    pd.testing.assert_frame_equal(again.sample(LUNG, 7, seed=3), bundle.sample(LUNG, 7, seed=3))
+
+
+def test_bundle_is_plain_files(tiny_bundle_dir):
+    config = json.loads((tiny_bundle_dir / CONFIG_FILE).read_text())
+    state = torch.load(tiny_bundle_dir / WEIGHTS_FILE, weights_only=True)
+
+    assert config["format"] == "cvae_ray.bundle" and config["format_version"] == 2
+    assert len(config["genes"]) == 40 and set(config["conditions"]) == {"tissue", "source"}
+    assert {"fingerprint", "val_gamma", "n_train", "best_epoch"} <= set(config["training"])
+    assert config["seed"] == 0 and config["package_version"]
+    prior = state.pop("_extra_state")  # the latent prior fitted on the training split
+    assert all(isinstance(v, torch.Tensor) for v in [*state.values(), *prior.values()])
+
+
+def test_same_seed_same_samples_other_seed_different(bundle):
+    first = bundle.sample(LUNG, 20, seed=11)
+    again = bundle.sample(LUNG, 20, seed=11)
+    other = bundle.sample(LUNG, 20, seed=12)
+
+    pd.testing.assert_frame_equal(first, again)
+    assert not np.allclose(first[bundle.genes], other[bundle.genes])
+
+
+def test_every_condition_value_can_be_sampled(bundle):
+    rows = [{"tissue": t, "source": s} for t in bundle.vocab["tissue"] for s in bundle.vocab["source"]]
+
+    frame = bundle.sample(rows, seed=0)
+
+    assert len(frame) == len(rows)
+    pd.testing.assert_frame_equal(frame[["tissue", "source"]], pd.DataFrame(rows))
+    values = frame[bundle.genes].to_numpy()
+    assert values.dtype == np.float32 and np.isfinite(values).all() and (values >= 0).all()
+
+
+def test_like_table_and_scales(bundle):
+    like = pd.DataFrame([LUNG, {"tissue": "liver", "source": "TCGA-tumor"}])
+
+    input_scale = bundle.sample(like, seed=5, scale="input")
+    log_scale = bundle.sample(like, seed=5, scale="log")
+
+    np.testing.assert_allclose(np.exp2(log_scale[bundle.genes].to_numpy(np.float64)) - 1,
+                               np.maximum(input_scale[bundle.genes].to_numpy(np.float64), 0),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_batched_requests_match_single_requests(bundle):
+    _, codes_a = bundle.encode_conditions(LUNG, 5)
+    _, codes_b = bundle.encode_conditions({"tissue": "kidney", "source": "TCGA-normal"}, 3)
+
+    together = bundle.sample_standardised([SampleRequest(codes_a, 1), SampleRequest(codes_b, 2)])
+    alone_b = bundle.sample_standardised([SampleRequest(codes_b, 2)])[0]
+
+    np.testing.assert_allclose(together[1], alone_b, rtol=1e-5, atol=1e-6)
+
+
+def test_gene_subset_keeps_requested_order(bundle):
+    genes = [bundle.genes[5], bundle.genes[1]]
+    frame = bundle.sample(LUNG, 3, seed=0, genes=genes)
+    full = bundle.sample(LUNG, 3, seed=0)
+    assert list(frame.columns) == ["tissue", "source", *genes]
+    np.testing.assert_array_equal(frame[genes].to_numpy(), full[genes].to_numpy())
+
+
+def test_noise_off_gives_decoder_means(bundle):
+    means = bundle.sample(LUNG, 50, seed=0, noise=False)[bundle.genes].to_numpy()
+    noisy = bundle.sample(LUNG, 50, seed=0)[bundle.genes].to_numpy()
+    assert np.log2(means + 1).std(axis=0).mean() < np.log2(noisy + 1).std(axis=0).mean()
+
+
+@pytest.mark.parametrize("conditions, n, error, match", [
+    ({"tissue": "heart", "source": "GTEx"}, 2, UnknownConditionError,
+     r"unknown value 'heart' for condition 'tissue'; allowed values: \["),
+    ({"tissue": "lung"}, 2, UnknownConditionError, r"missing condition column\(s\) \['source'\]"),
+    ({"tissue": "lung", "source": "GTEx", "sex": "F"}, 2, UnknownConditionError,
+     r"unknown condition column 'sex'"),
+    (LUNG, 0, InvalidConfigError, r"n=0 is not valid; expected an integer from 1 to"),
+    (LUNG, 10**9, InvalidConfigError, r"n=1000000000 is not valid"),
+    (LUNG, None, InvalidConfigError, r"n is required"),
+])
+def test_bad_sampling_requests(bundle, conditions, n, error, match):
+    with pytest.raises(error, match=match):
+        bundle.sample(conditions, n, seed=0)
+
+
+def test_unknown_gene_and_bad_seed(bundle):
+    with pytest.raises(InvalidDataError, match=r"unknown gene\(s\) \['NOPE'\]"):
+        bundle.sample(LUNG, 2, genes=["NOPE"])
+    with pytest.raises(InvalidConfigError, match=r"seed=-1 is not valid"):
+        bundle.sample(LUNG, 2, seed=-1)
+
+
+# ---------------------------------------------------------------- strict loading
+def test_gene_order_mismatch_is_refused(tiny_bundle_dir, bundle):
+    swapped = [bundle.genes[1], bundle.genes[0], *bundle.genes[2:]]
+    with pytest.raises(IncompatibleBundleError, match="gene order mismatch at position 0"):
+        ModelBundle.load(tiny_bundle_dir, expected_genes=swapped)
+
+
+def test_incompatible_version_is_refused(tiny_bundle_dir, tmp_path, bundle):
+    bundle.save(tmp_path / "b")
+    config = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    config["format_version"] = 99
+    (tmp_path / "b" / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(IncompatibleBundleError, match="format version 99 is not supported"):
+        ModelBundle.load(tmp_path / "b")
+
+
+def test_missing_bundle_and_missing_weights(tmp_path, bundle):
+    with pytest.raises(IncompatibleBundleError, match="is not a directory"):
+        ModelBundle.load(tmp_path / "nothing")
+    bundle.save(tmp_path / "b")
+    (tmp_path / "b" / WEIGHTS_FILE).unlink()
+    with pytest.raises(IncompatibleBundleError, match="has no weights.pt"):
+        ModelBundle.load(tmp_path / "b")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path, bundle):
+    bundle.save(tmp_path / "b")
+    other = CVAE(len(bundle.genes), [len(v) for v in bundle.vocab.values()],
+                 ModelConfig(hidden=(8,), latent_dim=2))
+    torch.save(other.state_dict(), tmp_path / "b" / WEIGHTS_FILE)
+    with pytest.raises(IncompatibleBundleError, match="do not fit its recorded architecture"):
+        ModelBundle.load(tmp_path / "b")
+
+
+def test_pickled_objects_are_not_loaded(tmp_path, bundle):
+    bundle.save(tmp_path / "b")
+    # A pickle that would run code on load: weights_only=True must refuse it.
+    torch.save({"evil": subprocess.Popen}, tmp_path / "b" / WEIGHTS_FILE)
+    with pytest.raises(IncompatibleBundleError, match="holds more than plain tensors"):
+        ModelBundle.load(tmp_path / "b")
+
+
+# ---------------------------------------------------------------- preprocessing
+@pytest.mark.parametrize("log_transform", [True, False])
+def test_preprocessing_inverse_round_trip(log_transform):
+    rng = np.random.default_rng(0)
+    values = rng.gamma(1.5, 200.0, (50, 8))
+    values[:, 3] = 7.0  # constant gene: standardised with unit scale, still invertible
+    pre = Preprocessor.fit(values, log_transform=log_transform)
+
+    z = pre.transform(values)
+    restored = pre.inverse(z, "input")
+
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(restored, values, rtol=1e-4)
+    np.testing.assert_allclose(pre.inverse(z, "log"), pre.to_log(values), rtol=1e-5, atol=1e-5)
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    np.testing.assert_array_equal(again.transform(values), z)
+
+
+@pytest.mark.parametrize("scale", ["input", "log"])
+def test_gene_major_inverse_is_the_exact_transpose(scale):
+    rng = np.random.default_rng(1)
+    pre = Preprocessor.fit(rng.gamma(1.5, 200.0, (40, 6)), log_transform=True)
+    z = rng.normal(size=(9, 6)).astype(np.float32)
+
+    gene_major = pre.inverse(z, scale, gene_major=True)
+
+    assert gene_major.shape == (6, 9) and gene_major.flags.c_contiguous
+    np.testing.assert_array_equal(gene_major, pre.inverse(z, scale).T)
+
+
+def test_inverse_clips_negative_expression_at_zero():
+    pre = Preprocessor.fit(np.array([[0.0], [1.0], [3.0]]), log_transform=True)
+    assert pre.inverse(np.array([[-50.0]]), "input")[0, 0] == 0.0
+
+

@@ -1,0 +1,26 @@
+"""Paths and tiny configurations the tests share (imported as ``support``; fixtures live in
+``conftest.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cvae_ray.config import ModelConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+CASES = SHARED / "cases" / "inputs"
+RNASEQDB = SHARED_DATA / "rnaseqdb_gtex_tcga_l1000.parquet"
+L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
+
+TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)
+TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5)
+
+
+def require_shared_data() -> None:
+    """Skip (with the reason) when ../shared/data is absent; in CI it is always there."""
+    if not RNASEQDB.exists():
+        pytest.skip(f"real data not found at {RNASEQDB} (../shared/data is absent)")
