@@ -4,16 +4,15 @@
     ray job submit --working-dir . -- python jobs/generate_cohort.py --bundle ... --n ... --out ...
 
 Every argument is checked (bundle, mix, output location) before Ray starts; bad
-input exits with code 2 and ``error: ...`` on stderr. ``ray.init()`` connects to
-the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) or a running
-one, and otherwise starts a local Ray for the job. See docs/cohorts.md.
+input exits with code 2 and ``error: ...`` on stderr. The job joins the cluster named
+by ``RAY_ADDRESS`` (as under ``ray job submit``), and otherwise starts a local Ray
+for itself (:mod:`cvae_ray.apps.cluster`). See docs/cohorts.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from typing import Sequence
@@ -101,18 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    import ray
+    from cvae_ray.apps.cluster import ray_session
 
-    started = not ray.is_initialized()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if started:
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init()
-            else:
-                # A Ray started here listens on loopback only (ports not on the network).
-                ray.init(address="local", _node_ip_address="127.0.0.1")
-        record = write_cohort(prepared, workers=args.workers, gpu=args.gpu)
+        with ray_session():
+            record = write_cohort(prepared, workers=args.workers, gpu=args.gpu)
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -121,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if started and ray.is_initialized():
-            ray.shutdown()
     print(json.dumps({"out": args.out, "rows": record["rows"], "files": len(record["files"]),
                       "bundle_id": record["bundle_id"], "seed": record["seed"]}))
     return 0

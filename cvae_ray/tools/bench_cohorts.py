@@ -207,8 +207,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see jobs/bench_cohorts.py)."""
     args = build_parser().parse_args(argv)
 
-    import ray
-
+    from cvae_ray.apps.cluster import ray_session
     from cvae_ray.apps.cohort_plan import BLOCK_ROWS
 
     scratch = Path(tempfile.mkdtemp(prefix="cvae_ray_bench_bundle_"))
@@ -223,9 +222,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"raw decoder ({args.cpus} passes x 1 thread, batch 8192, best of 3 x 3 s): "
               f"{parallel:,.0f} samples/s")
         raw_total = max(wide, parallel)
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1")
-        try:
+        with ray_session("local", num_cpus=args.cpus, include_dashboard=False):
             from cvae_ray.apps.synthetic_cohort import actor_calls, default_workers
 
             workers = args.workers or default_workers(False)
@@ -247,8 +244,6 @@ def run(argv: Sequence[str] | None = None) -> int:
                           f"{r['mb_s']:>7.1f} {r['mb']:>8.0f} {ratio:>6.2f} "
                           f"{r['driver_mb']:>10.0f} {r['workers_mb']:>11.0f} "
                           f"{r['worker_max_mb']:>14.0f}  {flag}", flush=True)
-        finally:
-            ray.shutdown()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

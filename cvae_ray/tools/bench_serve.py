@@ -322,16 +322,10 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
 @contextmanager
 def _local_ray(num_cpus: int) -> Iterator[None]:
     """A local Ray for the block; Serve and Ray are shut down after it."""
-    import ray
-    from ray import serve
+    from cvae_ray.apps.cluster import ray_session
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _node_ip_address="127.0.0.1")
-    try:
+    with ray_session("local", num_cpus=num_cpus, include_dashboard=False):
         yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @contextmanager

@@ -102,8 +102,7 @@ def run(data: str | None = None, conditions: tuple[str, ...] = ("tissue", "sourc
         cpus: int = 2, num_trials: int = 4, epochs: int = 10, storage: str | None = None
         ) -> dict[str, Any]:
     """Run the whole benchmark on a fresh local Ray with ``cpus`` CPUs and print it."""
-    import ray
-
+    from cvae_ray.apps.cluster import ray_session
     from cvae_ray.apps.train import payload_from_prepared
 
     storage = str(Path(storage or tempfile.mkdtemp(prefix="bench_tune_")).resolve())
@@ -112,13 +111,10 @@ def run(data: str | None = None, conditions: tuple[str, ...] = ("tissue", "sourc
     source = data or "SIMULATED demo cohort"
     print(f"data: {source}: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; "
           f"{cpus} CPUs; no GPU", flush=True)
-    ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1")
-    try:
+    with ray_session("local", num_cpus=cpus):
         searches = [search_figures(payload, workers=w, num_trials=num_trials, storage=storage)
                     for w in (1, 2)]
         epoch = epoch_figures(prepared, spec, payload, epochs=epochs, storage=storage)
-    finally:
-        ray.shutdown()
     print(f"\nfixed search ({num_trials} trials, {SEARCH['train']['epochs']} epochs max, ASHA):")
     print(f"{'workers/trial':>14} {'trials':>7} {'wall s':>9} {'trials/hour':>12} "
           f"{'ASHA-stopped':>13} {'best val gamma':>15}")

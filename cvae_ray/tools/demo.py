@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import yaml
 
+from cvae_ray.apps.cluster import free_port, local_cluster
 from cvae_ray.errors import CvaeRayError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,13 +51,6 @@ class DemoResult:
     served: dict = field(default_factory=dict)
 
 
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
@@ -72,73 +62,6 @@ def _run(stage: str, argv: Sequence[str], env: dict[str, str], timings: dict[str
     timings[stage] = round(time.perf_counter() - started, 1)
     if done.returncode != 0:
         raise CvaeRayError(f"stage {stage!r} failed with exit code {done.returncode}; see above.")
-
-
-@contextmanager
-def local_cluster(num_cpus: int = 2) -> Iterator[str]:
-    """Start a one-node Ray cluster on 127.0.0.1 and stop only it afterwards.
-
-    Token authentication is on, with a fresh token placed in this process's
-    environment, so the cluster, every job started from here and this process's
-    own ``ray.init`` share it (and nothing else on the machine can use the cluster).
-
-    Yields:
-        The cluster's GCS address (``127.0.0.1:PORT``).
-    """
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    port, dashboard = free_port(), free_port()
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block",
-         "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--disable-usage-stats"],
-        env=dict(os.environ), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while subprocess.run([ray_cli, "status", "--address", address], env=dict(os.environ),
-                             capture_output=True).returncode != 0:
-            if head.poll() is not None or time.time() > deadline:
-                raise CvaeRayError("the local Ray cluster did not start (see `ray start --head`).")
-            time.sleep(2)
-        _say(f"local Ray cluster up at {address} (dashboard http://127.0.0.1:{dashboard})")
-        yield address
-    finally:
-        # Only this cluster's process group: a bare `ray stop` would kill others' too.
-        stop_process_group(head)
-        _forget_cluster(address)
-        _say("local Ray cluster stopped")
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM a process started with ``start_new_session=True`` and its whole group;
-    SIGKILL the group if it has not exited after ``timeout`` seconds."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _forget_cluster(address: str) -> None:
-    """Remove Ray's "current cluster" record if it still names the cluster just stopped.
-
-    `ray start` records its address for later bare `ray.init()` calls and only
-    `ray stop` (which stops every cluster on the machine) clears it; left behind,
-    it sends the next `ray.init()` to a cluster that no longer exists.
-    """
-    from ray._private.utils import get_ray_address_file, read_ray_address
-
-    try:
-        if read_ray_address() == address:
-            os.remove(get_ray_address_file(None))
-    except OSError:
-        pass
 
 
 def _serve_and_request(address: str, bundle: Path, conditions: dict[str, str]) -> dict:
@@ -202,6 +125,7 @@ def run_demo(out: str | Path, *, data: str | None = None,
     space.write_text(json.dumps(DEMO_SEARCH_SPACE, indent=1))
     condition_args = [a for c in conditions for a in ("--condition", c)]
     with local_cluster() as address:
+        _say(f"local Ray cluster up at {address}")
         env.update(RAY_ADDRESS=address, RAY_AUTH_MODE="token",
                    RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"])
         _run("tune", [python, "jobs/tune.py", "--data", data, *condition_args,

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 import yaml
 from support import REPO, TINY_MODEL, TINY_TRAIN
 
+from cvae_ray.apps.cluster import free_port, ray_session
 from cvae_ray.apps.serve_api import (
     TOKEN_ENV,
     TOKEN_FILE_ENV,
@@ -37,18 +37,11 @@ from cvae_ray.errors import IncompatibleBundleError
 from cvae_ray.model.bundle import ModelBundle
 
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "test-token-not-a-secret"
 DEPLOY_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Service:
@@ -125,15 +118,13 @@ def service(bundles, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     saved = {k: os.environ.pop(k, None) for k in (TOKEN_ENV, TOKEN_FILE_ENV, "CVAE_RAY_BUNDLE")}
     os.environ[TOKEN_FILE_ENV] = str(token_file)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        svc = Service(tmp, _free_port(), ray.get_runtime_context().gcs_address)
-        svc.deploy(bundles[0])
-        svc.wait_for_bundle(ModelBundle.load(bundles[0]).bundle_id)
-        yield svc
+        with ray_session("local", num_cpus=2, include_dashboard=False):
+            svc = Service(tmp, free_port(), ray.get_runtime_context().gcs_address)
+            svc.deploy(bundles[0])
+            svc.wait_for_bundle(ModelBundle.load(bundles[0]).bundle_id)
+            yield svc
     finally:
-        serve.shutdown()
-        ray.shutdown()
         os.environ.pop(TOKEN_FILE_ENV, None)
         os.environ.update({k: v for k, v in saved.items() if v is not None})
 

@@ -27,11 +27,10 @@ import generate_cohort  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
+    from cvae_ray.apps.cluster import ray_session
 
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    yield context
-    ray.shutdown()
+    with ray_session("local", num_cpus=2, include_dashboard=False) as started:
+        yield started
 
 
 def _read(out: Path, partitioned: bool = False) -> pd.DataFrame:
