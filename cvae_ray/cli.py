@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--set", action="append", default=[], metavar="COL=VALUE",
                         help="condition value for --n (repeat for each condition column)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed")
-    sample.add_argument("--scale", choices=SCALES, default=_SAMPLE.scale,
-                        help="input: the training file's scale; log: log2(x+1)")
+    sample.add_argument("--scale", choices=SCALES, default=None,
+                        help="input: the training file's scale; log: log2(x+1) (default: the "
+                             f"bundle's, normally {_SAMPLE.scale!r})")
     sample.add_argument("--temperature", type=float, default=None,
                         help="decoder-noise scale (default: the bundle's)")
     sample.add_argument("--out", required=True, help="output .parquet or .csv file")
@@ -194,7 +195,8 @@ def run_sample(args: argparse.Namespace) -> int:
         frame.to_csv(out, index=False)
     else:
         frame.to_parquet(out, index=False)
-    print(f"wrote {len(frame)} samples x {len(bundle.genes)} genes ({args.scale} scale, seed "
+    scale = args.scale or bundle.sample_defaults.scale
+    print(f"wrote {len(frame)} samples x {len(bundle.genes)} genes ({scale} scale, seed "
           f"{args.seed}, bundle {bundle.bundle_id}) to {out}")
     return 0
 

@@ -12,7 +12,7 @@ split of ``rnaseqdb_gtex_tcga_l1000.parquet`` (see ``docs/quality.md``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from cvae_ray.errors import InvalidConfigError
@@ -271,16 +271,40 @@ class SampleConfig(FromDictMixin):
         return self.draws == "centred"
 
 
+#: Where a search exports its best bundle and where Serve, the demo and the benchmarks
+#: look for it (relative to the working directory).
+DEFAULT_BUNDLE_DIR = "runs/best_bundle"
+
+
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one training run needs, grouped for passing around.
+class ServeConfig:
+    """Defaults of the sampling service (``serve_config.yaml`` restates them, pinned by a test).
 
     Attributes:
-        cohort: How the data are read, split and preprocessed.
-        model: The architecture.
-        train: The optimisation settings.
+        bundle: Model bundle path or URI the service loads.
+        max_n: Largest ``n`` one request may ask for (also bounded by the bundle's own
+            ``max_n``).
+        max_body_bytes: Largest accepted request body, in bytes; larger bodies get 413.
+        max_batch_size: Most requests ``@serve.batch`` decodes in one pass.
+        batch_wait_timeout_s: How long a batch waits to fill, in seconds.
+        batch_max_n: Only requests up to this many samples go through the batch queue:
+            larger ones fill the decoder on their own, and a batch of many large requests
+            would hold ``max_batch_size x n`` rows in memory at once.
     """
 
-    cohort: CohortSpec
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    bundle: str = DEFAULT_BUNDLE_DIR
+    max_n: int = 10_000
+    max_body_bytes: int = 1 << 20
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    batch_max_n: int = 128
+
+    def __post_init__(self) -> None:
+        check_value(isinstance(self.bundle, str) and bool(self.bundle), "bundle", self.bundle,
+                    "a path or URI")
+        for name in ("max_n", "max_body_bytes", "max_batch_size", "batch_max_n"):
+            check_positive_int(name, getattr(self, name))
+        check_value(isinstance(self.batch_wait_timeout_s, (int, float))
+                    and not isinstance(self.batch_wait_timeout_s, bool)
+                    and self.batch_wait_timeout_s >= 0,
+                    "batch_wait_timeout_s", self.batch_wait_timeout_s, "a number of seconds >= 0")

@@ -53,19 +53,18 @@ from cvae_ray.apps.serve_api import (
     read_api_token,
     to_arrow,
 )
+from cvae_ray.config import ServeConfig
 from cvae_ray.errors import InvalidConfigError, InvalidDataError, UnknownConditionError
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
 
 logger = logging.getLogger("ray.serve")
 
-# Fallbacks for @serve.batch; serve_config.yaml's user_config sets the real values
-# through reconfigure().
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
-# Only requests up to this many samples go through the batch queue: larger ones
-# fill the decoder on their own, and a batch of many large requests would hold
-# max_batch_size x n rows in memory at once.
-BATCH_MAX_N = 128
+DEFAULTS = ServeConfig()
+# serve_config.yaml's user_config sets these through reconfigure(); the decorator
+# needs values at import time.
+DEFAULT_MAX_BATCH_SIZE = DEFAULTS.max_batch_size
+DEFAULT_BATCH_WAIT_TIMEOUT_S = DEFAULTS.batch_wait_timeout_s
+BATCH_MAX_N = DEFAULTS.batch_max_n
 USER_CONFIG_KEYS = ("max_batch_size", "batch_wait_timeout_s")
 CODE_CACHE_SIZE = 4096
 

@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 
-from cvae_ray.config import SampleConfig
+from cvae_ray.config import ServeConfig
 from cvae_ray.errors import InvalidConfigError
 
 BUNDLE_ENV = "CVAE_RAY_BUNDLE"
@@ -61,8 +61,8 @@ class SamplerArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: str = Field(min_length=1)
-    max_n: int = Field(default=SampleConfig().max_n, gt=0)
-    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    max_n: int = Field(default=ServeConfig().max_n, gt=0)
+    max_body_bytes: int = Field(default=ServeConfig().max_body_bytes, gt=0)
     require_token: bool = False
 
     def resolved_bundle(self) -> str:

@@ -38,7 +38,7 @@ from cvae_ray.apps.search_space import (
     space_to_dict,
 )
 from cvae_ray.apps.train import METRIC, SELECTION_METRIC, build_trainer, selection_score
-from cvae_ray.config import ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import DEFAULT_BUNDLE_DIR, ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
@@ -75,7 +75,7 @@ class TuneRequest:
     cpus_per_worker: float = 1.0
     storage: str = ""
     name: str = "cvae-tune"
-    out: str = "runs/best_bundle"
+    out: str = DEFAULT_BUNDLE_DIR
     seed: int = 0
     max_trial_time_s: float | None = None
     max_failures: int = 2

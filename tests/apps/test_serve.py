@@ -445,3 +445,18 @@ def test_bundle_switch_under_load(service, bundles, bundle):
             _expected(by_id[payload["bundle_id"]], conditions, 2, seed=payload["seed"]),
             rtol=1e-5, atol=1e-5)
     assert service.get("/v1/model").json()["bundle_id"] == new_bundle.bundle_id
+
+
+def test_serve_config_yaml_restates_the_config_defaults():
+    """serve_config.yaml (and the RayService that embeds it, see test_k8s) is the one
+    deliberate restatement of ServeConfig's defaults; this pins them together."""
+    from cvae_ray.config import ServeConfig
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    (app,) = config["applications"]
+    (deployment,) = app["deployments"]
+    defaults = ServeConfig()
+    assert app["args"] == {"bundle": defaults.bundle, "max_n": defaults.max_n,
+                           "max_body_bytes": defaults.max_body_bytes}
+    assert deployment["user_config"] == {"max_batch_size": defaults.max_batch_size,
+                                         "batch_wait_timeout_s": defaults.batch_wait_timeout_s}
