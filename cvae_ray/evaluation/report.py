@@ -17,6 +17,7 @@ table (an independent cohort) can be passed as the held-out set directly.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +248,7 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
         raise InvalidConfigError(f"seeds={seeds!r} is not valid; expected an integer >= 1.")
     if embedding not in ("umap", "pca"):
         raise InvalidConfigError(f"embedding={embedding!r} is not valid; expected 'umap' or 'pca'.")
+    _require_plot_libraries(embedding)
     data = (real_table if isinstance(real_table, HeldOut)
             else held_out_from_tables(bundle, real_table, train_table))
     out = Path(out_dir)
@@ -323,6 +325,15 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
     (out / "report.md").write_text(_markdown(report))
     progress(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return report
+
+
+def _require_plot_libraries(embedding: str) -> None:
+    """Fail before any scoring when the figures' optional libraries are missing."""
+    needed = ["matplotlib"] + (["umap"] if embedding == "umap" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidConfigError(f"the report's figures need {missing}, which are not "
+                                 f"installed: pip install 'cvae_ray[plots]'.")
 
 
 def _pyplot():
