@@ -1,12 +1,21 @@
-"""Copy directories between local disk and any filesystem pyarrow supports (S3, GCS, ...)."""
+"""Directories on local disk or any filesystem pyarrow supports (S3, GCS, ...).
+
+Everything the product writes (model bundles, synthetic cohorts) goes through
+:func:`stage` -> write into the staging place -> :func:`publish`, or :func:`discard`
+on failure: a reader never sees a half-written output, and a failed job publishes
+nothing.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from pyarrow import fs as pafs
+
+from cvae_ray.errors import InvalidConfigError
 
 
 def is_uri(location: str | Path) -> bool:
@@ -19,6 +28,101 @@ def local_path(location: str | Path) -> Path:
     """Strip a ``file://`` prefix from a local location."""
     text = str(location)
     return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a local path or URI, and the path within it."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), str(local_path(location).resolve())
+
+
+def stage(out: str | Path, *, overwrite: bool, option: str = "--out") -> str:
+    """Create an empty, hidden staging place beside ``out`` and return its location.
+
+    Beside the target, so that publishing a local output is one rename on one
+    filesystem. ``out`` is checked first: a file there, or a non-empty folder
+    without ``overwrite``, is refused, and so is a location that cannot be written.
+
+    Args:
+        out: The final folder (local path or URI).
+        overwrite: Whether an existing, non-empty ``out`` may be replaced.
+        option: How the user named ``out`` (for the error messages).
+
+    Returns:
+        The staging location: a local path, or a URI with ``out``'s scheme.
+
+    Raises:
+        InvalidConfigError: ``out`` is a file, is not empty (without ``overwrite``), or
+            is not writable.
+    """
+    fs, path = filesystem(out)
+    path = path.rstrip("/")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise InvalidConfigError(f"{option} {str(out)!r} exists and is a file; expected a folder.")
+    if (info.type == pafs.FileType.Directory and not overwrite
+            and fs.get_file_info(pafs.FileSelector(path, recursive=False))):
+        raise InvalidConfigError(
+            f"{option} {str(out)!r} already exists and is not empty; pass --overwrite to "
+            f"replace it.")
+    parent, _, name = path.rpartition("/")
+    staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        fs.create_dir(staging, recursive=True)
+        with fs.open_output_stream(f"{staging}/.probe") as stream:
+            stream.write(b"ok")
+        fs.delete_file(f"{staging}/.probe")
+    except OSError as exc:
+        raise InvalidConfigError(f"{option} {str(out)!r} is not writable: {exc}") from exc
+    return f"{str(out).split('://', 1)[0]}://{staging}" if is_uri(out) else staging
+
+
+def publish(staging: str, out: str | Path, *, overwrite: bool,
+            last: tuple[str, bytes] | None = None) -> str:
+    """Move a complete staging place to ``out``.
+
+    A local output is renamed into place in one step. A remote one is copied (object
+    stores have no rename), with ``last`` written after everything else: its
+    presence marks the output as complete.
+
+    Args:
+        staging: What :func:`stage` returned, now holding the output.
+        out: The final folder.
+        overwrite: Replace what is at ``out``.
+        last: Optional ``(file name, content)`` written last.
+
+    Returns:
+        The published location (a resolved local path, or the URI).
+    """
+    if not is_uri(out):
+        if last is not None:
+            (Path(staging) / last[0]).write_bytes(last[1])
+        target = local_path(out).resolve()
+        replace_dir(Path(staging), target)
+        return str(target)
+    fs, source = filesystem(staging)
+    _, target = pafs.FileSystem.from_uri(str(out))
+    target = target.rstrip("/")
+    if overwrite:
+        fs.delete_dir_contents(target, missing_dir_ok=True)
+    fs.create_dir(target, recursive=True)
+    pafs.copy_files(source, target, source_filesystem=fs, destination_filesystem=fs)
+    if last is not None:
+        with fs.open_output_stream(f"{target}/{last[0]}") as stream:
+            stream.write(last[1])
+    fs.delete_dir(source)
+    return str(out)
+
+
+def discard(staging: str) -> None:
+    """Delete a staging place (after a failure); never raises."""
+    try:
+        fs, path = filesystem(staging)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    except OSError:
+        pass
 
 
 def download_dir(uri: str) -> Path:

@@ -26,10 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,7 +41,15 @@ from cvae_ray.apps.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
 from cvae_ray.config import SCALES
 from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
-from cvae_ray.storage import buffered_local_filesystem, is_uri, local_path, replace_dir
+from cvae_ray.storage import (
+    buffered_local_filesystem,
+    discard,
+    filesystem,
+    is_uri,
+    local_path,
+    publish,
+    stage,
+)
 
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "cvae_ray.cohort"
@@ -108,58 +113,9 @@ class PreparedCohort:
 
 
 # ---------------------------------------------------------------------- output location
-def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(local_path(location).resolve())
-
-
-def _stage_local(out: str, overwrite: bool) -> str:
-    target = local_path(out).resolve()
-    if target.exists() and not target.is_dir():
-        raise InvalidConfigError(f"--out {out!r} exists and is a file; expected a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InvalidConfigError(
-            f"--out {out!r} already exists and is not empty; pass --overwrite to replace it.")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A hidden sibling keeps the final rename on one filesystem (atomic).
-        return tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    except OSError as exc:
-        raise InvalidConfigError(f"--out {out!r} is not writable: {exc}") from exc
-
-
-def _stage_remote(out: str, overwrite: bool) -> str:
-    fs, path = pafs.FileSystem.from_uri(out)
-    path = path.rstrip("/")
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        raise InvalidConfigError(f"--out {out!r} exists and is a file; expected a folder URI.")
-    if info.type == pafs.FileType.Directory and not overwrite and fs.get_file_info(
-            pafs.FileSelector(path, recursive=False)):
-        raise InvalidConfigError(
-            f"--out {out!r} already exists and is not empty; pass --overwrite to replace it.")
-    parent, _, name = path.rpartition("/")
-    staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        fs.create_dir(staging, recursive=True)
-        with fs.open_output_stream(f"{staging}/.probe") as stream:
-            stream.write(b"ok")
-        fs.delete_file(f"{staging}/.probe")
-    except OSError as exc:
-        raise InvalidConfigError(f"--out {out!r} is not writable: {exc}") from exc
-    scheme = out.split("://", 1)[0]
-    return f"{scheme}://{staging}"
-
-
 def discard_staging(prepared: PreparedCohort) -> None:
     """Delete the temporary location (after a failure, or to abandon a prepared job)."""
-    try:
-        fs, path = _filesystem(prepared.staging)
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_dir(path)
-    except OSError:
-        pass
+    discard(prepared.staging)
 
 
 # ---------------------------------------------------------------------- step 1: no Ray
@@ -212,7 +168,7 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: i
         raise InvalidConfigError(
             f"rows_per_file={rows_per_file!r} is not valid; expected a positive integer.")
     plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows)
-    staging = _stage_remote(out, overwrite) if is_uri(out) else _stage_local(out, overwrite)
+    staging = stage(out, overwrite=overwrite)
     return PreparedCohort(
         bundle_location=str(bundle) if is_uri(bundle) else str(local_path(bundle).resolve()),
         bundle_id=loaded.bundle_id, genes=list(loaded.genes), plan=plan, scale=scale,
@@ -313,7 +269,7 @@ def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- step 2: Ray
 def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
-    fs, path = _filesystem(prepared.staging)
+    fs, path = filesystem(prepared.staging)
     partitioning = (pads.partitioning(pa.schema([(c, pa.string()) for c in prepared.partition_by]),
                                       flavor="hive") if prepared.partition_by else None)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning,
@@ -331,7 +287,7 @@ def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
 
 
 def _files(prepared: PreparedCohort) -> list[dict[str, Any]]:
-    fs, path = _filesystem(prepared.staging)
+    fs, path = filesystem(prepared.staging)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sorted(({"path": info.path[len(path):].lstrip("/"), "bytes": info.size}
                    for info in infos if info.type == pafs.FileType.File
@@ -371,22 +327,8 @@ def manifest(prepared: PreparedCohort, counts: dict[tuple[str, ...], int],
 
 
 def _publish(prepared: PreparedCohort, record: dict[str, Any]) -> None:
-    text = json.dumps(record, indent=1)
-    if not prepared.remote:
-        (Path(prepared.staging) / MANIFEST).write_text(text)
-        replace_dir(Path(prepared.staging), local_path(prepared.out).resolve())
-        return
-    fs, staging = _filesystem(prepared.staging)
-    _, target = pafs.FileSystem.from_uri(prepared.out)
-    target = target.rstrip("/")
-    if prepared.overwrite:
-        fs.delete_dir_contents(target, missing_dir_ok=True)
-    fs.create_dir(target, recursive=True)
-    pafs.copy_files(staging, target, source_filesystem=fs, destination_filesystem=fs)
-    # The manifest goes last: its presence marks the cohort as complete.
-    with fs.open_output_stream(f"{target}/{MANIFEST}") as stream:
-        stream.write(text.encode())
-    fs.delete_dir(staging)
+    publish(prepared.staging, prepared.out, overwrite=prepared.overwrite,
+            last=(MANIFEST, json.dumps(record, indent=1).encode()))
 
 
 def default_workers(gpu: bool) -> int:
@@ -454,13 +396,13 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
                                       "seed": prepared.plan.seed,
                                       "combos": list(prepared.plan.combos)},
             batch_size=WRITE_BLOCKS, batch_format="pyarrow", zero_copy_batch=True)
-        filesystem, path = _filesystem(prepared.staging)
+        target_fs, path = filesystem(prepared.staging)
         if not prepared.remote:
-            filesystem = buffered_local_filesystem()
+            target_fs = buffered_local_filesystem()
         unpartitioned = not prepared.partition_by
         options = parquet_options(prepared)
         dataset.write_parquet(
-            path, filesystem=filesystem, partition_cols=prepared.partition_by or None,
+            path, filesystem=target_fs, partition_cols=prepared.partition_by or None,
             max_rows_per_file=prepared.rows_per_file,
             min_rows_per_file=prepared.rows_per_file if unpartitioned else None,
             arrow_parquet_args_fn=lambda: dict(options))
@@ -494,7 +436,7 @@ def read_manifest(out: str) -> dict[str, Any]:
     Raises:
         InvalidConfigError: There is no manifest (the cohort is absent or incomplete).
     """
-    fs, path = _filesystem(out)
+    fs, path = filesystem(out)
     try:
         with fs.open_input_stream(f"{path.rstrip('/')}/{MANIFEST}") as stream:
             return json.loads(stream.read())

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import pickle
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,15 @@ from cvae_ray.errors import (
 )
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.draws import request_draws
-from cvae_ray.storage import download_dir, is_uri, local_path, replace_dir, upload_dir
+from cvae_ray.storage import (
+    discard,
+    download_dir,
+    is_uri,
+    local_path,
+    publish,
+    stage,
+    upload_dir,
+)
 
 BUNDLE_FORMAT = "cvae_ray.bundle"
 # 2: the weights carry the fitted latent prior (cvae_ray.model.latent_prior).
@@ -164,26 +171,20 @@ class ModelBundle:
         Returns:
             The location written.
         """
-        staging = Path(tempfile.mkdtemp(prefix="cvae_ray_bundle_"))
+        staging = stage(path, overwrite=True, option="bundle path")
         try:
             config = dict(self.metadata, genes=self.genes, conditions=self.vocab,
                           preprocessing=self.preprocessor.to_dict())
-            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-            state = cpu_state(self.model)
-            torch.save(state, staging / WEIGHTS_FILE)
-            if is_uri(path):
-                upload_dir(staging, str(path))
-                return str(path)
-            target = local_path(path).resolve()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Stage beside the target so the final rename stays on one filesystem.
-            sibling = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            sibling.rmdir()
-            shutil.move(str(staging), sibling)
-            replace_dir(sibling, target)
-            return str(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with tempfile.TemporaryDirectory(prefix="cvae_ray_bundle_") as scratch:
+                folder = Path(scratch) if is_uri(path) else Path(staging)
+                (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+                torch.save(cpu_state(self.model), folder / WEIGHTS_FILE)
+                if is_uri(path):
+                    upload_dir(folder, staging)
+            return publish(staging, path, overwrite=True)
+        except BaseException:
+            discard(staging)
+            raise
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu",

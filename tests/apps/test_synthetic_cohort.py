@@ -29,8 +29,10 @@ import generate_cohort  # noqa: E402
 def ray_cluster():
     from cvae_ray.apps.cluster import ray_session
 
-    with ray_session("local", num_cpus=2, include_dashboard=False) as started:
-        yield started
+    import ray
+
+    with ray_session("local", num_cpus=2, include_dashboard=False):
+        yield ray.get_runtime_context().gcs_address
 
 
 def _read(out: Path, partitioned: bool = False) -> pd.DataFrame:
@@ -176,7 +178,7 @@ def test_missing_bundle_and_unwritable_output(tmp_path, tiny_bundle_dir, capsys)
 def test_killed_job_publishes_nothing(ray_cluster, tiny_bundle_dir, tmp_path):
     # Setup: a job on the test's cluster, big enough to still be running when killed.
     out = tmp_path / "big"
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address_info["gcs_address"])
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster)
     proc = subprocess.Popen([sys.executable, str(JOB), "--bundle", str(tiny_bundle_dir),
                              "--n", "3000000", "--out", str(out), "--block-rows", "20000"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
