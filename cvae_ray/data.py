@@ -148,7 +148,9 @@ def _load(path: str | Path, *, fmt: str | None = None, as_text: bool = False) ->
         elif suffix in ("csv", "tsv"):
             sep = "," if suffix == "csv" else "\t"
             _refuse_comment_header(text, sep)
-            loaded = _Loaded(_read_text_table(text, sep, as_text=as_text))
+            # A header one field short makes pandas take the first column as the index
+            # (R's write.csv, pandas' index_label=False): those are the ids.
+            loaded = _from_frame(_read_text_table(text, sep, as_text=as_text))
         elif suffix == "h5ad":
             loaded = _read_h5ad(text)
         else:
@@ -295,7 +297,7 @@ def label_text(values: pd.Series) -> tuple[pd.Series, dict[str, str]]:
     present = text.notna()
     stripped = text.copy()
     stripped[present] = [v.strip() for v in text[present]]
-    renamed = {v: s for v, s in zip(text[present], stripped[present]) if v != s}
+    renamed = {v: s for v, s in zip(text[present], stripped[present]) if v != s and s}
     stripped[present & stripped.isin(MISSING_TEXT)] = None
     return stripped, renamed
 
