@@ -60,6 +60,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool =
                              "refuse)")
     parser.add_argument("--genes-by-samples", action="store_true",
                         help="the file has one row per gene and one column per sample")
+    parser.add_argument("--gene-column", metavar="COL",
+                        help="with --genes-by-samples: the column holding the gene ids "
+                             "(default: the first column)")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_COHORT.nan_policy,
                         help="what to do with NaN/inf values (default: error)")
     parser.add_argument("--val-fraction", type=float, default=_COHORT.val_fraction,
@@ -85,7 +88,7 @@ def read_cohort_from_args(args: argparse.Namespace, spec: CohortSpec):
 
     return read_cohort(args.data, spec.conditions, sample_id=spec.sample_id,
                        metadata=args.metadata, metadata_id=args.metadata_id,
-                       genes_by_samples=args.genes_by_samples,
+                       genes_by_samples=args.genes_by_samples, gene_column=args.gene_column,
                        nan_policy=spec.nan_policy, log_transform=spec.log_transform,
                        unmatched="drop" if args.drop_unmatched else "error",
                        missing_conditions="drop" if args.drop_unlabelled else "error")
