@@ -17,7 +17,7 @@ from typing import Sequence
 
 from cvae_ray.config import (NAN_POLICIES, SCALES, CohortSpec, ModelConfig, SampleConfig,
                              TrainConfig)
-from cvae_ray.errors import CvaeRayError
+from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 _TRAIN = TrainConfig()
 _COHORT = CohortSpec(conditions=("_",))
@@ -141,7 +141,13 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
         return ModelConfig(), {}
     import json
 
-    values = json.loads(Path(path).read_text())
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidConfigError(f"cannot read the --config file {path!r} as JSON: {exc}.") from exc
+    if not isinstance(values, dict):
+        raise InvalidConfigError(f"--config {path!r} must hold a JSON object with 'model' and/or "
+                                 f"'train', got {type(values).__name__}.")
     return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {}))
 
 

@@ -158,7 +158,10 @@ def _load(path: str | Path, *, fmt: str | None = None, as_text: bool = False) ->
                 f"cannot read {text!r}: unknown format {suffix!r}; accepted: {_accepted()}.")
     except pd.errors.EmptyDataError as exc:
         raise InvalidDataError(f"data file {text!r} is empty.") from exc
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InvalidDataError(f"cannot read {text!r}: it is not UTF-8 text ({exc}); save it as "
+                               "UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet).") from exc
+    except (OSError, ValueError) as exc:
         if isinstance(exc, InvalidDataError):
             raise
         raise InvalidDataError(f"cannot read {text!r} as {suffix}: {exc}") from exc
@@ -458,8 +461,11 @@ def read_cohort(path: str | Path, conditions: Sequence[str], *, sample_id: str |
         if column not in labels.columns:
             raise InvalidDataError(
                 f"condition column {column!r} not found; available non-numeric columns: "
-                f"{[c for c in table.columns if not _is_gene_column(table[c])]}."
-                + _suggest(column, table.columns))
+                f"{[c for c in table.columns if not _is_gene_column(table[c])][:20]}."
+                + (_suggest(column, table.columns) or (
+                    "" if metadata is not None or genes_by_samples else
+                    " If the conditions are in a separate table, give it with --metadata; if "
+                    "the file has one row per gene, add --genes-by-samples.")))
     if genes is None:
         genes = [c for c in table.columns if c not in own and _is_gene_column(table[c])]
     if not genes:
