@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,7 @@ from cvae_ray.config import (
     SampleConfig,
     TrainConfig,
 )
-from cvae_ray.errors import CvaeRayError
+from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 _TRAIN = TrainConfig()
 _COHORT = CohortSpec(conditions=("_",))
@@ -48,10 +49,26 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool =
                      help="apply log2(x+1) before standardising (default)")
     log.add_argument("--no-log", dest="log_transform", action="store_false",
                      help="data are already on a log scale (e.g. microarray log-ratios)")
-    parser.add_argument("--metadata", help="sample-metadata table holding the condition columns")
-    parser.add_argument("--sample-id", help="sample-id column (default: sample_id if present)")
+    parser.add_argument("--metadata", help="sample-metadata table holding the condition columns "
+                        "(only the --condition columns are taken from it)")
+    parser.add_argument("--sample-id", metavar="COL",
+                        help="sample-id column of the --data table, and of --metadata unless "
+                             "--metadata-id is given (default: sample_id if present, else the "
+                             "file's index / AnnData obs names); with --genes-by-samples the ids "
+                             "are the column headers and this names the metadata's id column")
+    parser.add_argument("--metadata-id", metavar="COL",
+                        help="sample-id column of the --metadata table (default: --sample-id)")
+    parser.add_argument("--drop-unmatched", action="store_true",
+                        help="drop samples that have no --metadata row (default: refuse, "
+                             "showing how many matched and example ids of both tables)")
+    parser.add_argument("--drop-unlabelled", action="store_true",
+                        help="drop samples with no value for a condition column (default: "
+                             "refuse)")
     parser.add_argument("--genes-by-samples", action="store_true",
                         help="the file has one row per gene and one column per sample")
+    parser.add_argument("--gene-column", metavar="COL",
+                        help="with --genes-by-samples: the column holding the gene ids "
+                             "(default: the first column)")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_COHORT.nan_policy,
                         help="what to do with NaN/inf values (default: error)")
     parser.add_argument("--val-fraction", type=float, default=_COHORT.val_fraction,
@@ -76,8 +93,11 @@ def read_cohort_from_args(args: argparse.Namespace, spec: CohortSpec):
     from cvae_ray.data.dataset import read_cohort
 
     return read_cohort(args.data, spec.conditions, sample_id=spec.sample_id,
-                       metadata=args.metadata, genes_by_samples=args.genes_by_samples,
-                       nan_policy=spec.nan_policy, log_transform=spec.log_transform)
+                       metadata=args.metadata, metadata_id=args.metadata_id,
+                       genes_by_samples=args.genes_by_samples, gene_column=args.gene_column,
+                       nan_policy=spec.nan_policy, log_transform=spec.log_transform,
+                       unmatched="drop" if args.drop_unmatched else "error",
+                       missing_conditions="drop" if args.drop_unlabelled else "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +148,13 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
         return ModelConfig(), {}
     import json
 
-    values = json.loads(Path(path).read_text())
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidConfigError(f"cannot read the --config file {path!r} as JSON: {exc}.") from exc
+    if not isinstance(values, dict):
+        raise InvalidConfigError(f"--config {path!r} must hold a JSON object with 'model' and/or "
+                                 f"'train', got {type(values).__name__}.")
     return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {}))
 
 
@@ -156,12 +182,16 @@ def run_fit(args: argparse.Namespace) -> int:
     if prepared.genes_not_found:
         print(f"{len(prepared.genes_not_found)} listed genes not in the data: "
               f"{prepared.genes_not_found[:10]}", flush=True)
+    constant = bundle.metadata["training"]["constant_genes"]
+    if constant:
+        print(f"{len(constant)} genes are constant on the training split (e.g. "
+              f"{constant[:5]}): they are generated as that constant, without noise", flush=True)
     location = bundle.save(args.out)
     record = bundle.metadata["training"]
     print(f"trained {record['epochs_run']} epochs in {time.perf_counter() - started:.1f} s; best "
           f"epoch {record['best_epoch']} with validation gamma {record['val_gamma']:.4f}; "
           f"split train/val/test = {record['n_train']}/{record['n_val']}/{record['n_test']}; "
-          f"{len(bundle.genes)} genes")
+          f"{len(bundle.genes)} genes ({len(constant)} constant)")
     print(f"bundle {bundle.bundle_id} written to {location}")
     return 0
 
@@ -183,7 +213,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     bundle = ModelBundle.load(args.bundle)
     if args.like:
-        like = read_table(args.like)
+        # As text: a label such as '01' must not become the number 1.
+        like = read_table(args.like, as_text=True)
         conditions, n = like, None
     else:
         conditions, n = _parse_sets(args.set), args.n
@@ -201,9 +232,20 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings about the user's data, as one plain line (no source location)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cvae-ray`` console script."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "fit":
             return run_fit(args)

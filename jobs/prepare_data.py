@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from cvae_ray.data.public_formats import FORMATS, convert
@@ -29,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample table: Xena phenotype TSV or GTEx SampleAttributesDS.txt")
     parser.add_argument("--probe-map", help="Xena only: id -> gene symbol map (probemap file)")
     parser.add_argument("--keep-log", action="store_true",
-                        help="Xena only: keep log2(x+0.001) values (then fit with --no-log)")
+                        help="Xena only: keep Xena's log2(x+pseudocount) values (then fit with "
+                             "--no-log)")
+    parser.add_argument("--pseudocount", type=float, default=None,
+                        help="Xena only: the pseudo-count the matrix was stored with: 0.001 for "
+                             "TPM/FPKM, 1 for expected/normalised counts (default: from Xena's "
+                             "file name; a name that says neither is refused)")
     parser.add_argument("--gene-names", choices=("symbol", "id"), default="symbol",
                         help="GTEx only: name genes by symbol (Description) or Ensembl id (Name)")
     parser.add_argument("--out", required=True, help="output cohort .parquet")
@@ -40,16 +46,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; prints a one-line summary."""
     args = build_parser().parse_args(argv)
     inputs = {"expression": args.expression, "samples": args.samples, "probe_map": args.probe_map}
-    options = ({"linear": not args.keep_log} if args.format == "xena-toil"
-               else {"gene_names": args.gene_names})
+    options = ({"linear": not args.keep_log, "pseudocount": args.pseudocount}
+               if args.format == "xena-toil" else {"gene_names": args.gene_names})
     try:
-        cohort = convert(args.format, inputs, args.out, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cohort = convert(args.format, inputs, args.out, **options)
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     labels = [c for c in cohort.columns[1:] if cohort[c].dtype == object]
     print(f"wrote {len(cohort)} samples x {cohort.shape[1] - 1 - len(labels)} genes with label "
           f"columns {labels} to {args.out}")
+    missing = {c: int(cohort[c].isna().sum()) for c in labels if cohort[c].isna().any()}
+    if missing:
+        print(f"samples without a value, per label column: {missing} (kept missing: fitting on "
+              "such a column refuses them unless --drop-unlabelled is given)")
     return 0
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import TINY_MODEL, TINY_TRAIN
 
 from cvae_ray.config import CohortSpec
-from support import TINY_MODEL, TINY_TRAIN
 
 
 @pytest.fixture(scope="session")

@@ -147,6 +147,11 @@ def _check_combo(entry: Mapping[str, Any], vocab: Mapping[str, Sequence[str]],
     for column in columns:
         value = str(entry[column])
         if value not in vocab[column]:
+            # Read as at fit time: surrounding whitespace does not count (a value trained
+            # with it, in an older bundle, is found by its trimmed spelling too).
+            value = next((v for v in vocab[column] if v == value.strip()),
+                         next((v for v in vocab[column] if v.strip() == value.strip()), value))
+        if value not in vocab[column]:
             raise UnknownConditionError(
                 f"{where}: unknown value {value!r} for condition {column!r}; allowed values: "
                 f"{list(vocab[column])}.")

@@ -64,6 +64,9 @@ def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any
             "n_train": int(len(prepared.split.train)), "n_val": int(len(prepared.split.val)),
             "n_test": int(len(prepared.split.test)),
             "genes_not_found": prepared.genes_not_found,
+            "constant_genes": [prepared.genes[i] for i in
+                               (prepared.preprocessor.constant
+                                if prepared.preprocessor.n_constant else [])],
             "train_condition_counts": counts.to_dict(orient="records"),
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,13 +45,23 @@ def read_gene_list(path: str | Path) -> list[tuple[str, ...]]:
     path = Path(path)
     if not path.exists():
         raise InvalidDataError(f"gene-list file {str(path)!r} does not exist.")
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    # utf-8-sig: a byte-order mark (spreadsheets' "CSV UTF-8") is not part of the first
+    # symbol; splitlines handles CRLF; compressed lists (.gz...) are opened as such.
+    try:
+        with pd.io.common.get_handle(str(path), "r", compression="infer",
+                                     encoding="utf-8-sig") as handle:
+            text = handle.handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidDataError(f"cannot read gene-list file {str(path)!r} as UTF-8 text: "
+                               f"{exc}") from exc
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise InvalidDataError(f"gene-list file {str(path)!r} is empty.")
     sep = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else None)
     if sep is None:
         return [(ln,) for ln in lines]
-    table = pd.read_csv(path, sep=sep, dtype=str)
+    table = pd.read_csv(io.StringIO(text), sep=sep, dtype=str)
+    table.columns = [str(c).strip() for c in table.columns]
     if "gene_symbol" not in table.columns:
         raise InvalidDataError(
             f"gene-list file {str(path)!r} has columns {list(table.columns)[:6]}; a table needs a "

@@ -20,11 +20,17 @@ class Preprocessor:
         log_transform: Whether inputs are log2(x + 1)-transformed first.
         mean: Per-gene mean on the log (or input) scale, fitted on the training split.
         std: Per-gene standard deviation; genes constant in training get 1.
+        constant: Positions of the genes constant on the training split (e.g. 0 in every
+            training sample); ``None`` or empty when there are none (and for bundles
+            written before this was recorded).
+        constant_values: Their values on the input scale, same order.
     """
 
     log_transform: bool
     mean: np.ndarray
     std: np.ndarray
+    constant: np.ndarray | None = None
+    constant_values: np.ndarray | None = None
 
     @classmethod
     def fit(cls, values: np.ndarray, *, log_transform: bool) -> "Preprocessor":
@@ -37,11 +43,41 @@ class Preprocessor:
         Returns:
             The fitted preprocessor.
         """
-        logged = np.log2(values + 1.0) if log_transform else np.asarray(values, np.float64)
+        values = np.asarray(values, np.float64)
+        logged = np.log2(values + 1.0) if log_transform else values
         std = logged.std(axis=0)
+        constant = np.flatnonzero(np.all(values == values[:1], axis=0)) if len(values) else None
         # A gene constant in training would divide by zero; unit scale keeps it finite.
         std = np.where(std > 0, std, 1.0)
-        return cls(log_transform=log_transform, mean=logged.mean(axis=0), std=std)
+        mean = logged.mean(axis=0)
+        if constant is not None and len(constant):
+            # The exact value, not a mean of copies of it (which may be one ulp off).
+            mean[constant] = logged[0, constant]
+            return cls(log_transform=log_transform, mean=mean, std=std, constant=constant,
+                       constant_values=values[0, constant].copy())
+        return cls(log_transform=log_transform, mean=mean, std=std)
+
+    @property
+    def n_constant(self) -> int:
+        """Number of genes constant on the training split."""
+        return 0 if self.constant is None else len(self.constant)
+
+    def fix_constant(self, standardised: np.ndarray) -> np.ndarray:
+        """Set the genes constant in training to their constant (0 in standardised space).
+
+        Generated samples go through this: the model has seen no variation of these
+        genes, so none is drawn for them (decoder noise would otherwise make an
+        all-zero gene positive in about half of the samples).
+
+        Args:
+            standardised: Samples x genes in the model's space; modified in place.
+
+        Returns:
+            ``standardised``.
+        """
+        if self.n_constant:
+            standardised[:, self.constant] = 0.0
+        return standardised
 
     @property
     def _mean32(self) -> np.ndarray:
@@ -94,12 +130,31 @@ class Preprocessor:
         # Expression cannot be negative; a sample drawn below log2(0 + 1) means 0.
         np.exp2(logged, out=logged)
         logged -= 1.0
-        return np.maximum(logged, 0.0, out=logged)
+        out = np.maximum(logged, 0.0, out=logged)
+        if self.n_constant:
+            # exp2(log2(c + 1)) - 1 in float32 can miss c by an ulp: a value at the
+            # training constant (standardised 0) is given back as that constant exactly.
+            at = standardised[:, self.constant] == 0
+            if gene_major:
+                rows = out[self.constant]
+                rows[at.T] = np.broadcast_to(self.constant_values.astype(np.float32)[:, None],
+                                             rows.shape)[at.T]
+                out[self.constant] = rows
+            else:
+                cols = out[:, self.constant]
+                cols[at] = np.broadcast_to(self.constant_values.astype(np.float32),
+                                           cols.shape)[at]
+                out[:, self.constant] = cols
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters."""
-        return {"log_transform": self.log_transform, "mean": self.mean.tolist(),
-                "std": self.std.tolist()}
+        values = {"log_transform": self.log_transform, "mean": self.mean.tolist(),
+                  "std": self.std.tolist()}
+        if self.n_constant:  # absent when there are none: such bundles stay as they were
+            values["constant"] = [int(i) for i in self.constant]
+            values["constant_values"] = [float(v) for v in self.constant_values]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Preprocessor":
@@ -116,7 +171,17 @@ class Preprocessor:
             raise IncompatibleBundleError(f"preprocessing parameters lack {exc}.") from exc
         if mean.shape != std.shape or mean.ndim != 1:
             raise IncompatibleBundleError("preprocessing mean and std disagree in shape.")
-        return cls(log_transform=log_transform, mean=mean, std=std)
+        constant = values.get("constant")
+        if not constant:  # bundles without the field: no gene is treated as constant
+            return cls(log_transform=log_transform, mean=mean, std=std)
+        constant = np.asarray(constant, np.int64)
+        constant_values = np.asarray(values.get("constant_values", []), np.float64)
+        if (constant_values.shape != constant.shape or constant.min() < 0
+                or constant.max() >= len(mean)):
+            raise IncompatibleBundleError("preprocessing 'constant' and 'constant_values' do not "
+                                          "fit the genes.")
+        return cls(log_transform=log_transform, mean=mean, std=std, constant=constant,
+                   constant_values=constant_values)
 
 
 def _transpose_into(out: np.ndarray, values: np.ndarray) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from cvae_ray import __version__
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.data.dataset import label_text
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.errors import (
     IncompatibleBundleError,
@@ -98,6 +99,10 @@ class ModelBundle:
         self.sample_defaults = SampleConfig.from_dict(self.metadata.get("sample_defaults", {}))
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
         self._code_of = {c: {v: i for i, v in enumerate(vals)} for c, vals in self.vocab.items()}
+        # Trimmed spellings of values trained with surrounding whitespace (older bundles).
+        self._alias_of = {c: {v.strip(): i for i, v in enumerate(vals)
+                              if v.strip() != v and v.strip() not in self._code_of[c]}
+                          for c, vals in self.vocab.items()}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -290,18 +295,42 @@ class ModelBundle:
         if missing:
             raise UnknownConditionError(
                 f"missing condition column(s) {missing}; the model needs {self.condition_columns}.")
-        rows = rows[self.condition_columns].astype(str).reset_index(drop=True)
+        rows = rows[self.condition_columns].reset_index(drop=True)
         codes = np.empty((len(rows), len(self.vocab)), dtype=np.int64)
+        table = {}
         for j, column in enumerate(self.condition_columns):
-            mapping = self._code_of[column]
-            values = rows[column].to_numpy()
-            unknown = sorted(set(values) - set(mapping))
-            if unknown:
+            codes[:, j] = self._codes(column, rows[column])
+            table[column] = [self.vocab[column][k] for k in codes[:, j]]
+        return pd.DataFrame(table, columns=self.condition_columns), codes
+
+    def _codes(self, column: str, values: pd.Series) -> list[int]:
+        """Codes of one condition column's requested values.
+
+        A value is read as at fit time (:func:`cvae_ray.data.label_text`: text, ``1.0`` as
+        ``1``, surrounding whitespace trimmed), so ``" lung"`` requests ``lung``; a trained
+        value is always found as written too (bundles fitted before values were trimmed).
+
+        Raises:
+            UnknownConditionError: A value is missing or not one of the column's values.
+        """
+        mapping, alias = self._code_of[column], self._alias_of[column]
+        exact = values.astype(object).where(values.notna(), None).tolist()
+        trimmed, _ = label_text(values)
+        out = []
+        for raw, clean in zip(exact, trimmed):
+            code = mapping.get(raw) if isinstance(raw, str) else None
+            if code is None and clean is not None:
+                code = mapping.get(clean, alias.get(clean))
+            if code is None:
+                if clean is None:
+                    raise UnknownConditionError(
+                        f"no value for condition {column!r} (got {raw!r}); allowed values: "
+                        f"{self.vocab[column]}.")
                 raise UnknownConditionError(
-                    f"unknown value {unknown[0]!r} for condition {column!r}; allowed values: "
+                    f"unknown value {clean!r} for condition {column!r}; allowed values: "
                     f"{self.vocab[column]}.")
-            codes[:, j] = [mapping[v] for v in values]
-        return rows, codes
+            out.append(code)
+        return out
 
     def _check_keys(self, keys: set[str]) -> None:
         unknown = sorted(keys - set(self.vocab))
@@ -351,7 +380,8 @@ class ModelBundle:
             temperature: Decoder-noise scale (default: the bundle's).
 
         Returns:
-            One ``(n_i, n_genes)`` float32 array per request, in standardised space.
+            One ``(n_i, n_genes)`` float32 array per request, in standardised space; genes
+            constant on the training split are exactly 0 there (their constant).
         """
         settings = self.sample_defaults
         if noise is not None or temperature is not None:
@@ -364,7 +394,9 @@ class ModelBundle:
         gene_noise = _concat([genes for _, genes in draws]) if draws[0][1] is not None else None
         codes = torch.from_numpy(np.concatenate([r.codes for r in requests]))
         means = self.model.draw(codes, latent_noise, gene_noise, settings)
-        out = means.float().cpu().numpy()
+        # Genes constant in training come out as that constant, never with noise; the
+        # draws above are unchanged, so every other gene keeps its exact values.
+        out = self.preprocessor.fix_constant(means.float().cpu().numpy())
         bounds = np.cumsum([0] + [len(r.codes) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

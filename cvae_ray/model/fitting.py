@@ -24,6 +24,9 @@ def training_record(prepared: Prepared, result: FitResult) -> dict:
         "n_val": int(len(prepared.split.val)),
         "n_test": int(len(prepared.split.test)),
         "genes_not_found": prepared.genes_not_found,
+        "constant_genes": [prepared.genes[i] for i in
+                           (prepared.preprocessor.constant if prepared.preprocessor.n_constant
+                            else [])],
         "train_condition_counts": train_counts.to_dict(orient="records"),
         "best_epoch": result.best_epoch,
         "val_gamma": result.best_val_gamma,

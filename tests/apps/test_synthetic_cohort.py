@@ -27,9 +27,9 @@ import generate_cohort  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from cvae_ray.apps.cluster import ray_session
-
     import ray
+
+    from cvae_ray.apps.cluster import ray_session
 
     with ray_session("local", num_cpus=2, include_dashboard=False):
         yield ray.get_runtime_context().gcs_address
@@ -206,3 +206,24 @@ def test_raw_ceiling_measures_parallel_passes_and_runs_in_a_fresh_process(tiny_b
     fresh = raw_in_fresh_process(str(tiny_bundle_dir), threads=2, parallel=1, batch=256,
                                  seconds=0.1, repeats=1)
     assert two_passes > 0 and fresh > 0
+
+
+def test_genes_constant_in_training_are_written_as_that_constant(ray_cluster, tmp_path):
+    # Setup: a bundle fitted on counts where five genes are 0 in every sample.
+    from cvae_ray.cli import main
+
+    case = REPO.parent / "shared" / "cases" / "inputs"
+    if not case.exists():
+        pytest.skip(f"input cases not found at {case}")
+    bundle = tmp_path / "bundle"
+    assert main(["fit", "--data", str(case / "all-zero-genes" / "cohort.csv"), "--condition",
+                 "tissue", "--epochs", "3", "--config", str(case / "fit_small.json"), "--quiet",
+                 "--out", str(bundle)]) == 0
+    # Run
+    assert _run(["--bundle", bundle, "--n", 300, "--out", tmp_path / "cohort", "--seed", 2,
+                 "--workers", 1]) == 0
+    # Assert
+    frame = _read(tmp_path / "cohort")
+    zero = ["INS", "TTN", "AR", "KRT5", "SFTPC"]
+    assert len(frame) == 300 and (frame[zero].to_numpy() == 0).all()
+    assert (frame["TP53"] > 0).all()
