@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cvae_ray.errors import InvalidConfigError, UnknownConditionError
+from cvae_ray.data.conditions import Vocabulary
+from cvae_ray.errors import InvalidConfigError
 
 #: Rows per generated block: big enough that per-block overhead vanishes, small
 #: enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
@@ -132,31 +133,15 @@ def _split(n: int, weights: Sequence[float]) -> list[int]:
 
 def _check_combo(entry: Mapping[str, Any], vocab: Mapping[str, Sequence[str]],
                  where: str) -> tuple[str, ...]:
-    columns = list(vocab)
-    unknown = sorted(set(entry) - set(columns))
-    if unknown:
-        raise UnknownConditionError(
-            f"{where}: unknown condition column {unknown[0]!r}; the model's condition columns "
-            f"are {columns}.")
-    missing = [c for c in columns if c not in entry]
-    if missing:
-        raise UnknownConditionError(
-            f"{where}: no value for condition column(s) {missing}; every mix entry names a "
-            f"value for each of {columns}.")
-    values = []
-    for column in columns:
-        value = str(entry[column])
-        if value not in vocab[column]:
-            # Read as at fit time: surrounding whitespace does not count (a value trained
-            # with it, in an older bundle, is found by its trimmed spelling too).
-            value = next((v for v in vocab[column] if v == value.strip()),
-                         next((v for v in vocab[column] if v.strip() == value.strip()), value))
-        if value not in vocab[column]:
-            raise UnknownConditionError(
-                f"{where}: unknown value {value!r} for condition {column!r}; allowed values: "
-                f"{list(vocab[column])}.")
-        values.append(value)
-    return tuple(values)
+    """A mix entry's values in the trained spellings (read as at fit time).
+
+    Raises:
+        UnknownConditionError: An unknown or missing column, or an unknown value.
+    """
+    vocabulary = Vocabulary(vocab)
+    vocabulary.check_columns(list(entry), where)
+    return tuple(vocabulary.levels[column][vocabulary.codes(column, [entry[column]], where)[0]]
+                 for column in vocabulary.columns)
 
 
 def _parse_explicit(spec: str) -> list[tuple[dict[str, str], str]]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cvae_ray.config import NAN_POLICIES
+from cvae_ray.data.conditions import MISSING_TEXT, id_text, label_text
 from cvae_ray.errors import InvalidDataError
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".txt", ".h5ad")
@@ -28,11 +29,6 @@ TEXT_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
 # An object column is taken for a broken gene column, not for a label, when
 # this share of its values parse as numbers.
 _NUMERIC_SHARE = 0.9
-# Cells read as "no value" in every format. pandas reads these as missing in CSV/TSV
-# by default; the same strings in Parquet or AnnData (e.g. a label written with
-# astype(str)) mean the same thing, so a label 'nan' never becomes a class.
-MISSING_TEXT = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "<NA>", "None", "null",
-                          "NULL", "#N/A"})
 
 
 @dataclass
@@ -256,53 +252,6 @@ def _transpose_genes_by_samples(table: pd.DataFrame, gene_column: str | None) ->
     out = values.T
     out.index = pd.Index([str(i) for i in out.index], name="sample_id")
     return out
-
-
-def id_text(values: pd.Series | pd.Index) -> pd.Series:
-    """Sample ids (or labels) as text, the same whatever the file type stored.
-
-    Integers become their digits (``101``), floats that hold whole numbers too (``101.0``,
-    what pandas makes of an integer column with an empty cell), text stays as written
-    (``0101`` keeps its zero); missing stays missing (``None``).
-
-    Args:
-        values: The ids as read.
-
-    Returns:
-        An object Series of strings and ``None``.
-    """
-    series = pd.Series(values).reset_index(drop=True)
-    present = series.notna()
-    if pd.api.types.is_bool_dtype(series):
-        return series.astype(str).astype(object)
-    if pd.api.types.is_float_dtype(series):
-        finite = series[present]
-        if len(finite) and np.all(np.isfinite(finite)) and np.all(np.mod(finite, 1) == 0):
-            series = series.astype("Int64")
-    out = series.astype(object)
-    out[present] = [str(v) for v in series[present]]
-    out[~present] = None
-    return out
-
-
-def label_text(values: pd.Series) -> tuple[pd.Series, dict[str, str]]:
-    """Condition values as the user means them: text, trimmed, missing kept missing.
-
-    Args:
-        values: One condition column as read.
-
-    Returns:
-        ``(labels, renamed)``: object Series of trimmed strings or ``None`` (for empty cells
-        and the usual spellings of "no value", :data:`MISSING_TEXT`), and each value that
-        lost surrounding whitespace mapped to what it became.
-    """
-    text = id_text(values)
-    present = text.notna()
-    stripped = text.copy()
-    stripped[present] = [v.strip() for v in text[present]]
-    renamed = {v: s for v, s in zip(text[present], stripped[present]) if v != s and s}
-    stripped[present & stripped.isin(MISSING_TEXT)] = None
-    return stripped, renamed
 
 
 def _to_numbers(table: pd.DataFrame, columns: Sequence[str], ids: Sequence[str],

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cvae_ray.config import CohortSpec
+from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.data.dataset import Cohort
 from cvae_ray.data.genes import match_gene_list, read_gene_list, top_variable_genes
 from cvae_ray.data.preprocess import Preprocessor
@@ -107,9 +108,8 @@ def prepare(cohort: Cohort, spec: CohortSpec) -> Prepared:
     if expression.shape[1] == 0:
         raise InvalidDataError("the gene selection is empty.")
     preprocessor = Preprocessor.fit(values[split.train], log_transform=spec.log_transform)
-    vocab = {c: sorted(conditions[c].unique()) for c in spec.conditions}
-    codes = np.stack([pd.Categorical(conditions[c], categories=vocab[c]).codes
-                      for c in spec.conditions], axis=1).astype(np.int64)
+    vocabulary = Vocabulary.fit(conditions, spec.conditions)
+    codes, vocab = vocabulary.encode(conditions), vocabulary.levels
     return Prepared(
         genes=[str(g) for g in expression.columns], vocab=vocab, codes=codes,
         x=preprocessor.transform(values), split=split, preprocessor=preprocessor,

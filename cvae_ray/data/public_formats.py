@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cvae_ray.data.dataset import id_text
+from cvae_ray.data.conditions import id_text
 from cvae_ray.errors import InvalidDataError
 
 FORMATS = ("xena-toil", "gtex-gct")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import InvalidDataError
 
 
@@ -29,11 +30,6 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-
-
-def joint_labels(conditions: pd.DataFrame) -> np.ndarray:
-    """One string label per row joining all condition values, e.g. ``lung|GTEx``."""
-    return conditions.astype(str).agg("|".join, axis=1).to_numpy()
 
 
 def strata(conditions: pd.DataFrame, n_parts: int) -> np.ndarray:

@@ -22,12 +22,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from cvae_ray.data.conditions import joint_labels
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.evaluation.generators import (
     GENERATORS,
     TSTR_SEED_OFFSET,
-    joint_labels,
     make_generator,
 )
 from cvae_ray.metrics.registry import (

@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from cvae_ray.config import CohortSpec
+from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import (
     IncompatibleBundleError,
     InvalidConfigError,
     InvalidDataError,
 )
 from cvae_ray.evaluation.benchmark import direction, metric_columns, summarise
-from cvae_ray.evaluation.generators import TSTR_SEED_OFFSET, joint_labels
+from cvae_ray.evaluation.generators import TSTR_SEED_OFFSET
 from cvae_ray.metrics.registry import (
     METRICS,
     augmentation_gain,

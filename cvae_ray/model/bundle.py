@@ -30,13 +30,12 @@ import torch
 
 from cvae_ray import __version__
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.data.dataset import label_text
+from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.errors import (
     IncompatibleBundleError,
     InvalidConfigError,
     InvalidDataError,
-    UnknownConditionError,
 )
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.draws import request_draws
@@ -98,11 +97,7 @@ class ModelBundle:
         self.metadata = dict(metadata)
         self.sample_defaults = SampleConfig.from_dict(self.metadata.get("sample_defaults", {}))
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
-        self._code_of = {c: {v: i for i, v in enumerate(vals)} for c, vals in self.vocab.items()}
-        # Trimmed spellings of values trained with surrounding whitespace (older bundles).
-        self._alias_of = {c: {v.strip(): i for i, v in enumerate(vals)
-                              if v.strip() != v and v.strip() not in self._code_of[c]}
-                          for c, vals in self.vocab.items()}
+        self.vocabulary = Vocabulary(self.vocab)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -279,7 +274,7 @@ class ModelBundle:
                 raise InvalidConfigError("n is required with a single condition mapping.")
             self.check_n(n)
             rows = pd.DataFrame([dict(conditions)] * n) if n else pd.DataFrame()
-            self._check_keys(set(conditions))
+            self.vocabulary.check_columns(list(conditions))
         else:
             conditions = list(conditions)
             if n is not None and n != len(conditions):
@@ -288,56 +283,11 @@ class ModelBundle:
                 if not isinstance(item, Mapping):
                     raise InvalidConfigError(
                         f"each condition must be a mapping column -> value, got {item!r}.")
-                self._check_keys(set(item))
+                self.vocabulary.check_columns(list(item))
             rows = pd.DataFrame(conditions)
         self.check_n(len(rows))
-        missing = [c for c in self.condition_columns if c not in rows.columns]
-        if missing:
-            raise UnknownConditionError(
-                f"missing condition column(s) {missing}; the model needs {self.condition_columns}.")
-        rows = rows[self.condition_columns].reset_index(drop=True)
-        codes = np.empty((len(rows), len(self.vocab)), dtype=np.int64)
-        table = {}
-        for j, column in enumerate(self.condition_columns):
-            codes[:, j] = self._codes(column, rows[column])
-            table[column] = [self.vocab[column][k] for k in codes[:, j]]
-        return pd.DataFrame(table, columns=self.condition_columns), codes
-
-    def _codes(self, column: str, values: pd.Series) -> list[int]:
-        """Codes of one condition column's requested values.
-
-        A value is read as at fit time (:func:`cvae_ray.data.label_text`: text, ``1.0`` as
-        ``1``, surrounding whitespace trimmed), so ``" lung"`` requests ``lung``; a trained
-        value is always found as written too (bundles fitted before values were trimmed).
-
-        Raises:
-            UnknownConditionError: A value is missing or not one of the column's values.
-        """
-        mapping, alias = self._code_of[column], self._alias_of[column]
-        exact = values.astype(object).where(values.notna(), None).tolist()
-        trimmed, _ = label_text(values)
-        out = []
-        for raw, clean in zip(exact, trimmed):
-            code = mapping.get(raw) if isinstance(raw, str) else None
-            if code is None and clean is not None:
-                code = mapping.get(clean, alias.get(clean))
-            if code is None:
-                if clean is None:
-                    raise UnknownConditionError(
-                        f"no value for condition {column!r} (got {raw!r}); allowed values: "
-                        f"{self.vocab[column]}.")
-                raise UnknownConditionError(
-                    f"unknown value {clean!r} for condition {column!r}; allowed values: "
-                    f"{self.vocab[column]}.")
-            out.append(code)
-        return out
-
-    def _check_keys(self, keys: set[str]) -> None:
-        unknown = sorted(keys - set(self.vocab))
-        if unknown:
-            raise UnknownConditionError(
-                f"unknown condition column {unknown[0]!r}; the model's condition columns are "
-                f"{self.condition_columns}.")
+        codes = self.vocabulary.encode(rows)
+        return self.vocabulary.decode(codes), codes
 
     def check_n(self, n: Any) -> None:
         """Refuse a sample count that is not a positive integer up to ``max_n``.

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from cvae_ray.config import CohortSpec
+from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
 from cvae_ray.evaluation.generators import (
     GENERATORS,
     Generator,
-    joint_labels,
     make_generator,
 )
 

@@ -17,14 +17,10 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from cvae_ray.errors import InvalidConfigError, InvalidDataError, UnknownConditionError
+from cvae_ray.errors import InvalidConfigError, InvalidDataError
 
-__all__ = ["GENERATORS", "JOINT_SEPARATOR", "Generator", "check_fit_inputs", "check_known",
-           "encode", "joint_labels", "make_generator", "vocabulary"]
+__all__ = ["GENERATORS", "Generator", "check_fit_inputs", "make_generator"]
 
-# A separator no condition value in practice contains; joins several condition
-# columns into one class label (e.g. "lung|gtex").
-JOINT_SEPARATOR = "|"
 #: Seed offset of the synthetic training set drawn for per-condition TSTR: a set with
 #: the training split's mix and size, so that TSTR and TRTR train on equal footing.
 TSTR_SEED_OFFSET = 20_000
@@ -90,16 +86,6 @@ def make_generator(name: str, options: Mapping[str, Any] | None = None,
         raise InvalidConfigError(f"bad options for generator {name!r}: {exc}") from exc
 
 
-def joint_labels(cond: pd.DataFrame) -> np.ndarray:
-    """One class label per row: the condition values joined with ``|``."""
-    if cond.shape[1] == 0:
-        raise InvalidDataError("the condition table has no columns.")
-    values = cond.astype(str)
-    joined = values.iloc[:, 0]
-    for column in values.columns[1:]:
-        joined = joined + JOINT_SEPARATOR + values[column]
-    return joined.to_numpy(dtype=object)
-
 
 def check_fit_inputs(x: np.ndarray, cond: pd.DataFrame, name: str) -> np.ndarray:
     """Validate one ``(x, cond)`` pair; return ``x`` as float32."""
@@ -114,34 +100,3 @@ def check_fit_inputs(x: np.ndarray, cond: pd.DataFrame, name: str) -> np.ndarray
                                f"per sample ({len(x)}), got {type(cond).__name__} of "
                                f"{len(cond) if hasattr(cond, '__len__') else '?'} rows.")
     return x.astype(np.float32, copy=False)
-
-
-def check_known(cond: pd.DataFrame, vocab: Mapping[str, list[str]]) -> pd.DataFrame:
-    """Check a requested condition table against the fitted vocabulary.
-
-    Raises:
-        UnknownConditionError: A missing column or a value never seen in training.
-    """
-    missing = [c for c in vocab if c not in cond.columns]
-    if missing:
-        raise UnknownConditionError(f"missing condition column(s) {missing}; the generator "
-                                    f"was fitted on {list(vocab)}.")
-    cond = cond[list(vocab)].astype(str).reset_index(drop=True)
-    for column, allowed in vocab.items():
-        unknown = sorted(set(cond[column]) - set(allowed))
-        if unknown:
-            raise UnknownConditionError(f"unknown value {unknown[0]!r} for condition {column!r}; "
-                                        f"allowed values: {allowed}.")
-    return cond
-
-
-def encode(cond: pd.DataFrame, vocab: Mapping[str, list[str]]) -> np.ndarray:
-    """``(n, n_conditions)`` int64 codes: each value's position in its sorted vocabulary."""
-    cond = check_known(cond, vocab)
-    return np.stack([pd.Categorical(cond[c], categories=vocab[c]).codes for c in vocab],
-                    axis=1).astype(np.int64)
-
-
-def vocabulary(cond: pd.DataFrame) -> dict[str, list[str]]:
-    """Sorted values of each condition column (as :func:`cvae_ray.data.model_inputs.prepare` orders them)."""
-    return {str(c): sorted(cond[c].astype(str).unique()) for c in cond.columns}

@@ -35,12 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cvae_ray.evaluation.generators import (
-    check_fit_inputs,
-    check_known,
-    joint_labels,
-    vocabulary,
-)
+from cvae_ray.data.conditions import Vocabulary, joint_labels
+from cvae_ray.evaluation.generators import check_fit_inputs
 
 _LABEL = "condition_label"
 
@@ -94,7 +90,7 @@ class _CtganFamily:
         self.info: dict[str, Any] = {}
         self._model: Any = None
         self._genes: list[str] = []
-        self._vocab: dict[str, list[str]] = {}
+        self._vocab = Vocabulary({})
 
     def _build(self) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -104,10 +100,10 @@ class _CtganFamily:
         """Fit on genes + the joint label column, within the time budget."""
         x = check_fit_inputs(x_train, cond_train, "x_train")
         check_fit_inputs(x_val, cond_val, "x_val")
-        self._vocab = vocabulary(cond_train)
+        self._vocab = Vocabulary.fit(cond_train)
         self._genes = [f"g{j}" for j in range(x.shape[1])]
         table = pd.DataFrame(x.astype(np.float64), columns=self._genes)
-        table[_LABEL] = joint_labels(check_known(cond_train, self._vocab))
+        table[_LABEL] = joint_labels(self._vocab.decode(self._vocab.encode(cond_train)))
         np.random.seed(int(seed))
         torch.manual_seed(int(seed))
         model, module = self._build()
@@ -133,7 +129,7 @@ class _CtganFamily:
         """One standardised synthetic row per condition row (see the module notes)."""
         if self._model is None:
             raise RuntimeError("fit the generator before sampling.")
-        wanted = joint_labels(check_known(cond, self._vocab))
+        wanted = joint_labels(self._vocab.decode(self._vocab.encode(cond)))
         np.random.seed(int(seed))
         torch.manual_seed(int(seed))
         self._model.set_random_state(int(seed))

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from cvae_ray.config import ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.evaluation.generators import check_fit_inputs, encode, vocabulary
+from cvae_ray.data.conditions import Vocabulary
+from cvae_ray.evaluation.generators import check_fit_inputs
 from cvae_ray.model.cvae import CVAE
 from cvae_ray.model.loop import fit
 
@@ -42,19 +43,19 @@ class CvaeGenerator:
         self.sample_config = SampleConfig.from_dict(dict(sample or {}))
         self.info: dict[str, Any] = {}
         self._model: CVAE | None = None
-        self._vocab: dict[str, list[str]] = {}
+        self._vocab = Vocabulary({})
 
     def fit(self, x_train: np.ndarray, cond_train: pd.DataFrame, x_val: np.ndarray,
             cond_val: pd.DataFrame, seed: int) -> None:
         """Train; the best checkpoint by validation gamma is kept."""
         x_train = check_fit_inputs(x_train, cond_train, "x_train")
         x_val = check_fit_inputs(x_val, cond_val, "x_val")
-        self._vocab = vocabulary(cond_train)
+        self._vocab = Vocabulary.fit(cond_train)
         config = dataclasses.replace(self.train_config, seed=int(seed))
-        result = fit(x_train, encode(cond_train, self._vocab), x_val,
-                     encode(cond_val, self._vocab), [len(v) for v in self._vocab.values()],
+        result = fit(x_train, self._vocab.encode(cond_train), x_val,
+                     self._vocab.encode(cond_val), self._vocab.sizes,
                      self.model_config, config, self.sample_config)
-        model = CVAE(x_train.shape[1], [len(v) for v in self._vocab.values()],
+        model = CVAE(x_train.shape[1], self._vocab.sizes,
                      self.model_config)
         model.load_state_dict(result.state_dict, strict=True)
         self._model = model.eval()
@@ -69,7 +70,7 @@ class CvaeGenerator:
         """One standardised synthetic row per condition row."""
         if self._model is None:
             raise RuntimeError("fit the generator before sampling.")
-        codes = torch.from_numpy(encode(cond, self._vocab))
+        codes = torch.from_numpy(self._vocab.encode(cond))
         generator = torch.Generator().manual_seed(int(seed))
         out = self._model.sample(codes, generator, self.sample_config)
         return out.float().numpy()

@@ -8,12 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.covariance import LedoitWolf
 
-from cvae_ray.evaluation.generators import (
-    check_fit_inputs,
-    check_known,
-    joint_labels,
-    vocabulary,
-)
+from cvae_ray.data.conditions import Vocabulary, joint_labels
+from cvae_ray.evaluation.generators import check_fit_inputs
 
 
 class GaussianGenerator:
@@ -36,7 +32,7 @@ class GaussianGenerator:
     def __init__(self, *, time_budget_s: float | None = None, jitter: float = 1e-6) -> None:
         self.jitter = float(jitter)
         self.info: dict[str, Any] = {}
-        self._vocab: dict[str, list[str]] = {}
+        self._vocab = Vocabulary({})
         self._means: dict[str, np.ndarray] = {}
         self._factors: dict[str, np.ndarray] = {}
 
@@ -45,8 +41,8 @@ class GaussianGenerator:
         """Estimate each class's mean and shrunk covariance (deterministic; seed unused)."""
         x = check_fit_inputs(x_train, cond_train, "x_train").astype(np.float64)
         check_fit_inputs(x_val, cond_val, "x_val")
-        self._vocab = vocabulary(cond_train)
-        labels = joint_labels(check_known(cond_train, self._vocab))
+        self._vocab = Vocabulary.fit(cond_train)
+        labels = joint_labels(self._vocab.decode(self._vocab.encode(cond_train)))
         classes = sorted(set(labels))
         self._means = {c: x[labels == c].mean(axis=0) for c in classes}
         centred = x - np.stack([self._means[c] for c in labels])
@@ -67,7 +63,7 @@ class GaussianGenerator:
         """One standardised synthetic row per condition row."""
         if not self._means:
             raise RuntimeError("fit the generator before sampling.")
-        labels = joint_labels(check_known(cond, self._vocab))
+        labels = joint_labels(self._vocab.decode(self._vocab.encode(cond)))
         missing = sorted(set(labels) - set(self._means))
         if missing:
             # Each column's value was seen, but not this combination of values.

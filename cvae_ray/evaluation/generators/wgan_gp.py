@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from cvae_ray.config import FromDictMixin, check_positive_int, check_value
+from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.errors import InvalidDataError
-from cvae_ray.evaluation.generators import check_fit_inputs, encode, vocabulary
+from cvae_ray.evaluation.generators import check_fit_inputs
 from cvae_ray.metrics.registry import gamma
 
 
@@ -97,7 +98,7 @@ class WganGpGenerator:
         self.config = WganGpConfig.from_dict(options)
         self.time_budget_s = time_budget_s
         self.info: dict[str, Any] = {}
-        self._vocab: dict[str, list[str]] = {}
+        self._vocab = Vocabulary({})
         self._generator: _Embedded | None = None
 
     def _gradient_penalty(self, critic: _Embedded, real: torch.Tensor, fake: torch.Tensor,
@@ -113,8 +114,8 @@ class WganGpGenerator:
         cfg = self.config
         x_train = check_fit_inputs(x_train, cond_train, "x_train")
         x_val = check_fit_inputs(x_val, cond_val, "x_val")
-        self._vocab = vocabulary(cond_train)
-        sizes = [len(v) for v in self._vocab.values()]
+        self._vocab = Vocabulary.fit(cond_train)
+        sizes = self._vocab.sizes
         device = torch.device(cfg.device)
         torch.manual_seed(int(seed))
         rng = torch.Generator().manual_seed(int(seed))
@@ -123,8 +124,8 @@ class WganGpGenerator:
         opt_g = torch.optim.RMSprop(gen.parameters(), lr=cfg.lr)
         opt_c = torch.optim.RMSprop(critic.parameters(), lr=cfg.lr)
         xt = torch.from_numpy(x_train).to(device)
-        ct = torch.from_numpy(encode(cond_train, self._vocab)).to(device)
-        cv = torch.from_numpy(encode(cond_val, self._vocab))
+        ct = torch.from_numpy(self._vocab.encode(cond_train)).to(device)
+        cv = torch.from_numpy(self._vocab.encode(cond_val))
         best_gamma, best_state, best_epoch, history = -np.inf, None, 0, []
         started, step, epoch = time.perf_counter(), 0, 0
         for epoch in range(1, cfg.epochs + 1):
@@ -190,7 +191,7 @@ class WganGpGenerator:
         """One standardised synthetic row per condition row."""
         if self._generator is None:
             raise RuntimeError("fit the generator before sampling.")
-        codes = torch.from_numpy(encode(cond, self._vocab))
+        codes = torch.from_numpy(self._vocab.encode(cond))
         rng = torch.Generator().manual_seed(int(seed))
         z = torch.randn(len(codes), self.config.latent_dim, generator=rng)
         return self._generator(z, codes).float().numpy()
