@@ -21,6 +21,8 @@ NORMALIZATIONS = ("batch", "layer", "none")
 LIKELIHOODS = ("gaussian", "mse")
 NAN_POLICIES = ("error", "drop_samples", "drop_genes", "impute_mean", "impute_zero")
 SCALES = ("input", "log")
+#: The model's own space (per-gene standardised log values): what evaluation compares.
+STANDARDISED = "standardised"
 LATENT_PRIORS = ("fitted", "standard")
 DRAWS = ("centred", "independent")
 

@@ -163,7 +163,7 @@ class Sampler:
         self._model_info = self._describe_model()
         # The first decoder pass allocates torch's buffers; pay that before taking traffic.
         _, codes = self._encode_conditions({c: v[0] for c, v in self._bundle.vocab.items()}, 1)
-        self._bundle.sample_standardised([SampleRequest(codes, 0)])
+        self._bundle.draw([SampleRequest(codes, 0)])
         self._ready = True
         logger.info("Sampler ready: bundle %s from %s (auth %s)", self._bundle.bundle_id,
                     self._location, "on" if self._token else "off")
@@ -276,17 +276,14 @@ class Sampler:
         except (InvalidConfigError, InvalidDataError) as exc:
             raise _error(422, str(exc))
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-        job = SampleRequest(codes, seed)
+        job = SampleRequest(codes, seed, body.scale or bundle.sample_defaults.scale, positions)
         if count <= BATCH_MAX_N and body.noise is None:
-            standardised = await self._sample_batch(job)
+            values = await self._sample_batch(job)
         else:
             loop = asyncio.get_running_loop()
-            [standardised] = await loop.run_in_executor(
-                self._executor, lambda: bundle.sample_standardised([job], noise=body.noise))
-        values = bundle.to_scale(standardised, body.scale)
-        genes = bundle.genes
-        if positions is not None:
-            values, genes = values[:, positions], [genes[i] for i in positions]
+            [values] = await loop.run_in_executor(
+                self._executor, lambda: bundle.draw([job], noise=body.noise))
+        genes = bundle.genes if positions is None else [bundle.genes[i] for i in positions]
         headers = {"X-Bundle-Id": bundle.bundle_id, "X-Seed": str(seed)}
         if media_type == JSON:
             content = encode_json(bundle.bundle_id, seed, genes, records, values)
@@ -327,7 +324,7 @@ class Sampler:
         # A separate method, not the route itself: @serve.batch stacked on a
         # FastAPI route breaks (ray-project/ray#34527, #40316).
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._bundle.sample_standardised, jobs)
+        return await loop.run_in_executor(self._executor, self._bundle.draw, jobs)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._max_body_bytes

@@ -235,11 +235,12 @@ class BlockSampler:
     def block_values(self, combo: int, count: int, seed: int) -> np.ndarray:
         """Sample one block: genes x samples float32 on the output scale, C-contiguous."""
         codes = np.repeat(self.codes[combo:combo + 1], count, axis=0)
-        [standardised] = self.bundle.sample_standardised(
-            [SampleRequest(codes, int(seed))], noise=self.noise, temperature=self.temperature)
         # Gene-major layout: each gene column is then a contiguous run that Arrow
         # wraps without copying (the transpose is folded into the inverse transform).
-        return self.bundle.to_scale(standardised, self.scale, gene_major=True)
+        [values] = self.bundle.draw([SampleRequest(codes, int(seed), self.scale)],
+                                    noise=self.noise, temperature=self.temperature,
+                                    gene_major=True)
+        return values
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         values = [self.block_values(int(c), int(k), int(s)) for c, k, s in

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from cvae_ray.config import CohortSpec
+from cvae_ray.config import STANDARDISED, CohortSpec
 from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import (
     IncompatibleBundleError,
@@ -168,7 +168,7 @@ def held_out_from_data(bundle: ModelBundle, data_path: str, **read_options: Any)
 
 def _draw(bundle: ModelBundle, conditions: pd.DataFrame, seed: int) -> np.ndarray:
     _, codes = bundle.encode_conditions(conditions)
-    return bundle.sample_standardised([SampleRequest(codes, seed)])[0]
+    return bundle.draw([SampleRequest(codes, seed)], scale=STANDARDISED)[0]
 
 
 def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

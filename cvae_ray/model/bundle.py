@@ -29,7 +29,14 @@ import pandas as pd
 import torch
 
 from cvae_ray import __version__
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import (
+    SCALES,
+    STANDARDISED,
+    CohortSpec,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.errors import (
@@ -65,10 +72,16 @@ class SampleRequest:
     Attributes:
         codes: ``(n, n_conditions)`` int64 condition codes, one row per sample.
         seed: Seed of this request's latent codes and decoder noise.
+        scale: Output scale of this request: ``input``, ``log`` or ``standardised``
+            (``None``: the scale given to :meth:`ModelBundle.draw`).
+        genes: Positions of the genes to return, in model order (``None``: all genes;
+            see :meth:`ModelBundle.gene_positions`).
     """
 
     codes: np.ndarray
     seed: int
+    scale: str | None = None
+    genes: np.ndarray | None = None
 
 
 def _state_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -315,24 +328,54 @@ class ModelBundle:
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample_standardised(self, requests: Sequence[SampleRequest], *, noise: bool | None = None,
-                            temperature: float | None = None) -> list[np.ndarray]:
-        """Sample several requests in one decoder pass, each from its own seed.
+    def draw(self, requests: Sequence[SampleRequest], *, scale: str | None = None,
+             noise: bool | None = None, temperature: float | None = None,
+             gene_major: bool = False) -> list[np.ndarray]:
+        """The one sampling call: several requests in one decoder pass, each from its own seed.
 
-        Each request's latent codes and then its decoder noise are drawn from a
-        generator seeded with its own seed, and centred per condition combination
-        within the request only (:mod:`cvae_ray.model.draws`), so a request's samples do
-        not depend on which other requests share the pass.
+        Every path that samples (``sample`` and so the CLI, Serve, the synthetic-cohort
+        job, the report) comes here, so a sample depends only on its bundle, conditions,
+        seed and settings. Each request's latent codes and then its decoder noise are
+        drawn from a generator seeded with its own seed, and centred per condition
+        combination within the request only (:mod:`cvae_ray.model.draws`), so a
+        request's samples do not depend on which other requests share the pass. Genes
+        constant on the training split come out as exactly that constant.
 
         Args:
-            requests: Condition codes and seed per request.
+            requests: Condition codes, seed and optionally scale and gene subset per request.
+            scale: Output scale of requests that name none: ``input`` (the training
+                file's scale), ``log`` or ``standardised`` (the model's space); default:
+                the bundle's sampling default.
             noise: Add decoder noise (default: the bundle's sampling default).
             temperature: Decoder-noise scale (default: the bundle's).
+            gene_major: Return genes x samples (C-contiguous) instead of samples x genes.
 
         Returns:
-            One ``(n_i, n_genes)`` float32 array per request, in standardised space; genes
-            constant on the training split are exactly 0 there (their constant).
+            One float32 array per request: ``(n_i, n_genes_i)``, or its transpose with
+            ``gene_major``.
+
+        Raises:
+            InvalidConfigError: An unknown scale.
         """
+        standardised = self._decode(requests, noise, temperature)
+        out = []
+        for request, values in zip(requests, standardised):
+            wanted = request.scale or scale or self.sample_defaults.scale
+            if wanted == STANDARDISED:
+                values = np.ascontiguousarray(values.T) if gene_major else values
+            elif wanted in SCALES:
+                values = self.preprocessor.inverse(values, wanted, gene_major=gene_major)
+            else:
+                raise InvalidConfigError(f"scale={wanted!r} is not valid; expected one of "
+                                         f"{SCALES + (STANDARDISED,)}.")
+            if request.genes is not None:
+                values = values[request.genes] if gene_major else values[:, request.genes]
+            out.append(values)
+        return out
+
+    def _decode(self, requests: Sequence[SampleRequest], noise: bool | None,
+                temperature: float | None) -> list[np.ndarray]:
+        """Standardised ``(n_i, n_genes)`` float32 samples of each request (see :meth:`draw`)."""
         settings = self.sample_defaults
         if noise is not None or temperature is not None:
             settings = dataclasses.replace(
@@ -387,12 +430,9 @@ class ModelBundle:
             raise InvalidConfigError(f"seed={seed!r} is not valid; expected an integer >= 0.")
         table, codes = self.encode_conditions(conditions, n)
         positions = self.gene_positions(genes)
-        [standardised] = self.sample_standardised([SampleRequest(codes, int(seed))], noise=noise,
-                                                  temperature=temperature)
-        values = self.to_scale(standardised, scale)
-        names = self.genes
-        if positions is not None:
-            values, names = values[:, positions], [self.genes[i] for i in positions]
+        [values] = self.draw([SampleRequest(codes, int(seed), scale, positions)], noise=noise,
+                             temperature=temperature)
+        names = self.genes if positions is None else [self.genes[i] for i in positions]
         return pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
 
     def standardise_real(self, table: pd.DataFrame) -> np.ndarray:

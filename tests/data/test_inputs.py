@@ -508,7 +508,7 @@ def test_constant_genes_in_batched_requests(tmp_path):
 
     assert code == 0
     _, codes = bundle.encode_conditions({"tissue": "breast"}, 64)
-    parts = bundle.sample_standardised([SampleRequest(codes, 1), SampleRequest(codes[:5], 2)])
+    parts = bundle.draw([SampleRequest(codes, 1), SampleRequest(codes[:5], 2)], scale="standardised")
     positions = [bundle.genes.index(g) for g in ZERO_GENES]
     for part in parts:
         assert (part[:, positions] == 0).all()

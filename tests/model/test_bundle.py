@@ -89,8 +89,8 @@ def test_batched_requests_match_single_requests(bundle):
     _, codes_a = bundle.encode_conditions(LUNG, 5)
     _, codes_b = bundle.encode_conditions({"tissue": "kidney", "source": "TCGA-normal"}, 3)
 
-    together = bundle.sample_standardised([SampleRequest(codes_a, 1), SampleRequest(codes_b, 2)])
-    alone_b = bundle.sample_standardised([SampleRequest(codes_b, 2)])[0]
+    together = bundle.draw([SampleRequest(codes_a, 1), SampleRequest(codes_b, 2)], scale="standardised")
+    alone_b = bundle.draw([SampleRequest(codes_b, 2)], scale="standardised")[0]
 
     np.testing.assert_allclose(together[1], alone_b, rtol=1e-5, atol=1e-6)
 

@@ -79,8 +79,8 @@ def test_draws_do_not_depend_on_torch_threads():
 def test_bundle_centres_each_request_on_its_own(tiny_bundle_dir):
     bundle = ModelBundle.load(tiny_bundle_dir)
     codes = np.zeros((50, len(bundle.vocab)), dtype=np.int64)
-    [alone] = bundle.sample_standardised([SampleRequest(codes, 1)])
-    together = bundle.sample_standardised([SampleRequest(codes, 1), SampleRequest(codes[:3], 2)])
+    [alone] = bundle.draw([SampleRequest(codes, 1)], scale="standardised")
+    together = bundle.draw([SampleRequest(codes, 1), SampleRequest(codes[:3], 2)], scale="standardised")
 
     # Batching with another request of the same combination must not centre across them.
     np.testing.assert_array_equal(together[0], alone)
@@ -90,15 +90,15 @@ def test_bundle_can_sample_independent_draws(tiny_bundle_dir):
     bundle = ModelBundle.load(tiny_bundle_dir)
     codes = np.zeros((30, len(bundle.vocab)), dtype=np.int64)
     bundle.sample_defaults = dataclasses.replace(bundle.sample_defaults, noise_centring=1.0)
-    [centred] = bundle.sample_standardised([SampleRequest(codes, 4)])
+    [centred] = bundle.draw([SampleRequest(codes, 4)], scale="standardised")
     bundle.sample_defaults = dataclasses.replace(bundle.sample_defaults, draws="independent")
-    [independent] = bundle.sample_standardised([SampleRequest(codes, 4)])
+    [independent] = bundle.draw([SampleRequest(codes, 4)], scale="standardised")
 
     assert not np.allclose(centred, independent)
     # Centring removes the random offset of the mean: the centred cohort's mean is the
     # closer of the two to the model's mean (estimated from many independent draws).
     many = np.zeros((20_000, len(bundle.vocab)), dtype=np.int64)
-    model_mean = bundle.sample_standardised([SampleRequest(many, 99)])[0].mean(0)
+    model_mean = bundle.draw([SampleRequest(many, 99)], scale="standardised")[0].mean(0)
     assert (np.abs(centred.mean(0) - model_mean).mean()
             < 0.5 * np.abs(independent.mean(0) - model_mean).mean())
 

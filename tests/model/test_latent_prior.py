@@ -94,8 +94,8 @@ def test_bundle_round_trip_keeps_the_prior_and_samples_identically(tiny_bundle_d
         assert torch.equal(getattr(copy.model.latent_prior, name),
                            getattr(bundle.model.latent_prior, name))
     _, codes = bundle.encode_conditions({"tissue": "lung", "source": "GTEx"}, 20)
-    [a] = bundle.sample_standardised([SampleRequest(codes, 3)])
-    [b] = copy.sample_standardised([SampleRequest(codes, 3)])
+    [a] = bundle.draw([SampleRequest(codes, 3)], scale="standardised")
+    [b] = copy.draw([SampleRequest(codes, 3)], scale="standardised")
     np.testing.assert_array_equal(a, b)
 
 

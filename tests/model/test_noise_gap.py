@@ -65,8 +65,8 @@ def test_the_gap_travels_with_the_bundle(tiny_bundle_dir, tmp_path):
     copy = ModelBundle.load(tmp_path / "copy")
     assert torch.equal(copy.model.noise_gap, bundle.model.noise_gap)
     codes = np.zeros((10, len(bundle.vocab)), dtype=np.int64)
-    np.testing.assert_array_equal(bundle.sample_standardised([SampleRequest(codes, 2)])[0],
-                                  copy.sample_standardised([SampleRequest(codes, 2)])[0])
+    np.testing.assert_array_equal(bundle.draw([SampleRequest(codes, 2)], scale="standardised")[0],
+                                  copy.draw([SampleRequest(codes, 2)], scale="standardised")[0])
 
 
 def test_a_model_without_a_gap_loads_and_samples_uncalibrated():

@@ -20,7 +20,7 @@ class CvaeGenerator:
     """The project's CVAE, trained exactly as ``cvae-ray fit`` trains it.
 
     The checkpoint is selected on validation gamma by :func:`cvae_ray.model.loop.fit`;
-    sampling draws as :meth:`cvae_ray.model.bundle.ModelBundle.sample_standardised`
+    sampling draws as :meth:`cvae_ray.model.bundle.ModelBundle.draw`
     does (latent codes, then decoder noise, from one seeded generator).
 
     Args:
