@@ -35,14 +35,15 @@ from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.cvae import CVAE, cpu_state
+from cvae_ray.model.fitting import data_record, training_record
 from cvae_ray.model.loop import (
-    eligible_checkpoint,
     kl_weight,
     make_optimizer,
     train_epoch,
     validation_figures,
     validation_loss,
 )
+from cvae_ray.model.selection import eligible_checkpoint
 
 TRAIN_STATE_FILE = "train_state.pt"
 METRIC = "val_gamma"
@@ -54,21 +55,11 @@ def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any
     """Everything a worker needs, as plain arrays and dicts (what the driver ``ray.put``s)."""
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
-    counts = prepared.condition_frame("train").value_counts().reset_index()
     return {
         "x_train": x_train, "codes_train": c_train, "x_val": x_val, "codes_val": c_val,
         "genes": list(prepared.genes), "vocab": {k: list(v) for k, v in prepared.vocab.items()},
         "preprocessor": prepared.preprocessor.to_dict(), "cohort_spec": spec.to_dict(),
-        "record": {
-            "fingerprint": prepared.fingerprint, "n_samples": len(prepared.sample_ids),
-            "n_train": int(len(prepared.split.train)), "n_val": int(len(prepared.split.val)),
-            "n_test": int(len(prepared.split.test)),
-            "genes_not_found": prepared.genes_not_found,
-            "constant_genes": [prepared.genes[i] for i in
-                               (prepared.preprocessor.constant
-                                if prepared.preprocessor.n_constant else [])],
-            "train_condition_counts": counts.to_dict(orient="records"),
-        },
+        "record": data_record(prepared),
     }
 
 
@@ -211,9 +202,9 @@ def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer
                       train_config: TrainConfig, sample_config: SampleConfig,
                       figures: dict[str, Any]) -> None:
     """A model bundle of the current weights, plus the state needed to resume."""
-    record = {**data["record"], "best_epoch": figures["epoch"], "val_gamma": figures[METRIC],
-              "val_loss": figures["val_loss"], "epochs_run": figures["epoch"],
-              "history": state["history"]}
+    record = training_record(data["record"], best_epoch=figures["epoch"],
+                             val_gamma=figures[METRIC], val_loss=figures["val_loss"],
+                             epochs_run=figures["epoch"], history=state["history"])
     bundle = ModelBundle.create(
         state_dict=cpu_state(model),
         genes=data["genes"], vocab=data["vocab"],

@@ -5,18 +5,19 @@ Used by ``cvae-ray fit`` and, per trial, by the Ray Train worker loop.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
 from cvae_ray.data.dataset import Cohort
 from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
-from cvae_ray.model.loop import EpochMetrics, FitResult, fit
+from cvae_ray.model.loop import EpochMetrics, fit
 
 
-def training_record(prepared: Prepared, result: FitResult) -> dict:
-    """What a bundle records about its training run: data, split and validation figures."""
+def data_record(prepared: Prepared) -> dict[str, Any]:
+    """What a bundle records about the data it was trained on: fingerprint, split, genes."""
     train_counts = prepared.condition_frame("train").value_counts().reset_index()
+    constant = prepared.preprocessor.constant if prepared.preprocessor.n_constant else []
     return {
         "fingerprint": prepared.fingerprint,
         "n_samples": len(prepared.sample_ids),
@@ -24,18 +25,39 @@ def training_record(prepared: Prepared, result: FitResult) -> dict:
         "n_val": int(len(prepared.split.val)),
         "n_test": int(len(prepared.split.test)),
         "genes_not_found": prepared.genes_not_found,
-        "constant_genes": [prepared.genes[i] for i in
-                           (prepared.preprocessor.constant if prepared.preprocessor.n_constant
-                            else [])],
+        "constant_genes": [prepared.genes[i] for i in constant],
         "train_condition_counts": train_counts.to_dict(orient="records"),
-        "best_epoch": result.best_epoch,
-        "val_gamma": result.best_val_gamma,
-        "val_loss": result.best_val_loss,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "seconds": round(result.seconds, 2),
-        "history": [m.as_dict() for m in result.history],
     }
+
+
+def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: float,
+                    val_loss: float, epochs_run: int, history: list[dict[str, Any]],
+                    stopped_early: bool | None = None,
+                    seconds: float | None = None) -> dict[str, Any]:
+    """The ``training`` block of a bundle: :func:`data_record` plus the run's figures.
+
+    The one definition, used by :func:`fit_bundle` and by the Ray Train worker loop's
+    checkpoints (which do not know yet whether the run stops early, nor its duration:
+    those keys are left out there).
+
+    Args:
+        data: :func:`data_record` of the training data.
+        best_epoch: Epoch of the selected checkpoint.
+        val_gamma: Its validation gamma.
+        val_loss: Its validation loss.
+        epochs_run: Epochs trained.
+        history: Per-evaluation figures.
+        stopped_early: Whether patience or the time budget ended the run.
+        seconds: Training wall time.
+    """
+    record = {**data, "best_epoch": best_epoch, "val_gamma": val_gamma, "val_loss": val_loss,
+              "epochs_run": epochs_run}
+    if stopped_early is not None:
+        record["stopped_early"] = stopped_early
+    if seconds is not None:
+        record["seconds"] = round(seconds, 2)
+    record["history"] = history
+    return record
 
 
 def fit_bundle(cohort: Cohort, spec: CohortSpec, model_config: ModelConfig | None = None,
@@ -67,5 +89,9 @@ def fit_bundle(cohort: Cohort, spec: CohortSpec, model_config: ModelConfig | Non
         state_dict=result.state_dict, genes=prepared.genes, vocab=prepared.vocab,
         preprocessor=prepared.preprocessor, model_config=model_config, train_config=train_config,
         cohort_spec=spec, sample_config=sample_config,
-        training=training_record(prepared, result))
+        training=training_record(
+            data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
+            val_loss=result.best_val_loss, epochs_run=len(result.history),
+            history=[m.as_dict() for m in result.history], stopped_early=result.stopped_early,
+            seconds=result.seconds))
     return bundle, prepared

@@ -3,7 +3,8 @@
 ``train_epoch`` and ``validate`` work on any module whose ``forward`` returns a
 :class:`LossOutput` (the CVAE itself or its DistributedDataParallel wrapper).
 ``fit`` strings them together with KL warm-up, early stopping and checkpoint
-selection on the validation split only.
+selection on the validation split only (:mod:`cvae_ray.model.selection`, the rule
+the Ray Train worker loop uses too).
 """
 
 from __future__ import annotations
@@ -21,15 +22,11 @@ from cvae_ray.metrics.registry import dcr, gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gap
+from cvae_ray.model.selection import CheckpointSelector
 
 # Number of sampling seeds averaged for the validation gamma: one seed is noisy
 # enough (about +-0.005 at 200 samples) to pick a worse checkpoint.
 VAL_GAMMA_SEEDS = 3
-#: Checkpoints whose samples sit closer to the training data than this multiple of
-#: the real validation samples' median distance are not selected (eligible_checkpoint).
-#: 5% above 1 because the ratio is estimated from one draw of the validation size:
-#: on RNAseqDB (213 samples) one model measured 1.02 on validation and 0.96 on test.
-MIN_DCR_RATIO = 1.05
 
 
 @dataclass
@@ -148,16 +145,6 @@ def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
         model.noise_gap = fit_noise_gap(model, x_train, codes_train, sample_config)
 
 
-def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bool:
-    """Whether a checkpoint may be selected.
-
-    Not before KL warm-up ends (the prior is not yet what the decoder is sampled
-    from), and not when its samples sit closer to training data than unseen real
-    data does (``dcr_ratio < MIN_DCR_RATIO``): late in training the decoder starts
-    to reproduce training samples, which raises gamma for the wrong reason.
-    """
-    return epoch >= config.kl_warmup_epochs and dcr_ratio >= MIN_DCR_RATIO
-
 
 @torch.no_grad()
 def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
@@ -186,7 +173,7 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         distance to the nearest training sample of the seed-0 draw over the same for
         real validation samples. Below 1 the samples sit closer to training data than
         unseen real samples do: the model has begun to reproduce its training set,
-        and such a checkpoint is not selected (see :data:`MIN_DCR_RATIO`).
+        and such a checkpoint is not selected (:mod:`cvae_ray.model.selection`).
     """
     refit_sampler(model, x_train, codes_train, sample_config)
     model.eval()
@@ -230,7 +217,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     xt, ct = torch.from_numpy(x_train).to(device), torch.from_numpy(codes_train).to(device)
     xv, cv = torch.from_numpy(x_val).to(device), torch.from_numpy(codes_val).to(device)
     best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf)
-    started, stale = time.perf_counter(), 0
+    selector = CheckpointSelector(train_config)
+    started = time.perf_counter()
     for epoch in range(1, train_config.epochs + 1):
         tick = time.perf_counter()
         weight = kl_weight(epoch, train_config)
@@ -247,13 +235,11 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         if on_epoch is not None:
             on_epoch(metrics)
         if val_g is not None:
-            if val_g > best.best_val_gamma and eligible_checkpoint(epoch, ratio, train_config):
+            improved, _, _ = selector.update(epoch, val_g, ratio)
+            if improved:
                 best.state_dict = cpu_state(model)
                 best.best_epoch, best.best_val_gamma, best.best_val_loss = epoch, val_g, val_loss
-                stale = 0
-            elif epoch >= train_config.kl_warmup_epochs:
-                stale += 1
-            if stale >= train_config.patience:
+            if selector.patience_spent:
                 best.stopped_early = True
                 break
         elapsed = time.perf_counter() - started
