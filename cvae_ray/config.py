@@ -284,3 +284,40 @@ class RunConfig:
     cohort: CohortSpec
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class SearchLimits(FromDictMixin):
+    """Bounds of a hyperparameter search (``jobs/tune.py``), so that it always ends.
+
+    Attributes:
+        worker_start_timeout_s: Seconds a trial waits for the resources of its Ray Train
+            workers (their placement group) before that start counts as failed. The
+            trial sets Ray's ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` from it (Ray's
+            own default, 60 s, is shorter than a cluster may need to add a node).
+        max_failures: Per-trial failure budget, counted separately for each kind:
+            restarts of a worker group that failed while training (from the latest
+            checkpoint), and retries of a worker-group start that timed out or failed.
+            A trial over budget ends with an error and releases its resources; the
+            search goes on with the other trials.
+        time_limit_s: Wall-clock limit of the whole search in seconds (``None``: none).
+            When it is reached, running trials are stopped, trials not yet started are
+            not run, and the best finished checkpoint so far is exported.
+    """
+
+    worker_start_timeout_s: float = 300.0
+    max_failures: int = 2
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check_value(isinstance(self.worker_start_timeout_s, (int, float))
+                    and not isinstance(self.worker_start_timeout_s, bool)
+                    and self.worker_start_timeout_s > 0, "worker_start_timeout_s",
+                    self.worker_start_timeout_s, "a positive number of seconds")
+        check_value(isinstance(self.max_failures, int) and not isinstance(self.max_failures, bool)
+                    and self.max_failures >= 0, "max_failures", self.max_failures,
+                    "an integer >= 0")
+        check_value(self.time_limit_s is None or (
+            isinstance(self.time_limit_s, (int, float)) and not isinstance(self.time_limit_s, bool)
+            and self.time_limit_s > 0), "time_limit_s", self.time_limit_s,
+            "a positive number of seconds or None")

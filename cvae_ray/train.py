@@ -30,7 +30,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from cvae_ray.bundle import ModelBundle
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, SearchLimits, TrainConfig
 from cvae_ray.loop import (eligible_checkpoint, kl_weight, make_optimizer, train_epoch,
                            validation_figures, validation_loss)
 from cvae_ray.metrics import metric_info
@@ -40,6 +40,10 @@ from cvae_ray.preprocess import Preprocessor
 
 TRAIN_STATE_FILE = "train_state.pt"
 METRIC = "val_gamma"
+# Reported with every evaluation: the placement group (hex id) holding this run's
+# workers, so that the search can release it if the run's controller dies without
+# doing so (see cvae_ray.tuning).
+PLACEMENT_GROUP_KEY = "placement_group"
 # Name in the metric registry of what checkpoints (and trials) are selected on.
 SELECTION_METRIC = "gamma"
 
@@ -112,6 +116,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    group = ray.util.get_current_placement_group()
+    group_id = group.id.hex() if group is not None else None
     data = ray.get(config["data"][0])
     model_config = ModelConfig.from_dict(config["model"])
     train_config = TrainConfig.from_dict(config["train"])
@@ -122,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sizes = [len(v) for v in data["vocab"].values()]
     model = CVAE(data["x_train"].shape[1], sizes, model_config)
     state = {"epoch": 0, "best": selection_score(float("nan"), False), "best_epoch": 0,
-             "stale": 0, "history": []}
+             "stale": 0, "final": False, "history": []}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
     if checkpoint is not None:
@@ -134,6 +140,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer_state = saved.pop("optimizer")
         state.update(saved)
     resumed_from = state["epoch"]
+    if checkpoint is not None and _run_had_ended(state, train_config):
+        # The run ended before the job was stopped, but the search may not have
+        # recorded its last report (the job can stop between the checkpoint and
+        # the report reaching Tune). Report that evaluation again, so a resumed
+        # trial always ends with its metric and its checkpoint.
+        metrics = {**state["history"][-1], "best_selection_score": state["best"],
+                   "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
+                   "final": True, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
+        ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
+        return
 
     wrapped = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to device
     optimizer = make_optimizer(wrapped, train_config)
@@ -175,7 +191,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["stale"] += 1
         final = (state["stale"] >= train_config.patience or bool(over_time)
                  or epoch == train_config.epochs)
-        state["epoch"] = epoch
+        state["epoch"], state["final"] = epoch, final
         figures = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    METRIC: val_g, "val_dcr_ratio": ratio, "selection_score": score,
                    "kl_weight": weight,
@@ -183,7 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(figures)
         metrics = {**figures, "best_selection_score": state["best"],
                    "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
-                   "final": final, "world_size": world}
+                   "final": final, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
         if config.get("fail_once_at_epoch") == epoch and resumed_from == 0:
             raise RuntimeError(f"injected failure at epoch {epoch} (fail_once_at_epoch)")
         if rank == 0:
@@ -195,6 +211,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if final:
             break
+
+
+def _run_had_ended(state: dict[str, Any], train_config: TrainConfig) -> bool:
+    """Whether a restored checkpoint is its run's last one (nothing is left to train).
+
+    Checkpoints record ``final``; the epoch and patience tests cover older ones.
+    """
+    return bool(state.get("final") or state["epoch"] >= train_config.epochs
+                or state["stale"] >= train_config.patience)
 
 
 def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer,
@@ -219,7 +244,8 @@ def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer
 def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_config: TrainConfig,
                   *, sample_config: SampleConfig | None = None, num_workers: int = 1,
                   use_gpu: bool = False, cpus_per_worker: float = 1.0, name: str,
-                  storage_path: str, max_failures: int = 2, callbacks: list | None = None,
+                  storage_path: str, max_failures: int = SearchLimits.max_failures,
+                  callbacks: list | None = None,
                   extra_config: dict[str, Any] | None = None) -> TorchTrainer:
     """A TorchTrainer running :func:`train_loop_per_worker` for one configuration.
 
@@ -233,7 +259,9 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
         cpus_per_worker: CPUs reserved per worker.
         name: Run name under ``storage_path``; the same name and storage resume the run.
         storage_path: Where checkpoints go (shared storage on a multi-node cluster).
-        max_failures: Worker-group restarts from the latest checkpoint before giving up.
+        max_failures: Failure budget, for each kind: restarts of a worker group that
+            failed while training (from the latest checkpoint), and retries of a
+            worker-group start that timed out or failed. Then ``fit()`` raises.
         callbacks: Ray Train callbacks (``TuneReportCallback`` inside a Tune trial).
         extra_config: Extra keys for the worker config (tests).
 
@@ -253,7 +281,10 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [],
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Ray's default retries a worker-group start without limit: a start that can
+            # never succeed would keep the run (and a Tune search) waiting forever.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=max_failures),
             # Keep the best checkpoint (what gets exported) and, always, the latest
             # (what a restarted worker group resumes from).
             checkpoint_config=ray.train.CheckpointConfig(

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import add_data_arguments, cohort_spec_from_args, read_cohort_from_args
-from cvae_ray.errors import CvaeRayError, InvalidConfigError
+from cvae_ray.config import SearchLimits
+from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 
 # Relative input paths are also looked up here: under `ray job submit --working-dir`
 # the job runs in a copy of the repository, not where it was submitted from.
@@ -54,8 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "around the config defaults")
     parser.add_argument("--max-trial-time", type=float, default=None, metavar="SECONDS",
                         help="training-time budget of one trial")
-    parser.add_argument("--max-failures", type=int, default=2,
-                        help="worker-group restarts per trial (from its last checkpoint)")
+    parser.add_argument("--max-failures", type=int, default=SearchLimits.max_failures,
+                        metavar="N",
+                        help="per-trial failure budget: worker-group restarts (from the last "
+                             "checkpoint) and retries of a worker start that timed out; a "
+                             "trial over budget fails and the search goes on")
+    parser.add_argument("--worker-start-timeout", type=float,
+                        default=SearchLimits.worker_start_timeout_s, metavar="SECONDS",
+                        help="how long a trial waits for its Train workers' resources before "
+                             "that start counts as a failure")
+    parser.add_argument("--time-limit", type=float, default=SearchLimits.time_limit_s,
+                        metavar="SECONDS",
+                        help="wall-clock limit of the whole search; then the best finished "
+                             "checkpoint is exported (default: none)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job "
                              "submit`; otherwise a new local Ray is started)")
@@ -107,10 +119,17 @@ def _init_ray(args: argparse.Namespace) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the search; print a summary. Exit code 2 on bad input, before any trial."""
+    """Run the search; print a summary.
+
+    Exit code 2 on bad input (before any trial), 1 when no trial produced a bundle (the
+    message names the failed trials and why), 0 otherwise, even if some trials failed.
+    """
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except SearchFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +143,15 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidConfigError(f"--num-trials={args.num_trials} must be at least 1.")
     if args.workers < 1:
         raise InvalidConfigError(f"--workers={args.workers} must be at least 1.")
+    if args.max_failures < 0:
+        raise InvalidConfigError(f"--max-failures={args.max_failures} must be at least 0.")
+    if not args.worker_start_timeout > 0:
+        raise InvalidConfigError(
+            f"--worker-start-timeout={args.worker_start_timeout:g} must be a positive number "
+            f"of seconds.")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InvalidConfigError(
+            f"--time-limit={args.time_limit:g} must be a positive number of seconds.")
     space = (read_space(_input_path(args.search_space, "--search-space"))
              if args.search_space else default_space())
     from cvae_ray.tuning import TuneRequest, check_storage, resolve_storage, run_search
@@ -158,7 +186,9 @@ def _run(args: argparse.Namespace) -> int:
     request = TuneRequest(space=space, num_trials=args.num_trials, workers=args.workers,
                           use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                           storage=storage, name=args.name, out=out, seed=args.seed,
-                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures)
+                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
+                          worker_start_timeout_s=args.worker_start_timeout,
+                          time_limit_s=args.time_limit)
     import ray
 
     started = _init_ray(args)
@@ -173,8 +203,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(outcome) -> None:
     print("=" * 78)
-    print(f"trials: {outcome.n_trials} run, {outcome.n_stopped_early} stopped early by ASHA, "
-          f"{outcome.n_errored} errored{' (resumed search)' if outcome.resumed else ''}")
+    not_run = f", {outcome.n_not_run} not run (time limit)" if outcome.n_not_run else ""
+    print(f"trials: {outcome.n_trials}, {outcome.n_stopped_early} stopped early, "
+          f"{outcome.n_errored} failed{not_run}"
+          f"{' (resumed search)' if outcome.resumed else ''}")
+    for trial_id, why in outcome.failed.items():
+        print(f"  failed trial {trial_id}: {why}")
     print(f"best trial {outcome.best_trial_id}: validation gamma {outcome.best_val_gamma:.4f} "
           f"at epoch {outcome.best_epoch}")
     if outcome.default_val_gamma is not None:
