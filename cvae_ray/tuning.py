@@ -329,8 +329,18 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
         log(f"resuming the search in {path} (same --name): finished trials are kept, "
             f"unfinished and failed ones continue from their checkpoints; the time limit "
             f"is the one the search was started with")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        try:
+            # The space again: without it, Tune restores the searcher as first pickled,
+            # before it had a space, unless the stopped run had saved the searcher's
+            # state, so a search stopped early could not create its remaining trials.
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True,
+                                       param_space=tune_space(request.space))
+        except ValueError as exc:  # Tune: the parameters differ from the saved search's
+            raise InvalidConfigError(
+                f"--name {request.name!r} in {request.storage!r} is a search over other "
+                f"parameters; resume it with its own --search-space, or choose another "
+                f"--name. ({' '.join(str(exc).split())})") from None
     else:
         grace, max_t = _rung_budget(request.space)
         points = default_points(request.space)
