@@ -310,3 +310,70 @@ class ServeConfig:
                     and not isinstance(self.batch_wait_timeout_s, bool)
                     and self.batch_wait_timeout_s >= 0,
                     "batch_wait_timeout_s", self.batch_wait_timeout_s, "a number of seconds >= 0")
+
+
+@dataclass(frozen=True)
+class SearchConfig(FromDictMixin):
+    """Defaults of a hyperparameter search (``jobs/tune.py``) besides its limits.
+
+    Attributes:
+        num_trials: Trials to run (the config defaults' point is the first).
+        workers: Ray Train workers (DDP ranks) per trial.
+        cpus_per_worker: CPUs reserved by each worker.
+        storage: Where Tune/Train results and checkpoints go.
+        name: Run name under ``storage``; the same name resumes the run.
+        out: Where the best bundle is exported.
+        reduction_factor: ASHA's halving rate.
+    """
+
+    num_trials: int = 8
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    storage: str = "runs/tune"
+    name: str = "cvae-tune"
+    out: str = DEFAULT_BUNDLE_DIR
+    reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("num_trials", "workers", "reduction_factor"):
+            check_positive_int(name, getattr(self, name))
+        check_value(isinstance(self.cpus_per_worker, (int, float))
+                    and not isinstance(self.cpus_per_worker, bool) and self.cpus_per_worker > 0,
+                    "cpus_per_worker", self.cpus_per_worker, "a positive number")
+
+
+@dataclass(frozen=True)
+class SearchLimits(FromDictMixin):
+    """Bounds of a hyperparameter search (``jobs/tune.py``), so that it always ends.
+
+    Attributes:
+        worker_start_timeout_s: Seconds a trial waits for the resources of its Ray Train
+            workers (their placement group) before that start counts as failed. The
+            trial sets Ray's ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` from it (Ray's
+            own default, 60 s, is shorter than a cluster may need to add a node).
+        max_failures: Per-trial failure budget, counted separately for each kind:
+            restarts of a worker group that failed while training (from the latest
+            checkpoint), and retries of a worker-group start that timed out or failed.
+            A trial over budget ends with an error and releases its resources; the
+            search goes on with the other trials.
+        time_limit_s: Wall-clock limit of the whole search in seconds (``None``: none).
+            When it is reached, running trials are stopped, trials not yet started are
+            not run, and the best finished checkpoint so far is exported.
+    """
+
+    worker_start_timeout_s: float = 300.0
+    max_failures: int = 2
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check_value(isinstance(self.worker_start_timeout_s, (int, float))
+                    and not isinstance(self.worker_start_timeout_s, bool)
+                    and self.worker_start_timeout_s > 0, "worker_start_timeout_s",
+                    self.worker_start_timeout_s, "a positive number of seconds")
+        check_value(isinstance(self.max_failures, int) and not isinstance(self.max_failures, bool)
+                    and self.max_failures >= 0, "max_failures", self.max_failures,
+                    "an integer >= 0")
+        check_value(self.time_limit_s is None or (
+            isinstance(self.time_limit_s, (int, float)) and not isinstance(self.time_limit_s, bool)
+            and self.time_limit_s > 0), "time_limit_s", self.time_limit_s,
+            "a positive number of seconds or None")

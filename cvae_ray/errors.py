@@ -28,3 +28,7 @@ class UnknownConditionError(CvaeRayError, ValueError):
 
 class IncompatibleBundleError(CvaeRayError, ValueError):
     """A model bundle is missing, damaged or written by an incompatible version."""
+
+
+class SearchFailedError(CvaeRayError, RuntimeError):
+    """A hyperparameter search ended without a checkpoint to export (every trial failed)."""

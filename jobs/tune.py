@@ -23,7 +23,8 @@ from cvae_ray.cli import (
     cohort_spec_from_args,
     read_cohort_from_args,
 )
-from cvae_ray.errors import CvaeRayError, InvalidConfigError
+from cvae_ray.config import SearchConfig, SearchLimits
+from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 
 # Relative input paths are also looked up here: under `ray job submit --working-dir`
 # the job runs in a copy of the repository, not where it was submitted from.
@@ -39,27 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "Train workers) and export the best checkpoint, chosen on validation "
                     "only, as a model bundle.")
     add_data_arguments(parser, data_required=False)
-    parser.add_argument("--num-trials", type=int, default=8, metavar="N",
+    parser.add_argument("--num-trials", type=int, default=SearchConfig.num_trials, metavar="N",
                         help="trials to run (the config defaults are the first)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
+    parser.add_argument("--workers", type=int, default=SearchConfig.workers, metavar="N",
                         help="Ray Train workers (DDP ranks) per trial")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+    parser.add_argument("--cpus-per-worker", type=float, default=SearchConfig.cpus_per_worker,
                         help="CPUs reserved by each Train worker")
     parser.add_argument("--gpu", action="store_true", help="one GPU per Train worker")
-    parser.add_argument("--storage", default="runs/tune", metavar="PATH_OR_URI",
+    parser.add_argument("--storage", default=SearchConfig.storage, metavar="PATH_OR_URI",
                         help="Tune/Train results and checkpoints (shared storage or a bucket "
                              "URI on a multi-node cluster)")
-    parser.add_argument("--name", default="cvae-tune", metavar="RUN_NAME",
+    parser.add_argument("--name", default=SearchConfig.name, metavar="RUN_NAME",
                         help="run name under --storage; the same name resumes the run")
-    parser.add_argument("--out", default="runs/best_bundle", metavar="BUNDLE_PATH",
+    parser.add_argument("--out", default=SearchConfig.out, metavar="BUNDLE_PATH",
                         help="where the best model bundle is exported (path or URI)")
     parser.add_argument("--search-space", metavar="FILE",
                         help="YAML/JSON search space (see docs/tuning.md); default: ranges "
                              "around the config defaults")
     parser.add_argument("--max-trial-time", type=float, default=None, metavar="SECONDS",
                         help="training-time budget of one trial")
-    parser.add_argument("--max-failures", type=int, default=2,
-                        help="worker-group restarts per trial (from its last checkpoint)")
+    parser.add_argument("--max-failures", type=int, default=SearchLimits.max_failures,
+                        metavar="N",
+                        help="per-trial failure budget: worker-group restarts (from the last "
+                             "checkpoint) and retries of a worker start that timed out; a "
+                             "trial over budget fails and the search goes on")
+    parser.add_argument("--worker-start-timeout", type=float,
+                        default=SearchLimits.worker_start_timeout_s, metavar="SECONDS",
+                        help="how long a trial waits for its Train workers' resources before "
+                             "that start counts as a failure")
+    parser.add_argument("--time-limit", type=float, default=SearchLimits.time_limit_s,
+                        metavar="SECONDS",
+                        help="wall-clock limit of the whole search; then the best finished "
+                             "checkpoint is exported (default: none)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job "
                              "submit`; otherwise a new local Ray is started)")
@@ -93,28 +105,25 @@ def _output_path(value: str) -> str:
 
 
 def _init_ray(args: argparse.Namespace) -> bool:
-    """Connect to the cluster, or start a local Ray; return whether this job started it."""
-    import ray
+    """Join the cluster (--address, else $RAY_ADDRESS) or start a local Ray; return whether
+    this job started it (:func:`cvae_ray.apps.cluster.init_ray`)."""
+    from cvae_ray.apps.cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # A job's RAY_ADDRESS may be the dashboard's HTTP address (the one given to
-        # `ray job submit`); the driver then runs on a cluster node and joins it.
-        ray.init(address="auto" if address.startswith(("http://", "https://")) else address)
-        return False
-    # "local" never attaches to another Ray running on this machine; a Ray started
-    # here listens on loopback only, so its ports are not exposed on the network.
-    ray.init(address="local", num_cpus=args.num_cpus, _node_ip_address="127.0.0.1")
-    return True
+    return init_ray(args.address, num_cpus=args.num_cpus)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the search; print a summary. Exit code 2 on bad input, before any trial."""
+    """Run the search; print a summary.
+
+    Exit code 2 on bad input (before any trial), 1 when no trial produced a bundle (the
+    message names the failed trials and why), 0 otherwise, even if some trials failed.
+    """
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except SearchFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,6 +137,15 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidConfigError(f"--num-trials={args.num_trials} must be at least 1.")
     if args.workers < 1:
         raise InvalidConfigError(f"--workers={args.workers} must be at least 1.")
+    if args.max_failures < 0:
+        raise InvalidConfigError(f"--max-failures={args.max_failures} must be at least 0.")
+    if not args.worker_start_timeout > 0:
+        raise InvalidConfigError(
+            f"--worker-start-timeout={args.worker_start_timeout:g} must be a positive number "
+            f"of seconds.")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InvalidConfigError(
+            f"--time-limit={args.time_limit:g} must be a positive number of seconds.")
     space = (read_space(_input_path(args.search_space, "--search-space"))
              if args.search_space else default_space())
     from cvae_ray.apps.tune import (
@@ -167,7 +185,9 @@ def _run(args: argparse.Namespace) -> int:
     request = TuneRequest(space=space, num_trials=args.num_trials, workers=args.workers,
                           use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                           storage=storage, name=args.name, out=out, seed=args.seed,
-                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures)
+                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
+                          worker_start_timeout_s=args.worker_start_timeout,
+                          time_limit_s=args.time_limit)
     import ray
 
     started = _init_ray(args)
@@ -182,8 +202,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(outcome) -> None:
     print("=" * 78)
-    print(f"trials: {outcome.n_trials} run, {outcome.n_stopped_early} stopped early by ASHA, "
-          f"{outcome.n_errored} errored{' (resumed search)' if outcome.resumed else ''}")
+    not_run = f", {outcome.n_not_run} not run (time limit)" if outcome.n_not_run else ""
+    print(f"trials: {outcome.n_trials}, {outcome.n_stopped_early} stopped early, "
+          f"{outcome.n_errored} failed{not_run}"
+          f"{' (resumed search)' if outcome.resumed else ''}")
+    for trial_id, why in outcome.failed.items():
+        print(f"  failed trial {trial_id}: {why}")
     print(f"best trial {outcome.best_trial_id}: validation gamma {outcome.best_val_gamma:.4f} "
           f"at epoch {outcome.best_epoch}")
     if outcome.default_val_gamma is not None:

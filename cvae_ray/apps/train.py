@@ -18,7 +18,6 @@ Ray Data shards instead.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,13 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import (
+    CohortSpec,
+    ModelConfig,
+    SampleConfig,
+    SearchLimits,
+    TrainConfig,
+)
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.metrics.registry import metric_info
@@ -43,12 +48,14 @@ from cvae_ray.model.loop import (
     validation_figures,
     validation_loss,
 )
-from cvae_ray.model.selection import eligible_checkpoint
+from cvae_ray.model.selection import SELECTION_METRIC, CheckpointSelector
 
 TRAIN_STATE_FILE = "train_state.pt"
 METRIC = "val_gamma"
-# Name in the metric registry of what checkpoints (and trials) are selected on.
-SELECTION_METRIC = "gamma"
+# Reported with every evaluation: the placement group (hex id) holding this run's
+# workers, so that the search can release it if the run's controller dies without
+# doing so (see cvae_ray.apps.tune).
+PLACEMENT_GROUP_KEY = "placement_group"
 
 
 def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any]:
@@ -61,23 +68,6 @@ def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any
         "preprocessor": prepared.preprocessor.to_dict(), "cohort_spec": spec.to_dict(),
         "record": data_record(prepared),
     }
-
-
-def selection_score(value: float, eligible: bool) -> float:
-    """Checkpoint score: the validation metric, or the worst possible value when not eligible.
-
-    Eligibility is :func:`cvae_ray.model.loop.eligible_checkpoint` (after KL warm-up, and
-    samples no closer to training data than real validation samples), as in
-    :func:`cvae_ray.model.loop.fit`.
-    """
-    info = metric_info(SELECTION_METRIC)
-    if eligible and math.isfinite(value):
-        return float(value)
-    return float(info.low - 1.0 if info.higher_is_better else info.high + 1.0)
-
-
-def _better(a: float, b: float) -> bool:
-    return a > b if metric_info(SELECTION_METRIC).higher_is_better else a < b
 
 
 def _shard(n_rows: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
@@ -112,6 +102,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    group = ray.util.get_current_placement_group()
+    group_id = group.id.hex() if group is not None else None
     data = ray.get(config["data"][0])
     model_config = ModelConfig.from_dict(config["model"])
     train_config = TrainConfig.from_dict(config["train"])
@@ -121,8 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(train_config.seed)
     sizes = [len(v) for v in data["vocab"].values()]
     model = CVAE(data["x_train"].shape[1], sizes, model_config)
-    state = {"epoch": 0, "best": selection_score(float("nan"), False), "best_epoch": 0,
-             "stale": 0, "history": []}
+    state = {"epoch": 0, **CheckpointSelector(train_config).state(), "final": False,
+             "history": []}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
     if checkpoint is not None:
@@ -134,6 +126,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer_state = saved.pop("optimizer")
         state.update(saved)
     resumed_from = state["epoch"]
+    if checkpoint is not None and _run_had_ended(state, train_config):
+        # The run ended before the job was stopped, but the search may not have
+        # recorded its last report (the job can stop between the checkpoint and
+        # the report reaching Tune). Report that evaluation again, so a resumed
+        # trial always ends with its metric and its checkpoint.
+        metrics = {**state["history"][-1], "best_selection_score": state["best"],
+                   "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
+                   "final": True, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
+        ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
+        return
 
     wrapped = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to device
     optimizer = make_optimizer(wrapped, train_config)
@@ -166,16 +168,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
         val_loss, val_g, ratio, over_time = _broadcast(
             [val_loss, val_g, ratio, float(over_time)], world)
-        eligible = eligible_checkpoint(epoch, ratio, train_config)
-        score = selection_score(val_g, eligible)
-        improved = _better(score, state["best"]) or state["best_epoch"] == 0
-        if improved:
-            state["best"], state["best_epoch"], state["stale"] = score, epoch, 0
-        elif epoch >= train_config.kl_warmup_epochs:
-            state["stale"] += 1
-        final = (state["stale"] >= train_config.patience or bool(over_time)
-                 or epoch == train_config.epochs)
-        state["epoch"] = epoch
+        selector = CheckpointSelector.from_state(train_config, state)
+        _, score, eligible = selector.update(epoch, val_g, ratio)
+        state.update(selector.state())
+        final = selector.patience_spent or bool(over_time) or epoch == train_config.epochs
+        state["epoch"], state["final"] = epoch, final
         figures = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    METRIC: val_g, "val_dcr_ratio": ratio, "selection_score": score,
                    "kl_weight": weight,
@@ -183,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(figures)
         metrics = {**figures, "best_selection_score": state["best"],
                    "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
-                   "final": final, "world_size": world}
+                   "final": final, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
         if config.get("fail_once_at_epoch") == epoch and resumed_from == 0:
             raise RuntimeError(f"injected failure at epoch {epoch} (fail_once_at_epoch)")
         if rank == 0:
@@ -195,6 +192,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if final:
             break
+
+
+def _run_had_ended(state: dict[str, Any], train_config: TrainConfig) -> bool:
+    """Whether a restored checkpoint is its run's last one (nothing is left to train).
+
+    Checkpoints record ``final``; the epoch and patience tests cover older ones.
+    """
+    return bool(state.get("final") or state["epoch"] >= train_config.epochs
+                or state["stale"] >= train_config.patience)
 
 
 def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer,
@@ -219,7 +225,8 @@ def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer
 def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_config: TrainConfig,
                   *, sample_config: SampleConfig | None = None, num_workers: int = 1,
                   use_gpu: bool = False, cpus_per_worker: float = 1.0, name: str,
-                  storage_path: str, max_failures: int = 2, callbacks: list | None = None,
+                  storage_path: str, max_failures: int = SearchLimits.max_failures,
+                  callbacks: list | None = None,
                   extra_config: dict[str, Any] | None = None) -> TorchTrainer:
     """A TorchTrainer running :func:`train_loop_per_worker` for one configuration.
 
@@ -233,7 +240,9 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
         cpus_per_worker: CPUs reserved per worker.
         name: Run name under ``storage_path``; the same name and storage resume the run.
         storage_path: Where checkpoints go (shared storage on a multi-node cluster).
-        max_failures: Worker-group restarts from the latest checkpoint before giving up.
+        max_failures: Failure budget, for each kind: restarts of a worker group that
+            failed while training (from the latest checkpoint), and retries of a
+            worker-group start that timed out or failed. Then ``fit()`` raises.
         callbacks: Ray Train callbacks (``TuneReportCallback`` inside a Tune trial).
         extra_config: Extra keys for the worker config (tests).
 
@@ -253,7 +262,10 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [],
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Ray's default retries a worker-group start without limit: a start that can
+            # never succeed would keep the run (and a Tune search) waiting forever.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=max_failures),
             # Keep the best checkpoint (what gets exported) and, always, the latest
             # (what a restarted worker group resumes from).
             checkpoint_config=ray.train.CheckpointConfig(

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,28 @@ from cvae_ray.apps.search_space import (
     default_point,
     space_to_dict,
 )
-from cvae_ray.apps.train import METRIC, SELECTION_METRIC, build_trainer, selection_score
-from cvae_ray.config import DEFAULT_BUNDLE_DIR, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.errors import CvaeRayError, InvalidConfigError
+from cvae_ray.apps.train import METRIC, PLACEMENT_GROUP_KEY, build_trainer
+from cvae_ray.config import (
+    ModelConfig,
+    SampleConfig,
+    SearchConfig,
+    SearchLimits,
+    TrainConfig,
+)
+from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
+from cvae_ray.model.selection import SELECTION_METRIC, selection_score
 from cvae_ray.storage import is_uri
 
 REQUEST_FILE = "cvae_ray_request.json"
 TRIALS_FILE = "trials.csv"
 DRIVER_MEMORY_BYTES = 256 * 1024 ** 2
+# Seconds between the end of a trial and the release of a Train placement group it left.
+RELEASE_GRACE_S = 30.0
+# Ray Train reads its worker-group start-up timeout from this variable, in the process
+# that calls fit() (the Tune trial), and passes it on to its controller.
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -64,22 +77,30 @@ class TuneRequest:
         out: Where the best bundle is exported.
         seed: Seed of the search, the split (via the cohort spec) and each trial's init.
         max_trial_time_s: Wall-clock budget of one trial's training (``None``: none).
-        max_failures: Worker-group restarts per trial and trial retries.
+        max_failures: Per-trial failure budget (:class:`~cvae_ray.config.SearchLimits`).
+        worker_start_timeout_s: Seconds a trial waits for its workers' resources.
+        time_limit_s: Wall-clock limit of the whole search (``None``: none).
         reduction_factor: ASHA's halving rate.
     """
 
     space: Space
-    num_trials: int
-    workers: int = 1
+    num_trials: int = SearchConfig.num_trials
+    workers: int = SearchConfig.workers
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = SearchConfig.cpus_per_worker
     storage: str = ""
-    name: str = "cvae-tune"
-    out: str = DEFAULT_BUNDLE_DIR
+    name: str = SearchConfig.name
+    out: str = SearchConfig.out
     seed: int = 0
     max_trial_time_s: float | None = None
-    max_failures: int = 2
-    reduction_factor: int = 2
+    max_failures: int = SearchLimits.max_failures
+    worker_start_timeout_s: float = SearchLimits.worker_start_timeout_s
+    time_limit_s: float | None = SearchLimits.time_limit_s
+    reduction_factor: int = SearchConfig.reduction_factor
+
+    def __post_init__(self) -> None:
+        SearchLimits(worker_start_timeout_s=self.worker_start_timeout_s,
+                     max_failures=self.max_failures, time_limit_s=self.time_limit_s)
 
 
 @dataclass
@@ -97,6 +118,8 @@ class TuneOutcome:
     resumed: bool
     trials_csv: str
     default_val_gamma: float | None = None
+    n_not_run: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
 
@@ -197,6 +220,9 @@ def _trial(config: dict[str, Any], data: list, setup: dict[str, Any]) -> None:
         config, seed=setup["seed"], device="cuda" if setup["use_gpu"] else "cpu",
         max_time_s=setup["max_trial_time_s"])
     trial_id = tune.get_context().get_trial_id()
+    # This process is the trial's own (a Tune actor): the setting reaches only its
+    # Train controller, which passes it on to its workers.
+    os.environ[WORKER_START_TIMEOUT_ENV] = str(setup["worker_start_timeout_s"])
     trainer = build_trainer(
         data[0], model_config, train_config, num_workers=setup["workers"],
         use_gpu=setup["use_gpu"], cpus_per_worker=setup["cpus_per_worker"],
@@ -206,10 +232,71 @@ def _trial(config: dict[str, Any], data: list, setup: dict[str, Any]) -> None:
     trainer.fit()
 
 
+class ReleaseTrialResources(tune.Callback):
+    """Removes the Train workers' placement group of a trial that ended without removing it.
+
+    Each trial's Train controller reserves its workers' CPUs in a placement group of its
+    own, which Ray removes when the run ends. Tune ends a trial by stopping its actor,
+    which kills the controller with it, often before the run has ended (ASHA, the time
+    limit) or while it is shutting down (completed trials). Ray then relies on a helper
+    actor that asks the state API whether the controller is alive; that API finds the
+    cluster from ``RAY_ADDRESS`` or the machine's most recently started Ray, so with a
+    second Ray instance on the machine the helper can fail and the group is kept until
+    the job ends. Two such groups filled a 2-CPU cluster: later trials waited for CPUs
+    that no worker used, forever.
+
+    This callback runs in the search's driver and uses the GCS directly: a trial's
+    reports name its group (:data:`cvae_ray.apps.train.PLACEMENT_GROUP_KEY`), and once the
+    trial has ended (plus :data:`RELEASE_GRACE_S`, so that a run that ends normally
+    removes its own group first) a group still present is removed.
+    """
+
+    def __init__(self, grace_s: float = RELEASE_GRACE_S):
+        self.grace_s = grace_s
+        self._groups: dict[str, set[str]] = {}  # trial id -> group ids it reported
+        self._ended: dict[str, float] = {}  # trial id -> when it ended
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(PLACEMENT_GROUP_KEY):
+            self._groups.setdefault(trial.trial_id, set()).add(result[PLACEMENT_GROUP_KEY])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended[trial.trial_id] = time.monotonic()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended[trial.trial_id] = time.monotonic()
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        for trial_id in [t for t, ended in self._ended.items() if now - ended >= self.grace_s]:
+            self._release(trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        for trial_id in list(self._ended):
+            self._release(trial_id)
+
+    def _release(self, trial_id: str) -> None:
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        self._ended.pop(trial_id, None)
+        for group_id in self._groups.pop(trial_id, set()):
+            try:
+                group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id)))
+                if ray.util.placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+                    remove_placement_group(group)
+            except Exception:  # noqa: BLE001 - a group already gone (or of an earlier cluster)
+                continue
+
+    def __getstate__(self):
+        # Tune saves its callbacks with the experiment; group ids mean nothing to the
+        # cluster a resumed search runs on.
+        return {"grace_s": self.grace_s, "_groups": {}, "_ended": {}}
+
+
 def _trainable(request: TuneRequest, data_ref: ray.ObjectRef):
     setup = {k: getattr(request, k) for k in ("seed", "use_gpu", "max_trial_time_s", "workers",
                                               "cpus_per_worker", "name", "storage",
-                                              "max_failures")}
+                                              "max_failures", "worker_start_timeout_s")}
     # The list keeps the ObjectRef a reference (with_parameters would resolve it):
     # each Train worker fetches the arrays itself.
     fn = tune.with_parameters(_trial, data=[data_ref], setup=setup)
@@ -236,7 +323,9 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
         The outcome: bundle path, best trial, counts.
 
     Raises:
-        CvaeRayError: Resuming with other data, or no trial produced a checkpoint.
+        InvalidConfigError: Resuming a search that ran on other data.
+        SearchFailedError: No trial produced a checkpoint that loads (the message names
+            the failed trials and why they failed).
     """
     concurrent = check_resources(request)
     info = metric_info(SELECTION_METRIC)
@@ -249,9 +338,20 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
     if resumed:
         _check_same_request(path, fingerprint, request)
         log(f"resuming the search in {path} (same --name): finished trials are kept, "
-            f"unfinished ones continue from their checkpoints")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+            f"unfinished and failed ones continue from their checkpoints; the time limit "
+            f"is the one the search was started with")
+        try:
+            # The space again: without it, Tune restores the searcher as first pickled,
+            # before it had a space, unless the stopped run had saved the searcher's
+            # state, so a search stopped early could not create its remaining trials.
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True,
+                                       param_space=tune_space(request.space))
+        except ValueError as exc:  # Tune: the parameters differ from the saved search's
+            raise InvalidConfigError(
+                f"--name {request.name!r} in {request.storage!r} is a search over other "
+                f"parameters; resume it with its own --search-space, or choose another "
+                f"--name. ({' '.join(str(exc).split())})") from None
     else:
         grace, max_t = _rung_budget(request.space)
         points = default_points(request.space)
@@ -265,13 +365,23 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
             trainable, param_space=tune_space(request.space),
             tune_config=tune.TuneConfig(metric=METRIC, mode=mode, search_alg=searcher,
                                         scheduler=scheduler, num_samples=request.num_trials,
-                                        max_concurrent_trials=concurrent),
+                                        max_concurrent_trials=concurrent,
+                                        time_budget_s=request.time_limit_s),
             run_config=tune.RunConfig(
                 name=request.name, storage_path=request.storage,
-                failure_config=tune.FailureConfig(max_failures=request.max_failures)))
+                callbacks=[ReleaseTrialResources()],
+                # Failures are retried inside the trial, by its Train controller, within
+                # the per-trial budget; a Tune retry on top would multiply that budget.
+                # A trial over budget errors, and a later resume runs it again.
+                failure_config=tune.FailureConfig(max_failures=0)))
+        limit = (f"; time limit {request.time_limit_s:g} s" if request.time_limit_s else "")
         log(f"search: {request.num_trials} trials, {concurrent} at a time, "
             f"{request.workers} Train worker(s) each; ASHA grace {grace} / max {max_t} "
-            f"evaluations; results in {path}")
+            f"evaluations; worker start timeout {request.worker_start_timeout_s:g} s, "
+            f"{request.max_failures} failure(s) allowed per trial{limit}; results in {path}")
+    # Ray rebuilds a start-up timeout error's message from this variable in the process
+    # that unpickles it (this one): without it the message names Ray's default.
+    os.environ[WORKER_START_TIMEOUT_ENV] = str(request.worker_start_timeout_s)
     grid = tuner.fit()
     _write_request(path, fingerprint, request)
     return _export(grid, request, path, resumed, log)
@@ -325,20 +435,51 @@ def _candidates(grid) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _trial_id(result) -> str:
+    """The trial's id, also for a trial that never reported (from its folder name)."""
+    metrics = result.metrics or {}
+    if metrics.get("trial_id"):
+        return str(metrics["trial_id"])
+    name = Path(str(result.path or "")).name  # _trial_<id>_<n>_<config>_<date>
+    parts = name.split("_")
+    return parts[2] if name.startswith("_trial_") and len(parts) > 2 else name
+
+
+def _failure(error: BaseException) -> str:
+    """Why a trial failed, on one line (the original error, not Ray's wrappers)."""
+    cause = getattr(error, "cause", None) or error  # RayTaskError keeps the original
+    # Ray Train wraps a failed worker-group start in a ControllerError.
+    cause = getattr(cause, "controller_failure", None) or cause
+    text = " ".join(f"{type(cause).__name__}: {cause}".split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _status(result, metrics: dict[str, Any]) -> str:
+    if result.error:
+        return "ERROR"
+    if not metrics.get("training_iteration"):
+        return "NOT_RUN"  # the search's time limit ended before this trial reported
+    return "COMPLETED" if metrics.get("final") else "STOPPED_EARLY"
+
+
 def trial_table(grid) -> pd.DataFrame:
-    """One row per trial: its configuration, last figures, best score and how it ended."""
+    """One row per trial: its configuration, last figures, best score and how it ended.
+
+    ``status`` is ``COMPLETED``, ``STOPPED_EARLY`` (by ASHA or the time limit), ``ERROR``
+    (``error`` says why) or ``NOT_RUN``.
+    """
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
         frame = result.metrics_dataframe
         best = (frame["selection_score"].max() if frame is not None and "selection_score" in frame
                 else float("nan"))
-        row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else
-               ("COMPLETED" if metrics.get("final") else "STOPPED_EARLY"),
+        row = {"trial_id": _trial_id(result), "status": _status(result, metrics),
                "evaluations": metrics.get("training_iteration"), "epochs": metrics.get("epoch"),
                "best_val_gamma": best, f"last_{METRIC}": metrics.get(METRIC),
                "resumed_from_epoch": metrics.get("resumed_from_epoch"),
-               "seconds": metrics.get("time_total_s")}
+               "seconds": metrics.get("time_total_s"),
+               "error": _failure(result.error) if result.error else ""}
         for section, values in (result.config or {}).items():
             if isinstance(values, dict):
                 row.update({f"{section}.{k}": v for k, v in values.items()})
@@ -357,8 +498,13 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
         beside = Path(request.out).resolve()
         beside.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(beside.parent / f"{beside.name}_trials.csv", index=False)
+    failed = {str(r.trial_id): r.error for r in table.itertuples() if r.status == "ERROR"}
     if candidates.empty:
-        raise CvaeRayError(f"no trial reported a checkpoint; see the trial logs under {path}.")
+        reasons = "".join(f"\n  trial {k}: {v}" for k, v in failed.items())
+        raise SearchFailedError(
+            f"no trial reported a checkpoint, so there is no bundle to export; "
+            f"{len(failed)} of {len(table)} trial(s) failed{reasons}\n"
+            f"The trial logs are under {path}.")
     # Best score first; among equal scores the later checkpoint (the one Train keeps).
     ordered = candidates.sort_values(["selection_score", "training_iteration"],
                                      ascending=[not higher, False])
@@ -371,7 +517,7 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
             continue  # Checkpoint deleted by num_to_keep (a tie) or lost: take the next.
         break
     else:
-        raise CvaeRayError(f"no reported checkpoint could be loaded; see {path}.")
+        raise SearchFailedError(f"no reported checkpoint could be loaded; see {path}.")
     meta = bundle.metadata
     training = {**meta.get("training", {}), "tune": {
         "experiment": path, "trial_id": best["trial_id"], "config": best["config"],
@@ -390,8 +536,9 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
         bundle_path=location, best_trial_id=str(best["trial_id"]), best_config=best["config"],
         best_val_gamma=float(best[METRIC]), best_epoch=int(best["epoch"]),
         n_trials=len(table), n_stopped_early=int((table["status"] == "STOPPED_EARLY").sum()),
-        n_errored=int((table["status"] == "ERROR").sum()), resumed=resumed,
-        trials_csv=trials_csv, default_val_gamma=default_gamma, table=table)
+        n_errored=len(failed), resumed=resumed, trials_csv=trials_csv,
+        default_val_gamma=default_gamma, n_not_run=int((table["status"] == "NOT_RUN").sum()),
+        failed=failed, table=table)
 
 
 def _spec(meta: dict[str, Any]):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cvae_ray.apps.cluster import stop_process_group
 from cvae_ray.apps.search_space import (
     configs_from_point,
     default_point,
@@ -24,7 +25,6 @@ from cvae_ray.apps.search_space import (
     parse_space,
 )
 from cvae_ray.errors import InvalidConfigError
-from cvae_ray.tools.demo import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -97,6 +97,9 @@ def test_bad_input_exits_2_before_any_trial(tmp_path, capsys):
         (["--search-space", str(bad_space)], "unknown model parameter"),
         (["--condition", "organ"], "organ"),
         (["--storage", str(blocked / "sub")], "not writable"),
+        (["--max-failures", "-1"], "--max-failures=-1"),
+        (["--worker-start-timeout", "0"], "--worker-start-timeout=0"),
+        (["--time-limit", "-5"], "--time-limit=-5"),
     ]
     for argv, needle in cases:
         assert main(argv + ["--storage", str(tmp_path / "s")] if "--storage" not in argv
@@ -170,6 +173,83 @@ def test_train_workers_resume_from_checkpoint_after_a_failure(local_ray, tmp_pat
     assert result.metrics["epoch"] == 3 and result.metrics["world_size"] == 2
     assert result.metrics["resumed_from_epoch"] == 1  # restarted from epoch 1's checkpoint
     ModelBundle.load(result.checkpoint.path)
+
+
+def test_a_finished_train_run_reports_its_last_evaluation_again_when_resumed(local_ray,
+                                                                           tmp_path):
+    """A search stopped after a trial's last checkpoint (before Tune recorded the report)
+    resumes that trial: it must end with its metric and checkpoint, not an empty result."""
+    from cvae_ray.apps.train import METRIC, fit_one, payload_from_prepared
+    from cvae_ray.config import CohortSpec, ModelConfig, TrainConfig
+    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.model_inputs import prepare
+    from cvae_ray.data.simulate import simulate_cohort
+    from cvae_ray.model.bundle import ModelBundle
+
+    path = tmp_path / "demo.parquet"
+    simulate_cohort(n_samples=160, n_genes=30, seed=0).to_parquet(path)
+    spec = CohortSpec(conditions=("tissue", "source"))
+    payload = payload_from_prepared(prepare(read_cohort(path, list(spec.conditions)), spec),
+                                    spec)
+    kwargs = dict(name="done", storage_path=str(tmp_path / "train"), max_failures=0)
+    model, train = ModelConfig(hidden=(16,), latent_dim=4), TrainConfig(
+        epochs=2, eval_every=1, kl_warmup_epochs=1)
+    first = fit_one(payload, model, train, **kwargs)
+    again = fit_one(payload, model, train, **kwargs)  # same name: resumes the ended run
+    assert again.error is None and again.metrics is not None
+    assert again.metrics["resumed_from_epoch"] == 2 and again.metrics["final"]
+    assert again.metrics[METRIC] == pytest.approx(first.metrics[METRIC])
+    ModelBundle.load(again.checkpoint.path)
+
+
+def test_a_busy_cluster_fails_the_trials_that_cannot_start_and_the_search_ends(
+        tmp_path, capsys, monkeypatch):
+    """Another user's placement group holds one of the two CPUs all along, so every trial
+    but the one on the free CPU waits for its Train workers' resources. With a short
+    --worker-start-timeout and a budget of one retry those trials fail; the search ends
+    and exports the finished trial. (Ray's default retried such a start forever.)
+
+    RAY_ADDRESS names no cluster in the workers' environment, as when another Ray
+    instance runs on the machine: Ray Train's own clean-up of a killed trial's placement
+    group then fails, and the search must release it itself."""
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cvae_ray.model.bundle import ModelBundle
+
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")  # "local" ignores it
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1")
+    try:
+        blocker = placement_group([{"CPU": 1}])
+        ray.get(blocker.ready(), timeout=120)
+        out, storage = tmp_path / "best", tmp_path / "runs"
+        argv = ["--search-space", str(_space_file(tmp_path)), "--num-trials", "3",
+                "--worker-start-timeout", "5", "--max-failures", "1",
+                "--storage", str(storage), "--name", "busy", "--out", str(out)]
+        outcome = {}
+        job = threading.Thread(target=lambda: outcome.update(rc=_job().main(argv)),
+                               daemon=True)
+        job.start()
+        job.join(timeout=900)  # only a guard against the hang this test is about
+        assert not job.is_alive(), "the search did not end"
+        printed = capsys.readouterr()
+        assert outcome["rc"] == 0, printed.err[-4000:]
+        table = pd.read_csv(storage / "busy" / "trials.csv", dtype={"trial_id": str})
+        failed = table[table.status == "ERROR"]
+        assert len(table) == 3 and 1 <= len(failed) < 3, table.to_string()
+        assert failed.error.str.contains("WorkerGroupStartupTimeoutError").all(), failed.error
+        assert f"{len(failed)} failed" in printed.out
+        for trial_id in failed.trial_id:
+            assert f"failed trial {trial_id}: " in printed.out
+        ModelBundle.load(out)
+        left = {pg_id: info for pg_id, info in ray.util.placement_group_table().items()
+                if info["state"] != "REMOVED" and pg_id != blocker.id.hex()}
+        assert not left, left
+        remove_placement_group(blocker)
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------ a real two-node cluster
