@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cvae_ray.apps.cluster import stop_process_group
+from cvae_ray.apps.cluster import free_port, ray_session, stop_process_group
 from cvae_ray.apps.search_space import (
     configs_from_point,
     default_point,
@@ -51,12 +50,6 @@ def _job():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ search space (no Ray)
@@ -115,11 +108,8 @@ def local_ray():
     behind for a while, and a later test must not wait on those CPUs."""
     import ray
 
-    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1")
-    try:
+    with ray_session("local", num_cpus=2):
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def test_local_search_exports_a_bundle_that_samples(local_ray, tmp_path, capsys):
@@ -219,9 +209,8 @@ def test_a_busy_cluster_fails_the_trials_that_cannot_start_and_the_search_ends(
 
     from cvae_ray.model.bundle import ModelBundle
 
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")  # "local" ignores it
-    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1")
-    try:
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # "local" ignores it
+    with ray_session("local", num_cpus=2):
         blocker = placement_group([{"CPU": 1}])
         ray.get(blocker.ready(), timeout=120)
         out, storage = tmp_path / "best", tmp_path / "runs"
@@ -248,8 +237,6 @@ def test_a_busy_cluster_fails_the_trials_that_cannot_start_and_the_search_ends(
                 if info["state"] != "REMOVED" and pg_id != blocker.id.hex()}
         assert not left, left
         remove_placement_group(blocker)
-    finally:
-        ray.shutdown()
 
 
 # ------------------------------------------------------------------ a real two-node cluster
@@ -262,7 +249,7 @@ class _Cluster:
                     # own, given to ray start and ray job submit alike.
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "RAY_USAGE_STATS_ENABLED": "0"}
-        self.gcs, self.dashboard = _free_port(), _free_port()
+        self.gcs, self.dashboard = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard}"
         self.temp = Path(f"/tmp/cvt{secrets.token_hex(3)}")  # short: unix socket paths
         self.logs = root
@@ -270,16 +257,20 @@ class _Cluster:
         head = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                 "--num-cpus", "1", "--port", str(self.gcs),
                 "--dashboard-port", str(self.dashboard), "--dashboard-host", "127.0.0.1",
-                "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
-                "--dashboard-agent-listen-port", str(_free_port()),
+                "--include-dashboard", "true", "--ray-client-server-port", str(free_port()),
+                "--dashboard-agent-listen-port", str(free_port()),
                 "--temp-dir", str(self.temp), "--disable-usage-stats"]
         node = [ray, "start", "--block", "--node-ip-address", "127.0.0.1",
                 "--address", f"127.0.0.1:{self.gcs}", "--num-cpus",
-                "1", "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
+                "1", "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
         self.procs = [self._popen(head, "head")]
-        self._wait_for(lambda: self._cpus() >= 1, 120, "head node")
-        self.procs.append(self._popen(node, "node"))
-        self._wait_for(lambda: self._cpus() >= 2, 120, "second node")
+        try:  # a node that does not come up must not leave the other one running
+            self._wait_for(lambda: self._cpus() >= 1, 300, "head node")
+            self.procs.append(self._popen(node, "node"))
+            self._wait_for(lambda: self._cpus() >= 2, 300, "second node")
+        except BaseException:
+            self.stop()
+            raise
 
     def _popen(self, cmd, name):
         log = open(self.logs / f"{name}.log", "w")
