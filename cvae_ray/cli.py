@@ -18,7 +18,7 @@ from typing import Sequence
 from cvae_ray.config import (
     NAN_POLICIES,
     SCALES,
-    CohortSpec,
+    DataSpec,
     ModelConfig,
     SampleConfig,
     TrainConfig,
@@ -26,12 +26,12 @@ from cvae_ray.config import (
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 _TRAIN = TrainConfig()
-_COHORT = CohortSpec(conditions=("_",))
+_DATA = DataSpec(conditions=("_",))
 _SAMPLE = SampleConfig()
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool = True) -> None:
-    """Options shared by every command that reads a cohort (fit, tune, benchmark)."""
+    """Options shared by every command that reads a dataset (fit, tune, benchmark)."""
     parser.add_argument("--data", required=data_required,
                         help="expression file: .parquet, .csv, .tsv or .h5ad (samples x genes "
                              "unless --genes-by-samples)")
@@ -69,30 +69,30 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool =
     parser.add_argument("--gene-column", metavar="COL",
                         help="with --genes-by-samples: the column holding the gene ids "
                              "(default: the first column)")
-    parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_COHORT.nan_policy,
+    parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_DATA.nan_policy,
                         help="what to do with NaN/inf values (default: error)")
-    parser.add_argument("--val-fraction", type=float, default=_COHORT.val_fraction,
-                        help=f"validation fraction (default {_COHORT.val_fraction})")
-    parser.add_argument("--test-fraction", type=float, default=_COHORT.test_fraction,
+    parser.add_argument("--val-fraction", type=float, default=_DATA.val_fraction,
+                        help=f"validation fraction (default {_DATA.val_fraction})")
+    parser.add_argument("--test-fraction", type=float, default=_DATA.test_fraction,
                         help=f"held-out test fraction; 0 uses every sample for training and "
-                             f"validation (default {_COHORT.test_fraction})")
+                             f"validation (default {_DATA.test_fraction})")
     parser.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
 
 
-def cohort_spec_from_args(args: argparse.Namespace) -> CohortSpec:
-    """Build the :class:`CohortSpec` the data options describe."""
-    return CohortSpec(conditions=tuple(args.condition or ()), sample_id=args.sample_id,
+def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
+    """Build the :class:`DataSpec` the data options describe."""
+    return DataSpec(conditions=tuple(args.condition or ()), sample_id=args.sample_id,
                       log_transform=args.log_transform, genes_file=args.genes,
                       top_genes=args.top_genes, nan_policy=args.nan_policy,
                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       seed=args.seed)
 
 
-def read_cohort_from_args(args: argparse.Namespace, spec: CohortSpec):
-    """Read the cohort the data options name."""
-    from cvae_ray.data.dataset import read_cohort
+def read_dataset_from_args(args: argparse.Namespace, spec: DataSpec):
+    """Read the dataset the data options name."""
+    from cvae_ray.data.dataset import read_dataset
 
-    return read_cohort(args.data, spec.conditions, sample_id=spec.sample_id,
+    return read_dataset(args.data, spec.conditions, sample_id=spec.sample_id,
                        metadata=args.metadata, metadata_id=args.metadata_id,
                        genes_by_samples=args.genes_by_samples, gene_column=args.gene_column,
                        nan_policy=spec.nan_policy, log_transform=spec.log_transform,
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decoder-noise scale (default: the bundle's)")
     sample.add_argument("--out", required=True, help="output .parquet or .csv file")
 
-    demo = sub.add_parser("demo-data", help="write the built-in SIMULATED demo cohort")
+    demo = sub.add_parser("demo-data", help="write the built-in SIMULATED demo dataset")
     demo.add_argument("--out", required=True, help="output .parquet file")
     demo.add_argument("--n-samples", type=int, default=900)
     demo.add_argument("--n-genes", type=int, default=300)
@@ -162,13 +162,13 @@ def run_fit(args: argparse.Namespace) -> int:
     """``cvae-ray fit``."""
     from cvae_ray.model.fitting import fit_bundle
 
-    spec = cohort_spec_from_args(args)
+    spec = data_spec_from_args(args)
     model_config, train_overrides = _configs(args.config)
     train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
                     "device": args.device, "seed": args.seed, **train_overrides}
     train_config = TrainConfig.from_dict(train_values)
-    cohort = read_cohort_from_args(args, spec)
-    print(f"read {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes; "
+    dataset = read_dataset_from_args(args, spec)
+    print(f"read {dataset.expression.shape[0]} samples x {dataset.expression.shape[1]} genes; "
           f"conditions {list(spec.conditions)}", flush=True)
 
     def progress(m) -> None:
@@ -178,7 +178,7 @@ def run_fit(args: argparse.Namespace) -> int:
               f"val gamma {m.val_gamma:.4f}  ({m.seconds:.2f} s/epoch)", flush=True)
 
     started = time.perf_counter()
-    bundle, prepared = fit_bundle(cohort, spec, model_config, train_config, on_epoch=progress)
+    bundle, prepared = fit_bundle(dataset, spec, model_config, train_config, on_epoch=progress)
     if prepared.genes_not_found:
         print(f"{len(prepared.genes_not_found)} listed genes not in the data: "
               f"{prepared.genes_not_found[:10]}", flush=True)

@@ -170,8 +170,8 @@ class TrainConfig(FromDictMixin):
 
 
 @dataclass(frozen=True)
-class CohortSpec(FromDictMixin):
-    """How to read, select, split and preprocess a cohort.
+class DataSpec(FromDictMixin):
+    """How to read, select, split and preprocess a dataset.
 
     Attributes:
         conditions: Names of the categorical condition columns.

@@ -20,8 +20,8 @@ from typing import Sequence
 
 from cvae_ray.cli import (
     add_data_arguments,
-    cohort_spec_from_args,
-    read_cohort_from_args,
+    data_spec_from_args,
+    read_dataset_from_args,
 )
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
@@ -63,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds < 1:
             raise InvalidConfigError(f"--seeds {args.seeds} must be at least 1.")
         options = json.loads(Path(args.options).read_text()) if args.options else {}
-        spec = cohort_spec_from_args(args)
-        cohort = read_cohort_from_args(args, spec)
-        prepared = prepare(cohort, spec)
+        spec = data_spec_from_args(args)
+        dataset = read_dataset_from_args(args, spec)
+        prepared = prepare(dataset, spec)
         print(f"{len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; split "
               f"train/val/test = {len(prepared.split.train)}/{len(prepared.split.val)}/"
               f"{len(prepared.split.test)}; conditions {list(prepared.vocab)}", flush=True)
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = {"data": args.data, "conditions": list(prepared.vocab),
                "genes": len(prepared.genes), "samples": len(prepared.sample_ids),
                "split": {p: int(len(getattr(prepared.split, p))) for p in ("train", "val", "test")},
-               "cohort_spec": spec.to_dict(), "fingerprint": prepared.fingerprint,
+               "data_spec": spec.to_dict(), "fingerprint": prepared.fingerprint,
                "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
                "options": options, "minutes": round((time.perf_counter() - started) / 60, 1)}
         path = write_results(rows, args.out, run)

@@ -4,7 +4,7 @@
         [--train FILE] [--seeds K] [--embedding umap|pca] --out DIR
 
 ``--split test`` (default): FILE is the data the bundle was trained on; the
-bundle's recorded cohort spec re-derives its split (checked by the data
+bundle's recorded dataset spec re-derives its split (checked by the data
 fingerprint), the test split is the held-out set and the training split feeds
 the privacy metrics and the augmentation curve.
 ``--split all``: every row of FILE is held-out data (condition columns + the

@@ -1,8 +1,8 @@
-"""Convert a public expression download (UCSC Xena TOIL, GTEx GCT) to the cohort Parquet layout.
+"""Convert a public expression download (UCSC Xena TOIL, GTEx GCT) to the dataset Parquet layout.
 
     python jobs/prepare_data.py --format xena-toil --expression TcgaTargetGtex_rsem_gene_tpm.gz \
         --samples TcgaTargetGTEX_phenotype.txt.gz --probe-map gencode.v23.annotation.gene.probemap \
-        --out cohort.parquet
+        --out dataset.parquet
     python jobs/prepare_data.py --format gtex-gct \
         --expression GTEx_Analysis_2017-06-05_v8_RNASeQCv1.1.9_gene_tpm.gct.gz \
         --samples GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt --out gtex.parquet
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "file name; a name that says neither is refused)")
     parser.add_argument("--gene-names", choices=("symbol", "id"), default="symbol",
                         help="GTEx only: name genes by symbol (Description) or Ensembl id (Name)")
-    parser.add_argument("--out", required=True, help="output cohort .parquet")
+    parser.add_argument("--out", required=True, help="output dataset .parquet")
     return parser
 
 
@@ -51,16 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cohort = convert(args.format, inputs, args.out, **options)
+            dataset = convert(args.format, inputs, args.out, **options)
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    labels = [c for c in cohort.columns[1:] if cohort[c].dtype == object]
-    print(f"wrote {len(cohort)} samples x {cohort.shape[1] - 1 - len(labels)} genes with label "
+    labels = [c for c in dataset.columns[1:] if dataset[c].dtype == object]
+    print(f"wrote {len(dataset)} samples x {dataset.shape[1] - 1 - len(labels)} genes with label "
           f"columns {labels} to {args.out}")
-    missing = {c: int(cohort[c].isna().sum()) for c in labels if cohort[c].isna().any()}
+    missing = {c: int(dataset[c].isna().sum()) for c in labels if dataset[c].isna().any()}
     if missing:
         print(f"samples without a value, per label column: {missing} (kept missing: fitting on "
               "such a column refuses them unless --drop-unlabelled is given)")

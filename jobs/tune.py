@@ -5,7 +5,7 @@ Local (starts its own Ray):
 On a running cluster:
     ray job submit --working-dir . -- python jobs/tune.py --data /abs/FILE ... \
         --storage /shared/or/s3://bucket/path
-Without --data it tunes on the built-in SIMULATED demo cohort.
+Without --data it tunes on the built-in SIMULATED demo dataset.
 Re-running with the same --name (and --storage) resumes an interrupted search.
 """
 
@@ -20,8 +20,8 @@ from typing import Sequence
 
 from cvae_ray.cli import (
     add_data_arguments,
-    cohort_spec_from_args,
-    read_cohort_from_args,
+    data_spec_from_args,
+    read_dataset_from_args,
 )
 from cvae_ray.config import SearchConfig, SearchLimits
 from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
@@ -172,9 +172,9 @@ def _run(args: argparse.Namespace) -> int:
             args.condition = args.condition or list(DEMO_CONDITIONS)
         else:
             args.data = _input_path(args.data, "--data")
-        spec = cohort_spec_from_args(args)
-        cohort = read_cohort_from_args(args, spec)
-        prepared = prepare(cohort, spec)
+        spec = data_spec_from_args(args)
+        dataset = read_dataset_from_args(args, spec)
+        prepared = prepare(dataset, spec)
     from cvae_ray.apps.train import payload_from_prepared
 
     payload = payload_from_prepared(prepared, spec)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from support import TINY_MODEL, TINY_TRAIN
 
-from cvae_ray.config import CohortSpec
+from cvae_ray.config import DataSpec
 
 
 @pytest.fixture(scope="session")
 def demo_path(tmp_path_factory) -> Path:
-    """A small SIMULATED cohort written to Parquet."""
+    """A small SIMULATED dataset written to Parquet."""
     from cvae_ray.data.simulate import write_demo_cohort
 
     path = tmp_path_factory.mktemp("demo") / "demo.parquet"
@@ -25,12 +25,12 @@ def demo_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(demo_path, tmp_path_factory) -> Path:
-    """A bundle trained for a few epochs on the simulated cohort."""
-    from cvae_ray.data.dataset import read_cohort
+    """A bundle trained for a few epochs on the simulated dataset."""
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.model.fitting import fit_bundle
 
-    cohort = read_cohort(demo_path, ["tissue", "source"])
-    bundle, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")), TINY_MODEL,
+    dataset = read_dataset(demo_path, ["tissue", "source"])
+    bundle, _ = fit_bundle(dataset, DataSpec(conditions=("tissue", "source")), TINY_MODEL,
                            TINY_TRAIN)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     bundle.save(out)

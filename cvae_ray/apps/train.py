@@ -9,10 +9,10 @@ loadable model bundle (``config.json`` + ``weights.pt``) plus
 ``train_state.pt`` (optimiser state, epoch, best-so-far) for resuming after a
 worker failure.
 
-Data: the driver prepares the cohort once and ``ray.put``s the arrays
-(:func:`payload_from_prepared`); workers ``ray.get`` them. For cohorts of about
+Data: the driver prepares the dataset once and ``ray.put``s the arrays
+(:func:`payload_from_prepared`); workers ``ray.get`` them. For datasets of about
 1,000 samples x 1,000 genes (4 MB of float32) that is cheaper and simpler than
-a Ray Data pipeline; a cohort that does not fit one worker's memory would need
+a Ray Data pipeline; a dataset that does not fit one worker's memory would need
 Ray Data shards instead.
 """
 
@@ -29,7 +29,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from cvae_ray.config import (
-    CohortSpec,
+    DataSpec,
     ModelConfig,
     SampleConfig,
     SearchLimits,
@@ -58,14 +58,14 @@ METRIC = "val_gamma"
 PLACEMENT_GROUP_KEY = "placement_group"
 
 
-def payload_from_prepared(prepared: Prepared, spec: CohortSpec) -> dict[str, Any]:
+def payload_from_prepared(prepared: Prepared, spec: DataSpec) -> dict[str, Any]:
     """Everything a worker needs, as plain arrays and dicts (what the driver ``ray.put``s)."""
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     return {
         "x_train": x_train, "codes_train": c_train, "x_val": x_val, "codes_val": c_val,
         "genes": list(prepared.genes), "vocab": {k: list(v) for k, v in prepared.vocab.items()},
-        "preprocessor": prepared.preprocessor.to_dict(), "cohort_spec": spec.to_dict(),
+        "preprocessor": prepared.preprocessor.to_dict(), "data_spec": spec.to_dict(),
         "record": data_record(prepared),
     }
 
@@ -215,7 +215,7 @@ def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer
         state_dict=cpu_state(model),
         genes=data["genes"], vocab=data["vocab"],
         preprocessor=Preprocessor.from_dict(data["preprocessor"]), model_config=model_config,
-        train_config=train_config, cohort_spec=CohortSpec.from_dict(data["cohort_spec"]),
+        train_config=train_config, data_spec=DataSpec.from_dict(data["data_spec"]),
         sample_config=sample_config, training=record)
     bundle.save(folder)
     torch.save({**{k: v for k, v in state.items()}, "optimizer": optimizer.state_dict()},

@@ -75,7 +75,7 @@ class TuneRequest:
         storage: Absolute path or URI of Tune/Train results.
         name: Experiment name under ``storage``; reusing it resumes.
         out: Where the best bundle is exported.
-        seed: Seed of the search, the split (via the cohort spec) and each trial's init.
+        seed: Seed of the search, the split (via the dataset spec) and each trial's init.
         max_trial_time_s: Wall-clock budget of one trial's training (``None``: none).
         max_failures: Per-trial failure budget (:class:`~cvae_ray.config.SearchLimits`).
         worker_start_timeout_s: Seconds a trial waits for its workers' resources.
@@ -316,7 +316,7 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
 
     Args:
         request: The search settings (already validated; Ray already initialised).
-        payload: :func:`cvae_ray.apps.train.payload_from_prepared` of the prepared cohort.
+        payload: :func:`cvae_ray.apps.train.payload_from_prepared` of the prepared dataset.
         log: Progress printer.
 
     Returns:
@@ -528,7 +528,7 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
         preprocessor=bundle.preprocessor,
         model_config=ModelConfig.from_dict(meta["model_config"]),
         train_config=TrainConfig.from_dict(meta["train_config"]),
-        cohort_spec=_spec(meta), sample_config=SampleConfig.from_dict(meta["sample_defaults"]),
+        data_spec=_spec(meta), sample_config=SampleConfig.from_dict(meta["sample_defaults"]),
         training=training)
     location = exported.save(request.out)
     default_gamma = _default_trial_score(grid, request.space)
@@ -542,9 +542,9 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
 
 
 def _spec(meta: dict[str, Any]):
-    from cvae_ray.config import CohortSpec
+    from cvae_ray.config import DataSpec
 
-    return CohortSpec.from_dict(meta["cohort_spec"]) if meta.get("cohort_spec") else None
+    return DataSpec.from_dict(meta["data_spec"]) if meta.get("data_spec") else None
 
 
 def _default_trial_score(grid, space: Space) -> float | None:

@@ -1,6 +1,6 @@
-"""Read an expression cohort from a file and validate it before any training.
+"""Read an expression dataset from a file and validate it before any training.
 
-A cohort is a samples x genes numeric matrix plus one or more categorical
+A dataset is a samples x genes numeric matrix plus one or more categorical
 condition columns. It may come as Parquet, CSV/TSV or AnnData ``.h5ad``, as
 samples x genes or genes x samples, with the conditions in the same table or
 in a separate sample-metadata table joined on a sample-id column. Every
@@ -32,8 +32,8 @@ _NUMERIC_SHARE = 0.9
 
 
 @dataclass
-class Cohort:
-    """A validated cohort.
+class Dataset:
+    """A validated dataset.
 
     Attributes:
         expression: Samples x genes float64 table, indexed by sample id.
@@ -326,13 +326,13 @@ def _apply_nan_policy(expr: pd.DataFrame, conditions: pd.DataFrame,
 JOIN_POLICIES = ("error", "drop")
 
 
-def read_cohort(path: str | Path, conditions: Sequence[str], *, sample_id: str | None = None,
+def read_dataset(path: str | Path, conditions: Sequence[str], *, sample_id: str | None = None,
                 metadata: str | Path | None = None, metadata_id: str | None = None,
                 genes_by_samples: bool = False, gene_column: str | None = None,
                 nan_policy: str = "error", log_transform: bool = True,
                 fmt: str | None = None, unmatched: str = "error",
-                missing_conditions: str = "error") -> Cohort:
-    """Read and validate a cohort.
+                missing_conditions: str = "error") -> Dataset:
+    """Read and validate a dataset.
 
     Sample ids are text on every side (``0101`` stays ``0101``; ``101`` and ``101.0`` read
     as ``101``). Genes come from the expression table only: the numeric columns (numbers
@@ -362,7 +362,7 @@ def read_cohort(path: str | Path, conditions: Sequence[str], *, sample_id: str |
             ``drop`` (with a warning giving the count and examples).
 
     Returns:
-        The validated cohort.
+        The validated dataset.
 
     Raises:
         InvalidDataError: Any problem with the file or its contents; the message names it.
@@ -436,7 +436,7 @@ def read_cohort(path: str | Path, conditions: Sequence[str], *, sample_id: str |
                 "on a log scale, turn the log transform off (--no-log).")
     if expr.shape[0] == 0 or expr.shape[1] == 0:
         raise InvalidDataError(f"no data left after nan_policy={nan_policy!r} (shape {expr.shape}).")
-    return Cohort(expression=expr, conditions=cond)
+    return Dataset(expression=expr, conditions=cond)
 
 
 def _sample_ids(loaded: _Loaded, name: str | None, path: str, what: str

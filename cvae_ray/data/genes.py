@@ -15,10 +15,10 @@ from cvae_ray.errors import InvalidDataError
 
 @dataclass(frozen=True)
 class GeneMatch:
-    """Result of matching a gene list to a cohort's columns.
+    """Result of matching a gene list to a dataset's columns.
 
     Attributes:
-        columns: Matched cohort columns, in the cohort's column order.
+        columns: Matched dataset columns, in the dataset's column order.
         not_found: Listed genes found under none of their symbols.
     """
 
@@ -75,17 +75,17 @@ def read_gene_list(path: str | Path) -> list[tuple[str, ...]]:
 
 
 def match_gene_list(columns: Sequence[str], entries: Sequence[tuple[str, ...]]) -> GeneMatch:
-    """Match gene-list entries to cohort columns by any of their symbols.
+    """Match gene-list entries to dataset columns by any of their symbols.
 
     Args:
-        columns: The cohort's gene columns.
+        columns: The dataset's gene columns.
         entries: Output of :func:`read_gene_list`.
 
     Returns:
-        The matched columns (cohort order) and the entries not found.
+        The matched columns (dataset order) and the entries not found.
 
     Raises:
-        InvalidDataError: No listed gene is in the cohort.
+        InvalidDataError: No listed gene is in the dataset.
     """
     available = set(columns)
     wanted, not_found = set(), []

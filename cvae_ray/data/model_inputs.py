@@ -1,4 +1,4 @@
-"""From a validated cohort to model-ready arrays: split, gene selection, imputation, scaling.
+"""From a validated dataset to model-ready arrays: split, gene selection, imputation, scaling.
 
 Everything fitted here (gene ranking, imputation values, standardisation) is
 fitted on the training split only, so validation and test stay unseen.
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cvae_ray.config import CohortSpec
+from cvae_ray.config import DataSpec
 from cvae_ray.data.conditions import Vocabulary
-from cvae_ray.data.dataset import Cohort
+from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.genes import match_gene_list, read_gene_list, top_variable_genes
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.data.splits import Split, stratified_split
@@ -23,7 +23,7 @@ from cvae_ray.errors import InvalidDataError
 
 @dataclass
 class Prepared:
-    """A cohort ready for training.
+    """A dataset ready for training.
 
     Attributes:
         genes: Selected genes, in model order.
@@ -60,7 +60,7 @@ class Prepared:
 
 
 def fingerprint(expression: pd.DataFrame, conditions: pd.DataFrame) -> str:
-    """SHA-256 over the values, sample ids, gene names and conditions of a cohort."""
+    """SHA-256 over the values, sample ids, gene names and conditions of a dataset."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(expression.to_numpy(np.float32)).tobytes())
     digest.update("\x1f".join(map(str, expression.index)).encode())
@@ -69,31 +69,31 @@ def fingerprint(expression: pd.DataFrame, conditions: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def prepare(cohort: Cohort, spec: CohortSpec) -> Prepared:
-    """Split, select genes, impute and standardise a cohort as ``spec`` says.
+def prepare(dataset: Dataset, spec: DataSpec) -> Prepared:
+    """Split, select genes, impute and standardise a dataset as ``spec`` says.
 
     Args:
-        cohort: A validated cohort (see :func:`cvae_ray.data.dataset.read_cohort`).
+        dataset: A validated dataset (see :func:`cvae_ray.data.dataset.read_dataset`).
         spec: Conditions, gene selection, NaN policy, split fractions and seed.
 
     Returns:
         The prepared arrays and the fitted preprocessing.
 
     Raises:
-        InvalidDataError: Conditions missing from the cohort, too-rare condition values,
+        InvalidDataError: Conditions missing from the dataset, too-rare condition values,
             an empty gene selection, or values that cannot be log-transformed.
     """
-    missing = [c for c in spec.conditions if c not in cohort.conditions.columns]
+    missing = [c for c in spec.conditions if c not in dataset.conditions.columns]
     if missing:
-        raise InvalidDataError(f"condition columns {missing} are not in the cohort; it has "
-                               f"{list(cohort.conditions.columns)}.")
-    conditions = cohort.conditions[list(spec.conditions)].astype(str)
+        raise InvalidDataError(f"condition columns {missing} are not in the dataset; it has "
+                               f"{list(dataset.conditions.columns)}.")
+    conditions = dataset.conditions[list(spec.conditions)].astype(str)
     split = stratified_split(conditions, val_fraction=spec.val_fraction,
                              test_fraction=spec.test_fraction, seed=spec.seed)
-    expression = cohort.expression
+    expression = dataset.expression
     not_found: list[str] = []
     if spec.genes_file is not None:
-        match = match_gene_list(cohort.genes, read_gene_list(spec.genes_file))
+        match = match_gene_list(dataset.genes, read_gene_list(spec.genes_file))
         expression = expression[list(match.columns)]
         not_found = list(match.not_found)
     values = expression.to_numpy(np.float64)

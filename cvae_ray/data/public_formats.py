@@ -1,6 +1,6 @@
-"""Readers for the public expression distributions users download, to the cohort layout.
+"""Readers for the public expression distributions users download, to the dataset layout.
 
-The cohort layout (what ``cvae-ray fit`` and ``jobs/tune.py`` read) is one row
+The dataset layout (what ``cvae-ray fit`` and ``jobs/tune.py`` read) is one row
 per sample: ``sample_id``, label columns, then one float32 column per gene.
 
 Supported inputs:
@@ -138,7 +138,7 @@ def undo_log(values: np.ndarray, pseudocount: float) -> np.ndarray:
 def read_xena_toil(matrix_path: str | Path, phenotype_path: str | Path, *,
                    probe_map: str | Path | None = None, linear: bool = True,
                    pseudocount: float | None = None) -> pd.DataFrame:
-    """Read a UCSC Xena TOIL matrix with its phenotype table into the cohort layout.
+    """Read a UCSC Xena TOIL matrix with its phenotype table into the dataset layout.
 
     Args:
         matrix_path: The genes x samples TSV (gzip allowed); first column ``sample`` = gene id.
@@ -178,7 +178,7 @@ def read_xena_toil(matrix_path: str | Path, phenotype_path: str | Path, *,
     _require(phenotype, ["sample"], "Xena phenotype table")
     labels = phenotype.set_index("sample")
     labels = labels[[c for c in XENA_LABELS if c in labels.columns]].rename(columns=XENA_LABELS)
-    if linear:  # on the float64 values as stored, before the float32 cohort layout
+    if linear:  # on the float64 values as stored, before the float32 dataset layout
         matrix = pd.DataFrame(undo_log(matrix.to_numpy(np.float64), pseudocount),
                               index=matrix.index, columns=matrix.columns)
     return _genes_by_samples_to_rows(matrix, labels)
@@ -207,7 +207,7 @@ def _pseudocount(matrix_path: str | Path, given: float | None) -> float:
 
 def read_gtex_gct(gct_path: str | Path, attributes_path: str | Path, *,
                   gene_names: str = "symbol") -> pd.DataFrame:
-    """Read a GTEx portal GCT file with the sample-attributes table into the cohort layout.
+    """Read a GTEx portal GCT file with the sample-attributes table into the dataset layout.
 
     Args:
         gct_path: The ``.gct`` (or ``.gct.gz``) file.
@@ -249,7 +249,7 @@ def read_gtex_gct(gct_path: str | Path, attributes_path: str | Path, *,
 
 
 def convert(fmt: str, inputs: dict[str, str | None], out: str | Path, **options) -> pd.DataFrame:
-    """Read one of :data:`FORMATS` and write it as a cohort Parquet file.
+    """Read one of :data:`FORMATS` and write it as a dataset Parquet file.
 
     Args:
         fmt: ``xena-toil`` or ``gtex-gct``.
@@ -259,18 +259,18 @@ def convert(fmt: str, inputs: dict[str, str | None], out: str | Path, **options)
             ``gene_names`` for GCT).
 
     Returns:
-        The cohort table written.
+        The dataset table written.
 
     Raises:
         InvalidDataError: Unknown format or a reader error.
     """
     if fmt == "xena-toil":
-        cohort = read_xena_toil(inputs["expression"], inputs["samples"],
+        dataset = read_xena_toil(inputs["expression"], inputs["samples"],
                                 probe_map=inputs.get("probe_map"), **options)
     elif fmt == "gtex-gct":
-        cohort = read_gtex_gct(inputs["expression"], inputs["samples"], **options)
+        dataset = read_gtex_gct(inputs["expression"], inputs["samples"], **options)
     else:
         raise InvalidDataError(f"format {fmt!r} is not supported; choose one of {FORMATS}.")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    cohort.to_parquet(out, index=False)
-    return cohort
+    dataset.to_parquet(out, index=False)
+    return dataset

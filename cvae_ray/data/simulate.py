@@ -1,4 +1,4 @@
-"""A built-in SIMULATED multi-tissue bulk RNA-seq cohort, for demos and tests only.
+"""A built-in SIMULATED multi-tissue bulk RNA-seq dataset, for demos and tests only.
 
 Nothing here is real data: it exists so that ``make demo`` and the tests run on
 a machine with no data. Real data always comes from a file the user names.
@@ -23,14 +23,14 @@ import pandas as pd
 
 DEMO_TISSUES = ("lung", "liver", "kidney", "breast", "colon", "thyroid")
 DEMO_SOURCES = ("GTEx", "TCGA-normal", "TCGA-tumor")
-SIMULATED_NOTE = "SIMULATED demo cohort (cvae_ray.data.simulate), not real expression data"
+SIMULATED_NOTE = "SIMULATED demo dataset (cvae_ray.data.simulate), not real expression data"
 
 
 def simulate_cohort(n_samples: int = 900, n_genes: int = 300, *, n_modules: int = 12,
                     tissues: tuple[str, ...] = DEMO_TISSUES,
                     sources: tuple[str, ...] = DEMO_SOURCES, dispersion: float = 0.1,
                     seed: int = 0) -> pd.DataFrame:
-    """Simulate a bulk RNA-seq cohort of counts with tissue and source labels.
+    """Simulate a bulk RNA-seq dataset of counts with tissue and source labels.
 
     Args:
         n_samples: Number of samples.
@@ -39,7 +39,7 @@ def simulate_cohort(n_samples: int = 900, n_genes: int = 300, *, n_modules: int 
         tissues: Tissue labels.
         sources: Source labels; a name containing ``tumor`` gets the tumour programme.
         dispersion: Negative-binomial dispersion (variance = mu + dispersion * mu^2).
-        seed: Seed; the same arguments give the same cohort.
+        seed: Seed; the same arguments give the same dataset.
 
     Returns:
         A table with ``sample_id``, ``tissue``, ``source`` and one count column per gene.

@@ -1,7 +1,7 @@
 """Seeded train / validation / test split, stratified by condition.
 
 Stratification is on the joint condition label (e.g. ``lung|GTEx``), so every
-split keeps the condition mix of the whole cohort. Rare combinations are
+split keeps the condition mix of the whole dataset. Rare combinations are
 allocated by per-stratum rounding, which scikit-learn's splitter refuses to do
 for strata smaller than the number of splits.
 """

@@ -1,6 +1,6 @@
 """Benchmark generators on one prepared split: fit, sample the test mix, score, tabulate.
 
-Protocol (``docs/benchmark.md``): the data split is fixed (``CohortSpec.seed``);
+Protocol (``docs/benchmark.md``): the data split is fixed (``DataSpec.seed``);
 every generator is fitted on the training split, selects its model on the
 validation split only, and for each seed ``s`` is fitted with seed ``s`` and
 sampled with seed ``SAMPLE_SEED_OFFSET + s``, one synthetic row per test row
@@ -117,7 +117,7 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
     """Fit, sample and score each generator for several seeds on one prepared split.
 
     Args:
-        prepared: The prepared cohort (fixed split; needs a non-empty test split).
+        prepared: The prepared dataset (fixed split; needs a non-empty test split).
         generators: Names from :data:`cvae_ray.evaluation.generators.GENERATORS`.
         seeds: Fit/sampling seed pairs per generator (at least 1; 3 or more for a report).
         time_budget_s: Wall-clock budget of each fit (None: each generator's own epochs).

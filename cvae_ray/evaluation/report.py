@@ -8,11 +8,11 @@ reference, and writes ``report.json``, ``report.md`` and the figures (UMAP of
 real vs synthetic, per-gene mean/sd scatter plots, the augmentation curve).
 
 Where the real data come from (:func:`held_out_from_data`): given the data file
-a bundle was trained on, the bundle's recorded ``cohort_spec`` re-derives the
+a bundle was trained on, the bundle's recorded ``data_spec`` re-derives the
 exact split (the split is seeded and stratified), and the recorded data
 fingerprint proves it is the same data; the test split is then the held-out
 set and the training split the reference for the privacy metrics. Any other
-table (an independent cohort) can be passed as the held-out set directly.
+table (an independent dataset) can be passed as the held-out set directly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from cvae_ray.config import STANDARDISED, CohortSpec
+from cvae_ray.config import STANDARDISED, DataSpec
 from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import (
     IncompatibleBundleError,
@@ -118,35 +118,35 @@ def held_out_from_tables(bundle: ModelBundle, real_table: pd.DataFrame,
 def held_out_from_data(bundle: ModelBundle, data_path: str, **read_options: Any) -> HeldOut:
     """Re-derive a bundle's test and training splits from its original data file.
 
-    Reads the file with the bundle's recorded ``cohort_spec`` (conditions,
+    Reads the file with the bundle's recorded ``data_spec`` (conditions,
     sample ids, log/NaN policy, gene list, split fractions and seed), prepares
     it exactly as training did, and checks the data fingerprint against the
     one the bundle recorded.
 
     Args:
-        bundle: A bundle that recorded its cohort spec and data fingerprint.
+        bundle: A bundle that recorded its dataset spec and data fingerprint.
         data_path: The data file it was trained on.
-        **read_options: Extra :func:`cvae_ray.data.dataset.read_cohort` options the
+        **read_options: Extra :func:`cvae_ray.data.dataset.read_dataset` options the
             training run used (``metadata``, ``genes_by_samples``...).
 
     Raises:
         IncompatibleBundleError: The bundle lacks the record, the data differ from
             the training data, or the split has no test part.
     """
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
 
-    spec_values = bundle.metadata.get("cohort_spec")
+    spec_values = bundle.metadata.get("data_spec")
     recorded = (bundle.metadata.get("training") or {}).get("fingerprint")
     if not spec_values or not recorded:
         raise IncompatibleBundleError(
-            "the bundle records no cohort_spec or data fingerprint, so its split cannot be "
+            "the bundle records no data_spec or data fingerprint, so its split cannot be "
             "re-derived; pass the held-out table with split='all' instead.")
-    spec = CohortSpec.from_dict(spec_values)
-    cohort = read_cohort(data_path, spec.conditions, sample_id=spec.sample_id,
+    spec = DataSpec.from_dict(spec_values)
+    dataset = read_dataset(data_path, spec.conditions, sample_id=spec.sample_id,
                          nan_policy=spec.nan_policy, log_transform=spec.log_transform,
                          **read_options)
-    prepared = prepare(cohort, spec)
+    prepared = prepare(dataset, spec)
     if prepared.fingerprint != recorded:
         raise IncompatibleBundleError(
             f"{data_path!r} is not the data bundle {bundle.bundle_id} was trained on (fingerprint "
@@ -162,7 +162,7 @@ def held_out_from_data(bundle: ModelBundle, data_path: str, **read_options: Any)
     x_train, _ = prepared.part("train")
     return HeldOut(x_test, prepared.condition_frame("test"), x_train,
                    prepared.condition_frame("train"),
-                   f"test split of {data_path} re-derived from the bundle's cohort_spec "
+                   f"test split of {data_path} re-derived from the bundle's data_spec "
                    f"(fingerprint {recorded[:12]} matches)")
 
 

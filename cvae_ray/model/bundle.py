@@ -32,7 +32,7 @@ from cvae_ray import __version__
 from cvae_ray.config import (
     SCALES,
     STANDARDISED,
-    CohortSpec,
+    DataSpec,
     ModelConfig,
     SampleConfig,
     TrainConfig,
@@ -133,7 +133,7 @@ class ModelBundle:
     def create(cls, *, state_dict: Mapping[str, torch.Tensor], genes: Sequence[str],
                vocab: Mapping[str, Sequence[str]], preprocessor: Preprocessor,
                model_config: ModelConfig, train_config: TrainConfig | None = None,
-               cohort_spec: CohortSpec | None = None, sample_config: SampleConfig | None = None,
+               data_spec: DataSpec | None = None, sample_config: SampleConfig | None = None,
                training: Mapping[str, Any] | None = None) -> "ModelBundle":
         """Assemble a bundle from trained weights and the fitted preprocessing.
 
@@ -144,7 +144,7 @@ class ModelBundle:
             preprocessor: Fitted preprocessing.
             model_config: Architecture the weights belong to.
             train_config: Training settings (recorded).
-            cohort_spec: Data settings (recorded).
+            data_spec: Data settings (recorded).
             sample_config: Sampling defaults stored in the bundle.
             training: Training metrics, data fingerprint, split sizes... (recorded).
 
@@ -164,7 +164,7 @@ class ModelBundle:
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model_config": model_config.to_dict(),
             "train_config": train_config.to_dict() if train_config else None,
-            "cohort_spec": cohort_spec.to_dict() if cohort_spec else None,
+            "data_spec": data_spec.to_dict() if data_spec else None,
             "sample_defaults": (sample_config or SampleConfig()).to_dict(),
             "seed": train_config.seed if train_config else None,
             "training": dict(training or {}),
@@ -236,6 +236,9 @@ class ModelBundle:
                 f"bundle format version {config.get('format_version')!r} is not supported; this "
                 f"cvae_ray ({__version__}) reads version {BUNDLE_VERSION}. Re-export the bundle.")
         try:
+            # Bundles written before 2026-12 call the data settings "cohort_spec".
+            if "cohort_spec" in config and "data_spec" not in config:
+                config["data_spec"] = config.pop("cohort_spec")
             genes = list(config.pop("genes"))
             vocab = dict(config.pop("conditions"))
             preprocessor = Preprocessor.from_dict(config.pop("preprocessing"))

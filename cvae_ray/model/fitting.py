@@ -1,4 +1,4 @@
-"""Train a bundle from a cohort in one process: prepare -> fit -> bundle.
+"""Train a bundle from a dataset in one process: prepare -> fit -> bundle.
 
 Used by ``cvae-ray fit`` and, per trial, by the Ray Train worker loop.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.data.dataset import Cohort
+from cvae_ray.config import DataSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.loop import EpochMetrics, fit
@@ -60,14 +60,14 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
     return record
 
 
-def fit_bundle(cohort: Cohort, spec: CohortSpec, model_config: ModelConfig | None = None,
+def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | None = None,
                train_config: TrainConfig | None = None, sample_config: SampleConfig | None = None,
                on_epoch: Callable[[EpochMetrics], None] | None = None
                ) -> tuple[ModelBundle, Prepared]:
-    """Prepare a cohort, train a CVAE on it and wrap the best checkpoint as a bundle.
+    """Prepare a dataset, train a CVAE on it and wrap the best checkpoint as a bundle.
 
     Args:
-        cohort: A validated cohort.
+        dataset: A validated dataset.
         spec: Conditions, genes, split and preprocessing settings.
         model_config: Architecture (defaults from :class:`ModelConfig`).
         train_config: Optimisation (defaults from :class:`TrainConfig`).
@@ -80,7 +80,7 @@ def fit_bundle(cohort: Cohort, spec: CohortSpec, model_config: ModelConfig | Non
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
     sample_config = sample_config or SampleConfig()
-    prepared = prepare(cohort, spec)
+    prepared = prepare(dataset, spec)
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
@@ -88,7 +88,7 @@ def fit_bundle(cohort: Cohort, spec: CohortSpec, model_config: ModelConfig | Non
     bundle = ModelBundle.create(
         state_dict=result.state_dict, genes=prepared.genes, vocab=prepared.vocab,
         preprocessor=prepared.preprocessor, model_config=model_config, train_config=train_config,
-        cohort_spec=spec, sample_config=sample_config,
+        data_spec=spec, sample_config=sample_config,
         training=training_record(
             data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
             val_loss=result.best_val_loss, epochs_run=len(result.history),

@@ -28,7 +28,7 @@ import torch
 
 #: Fewest training rows of a combination for a covariance of its own.
 MIN_ROWS = 3
-#: Rows encoded per forward pass while fitting (bounds memory on large cohorts).
+#: Rows encoded per forward pass while fitting (bounds memory on large datasets).
 ENCODE_CHUNK = 8192
 _JITTER = 1e-6
 

@@ -84,14 +84,14 @@ class MemorySampler:
 
 def quick_bundle(path: Path, epochs: int) -> str:
     """Train a throughput-only bundle on the real L1000 file (few epochs)."""
-    from cvae_ray.config import CohortSpec, TrainConfig
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.config import DataSpec, TrainConfig
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.model.fitting import fit_bundle
 
     if not DATA.exists():
         raise SystemExit(f"error: {DATA} not found; pass --bundle.")
-    cohort = read_cohort(DATA, ["tissue", "source"])
-    bundle, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")),
+    cohort = read_dataset(DATA, ["tissue", "source"])
+    bundle, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")),
                            train_config=TrainConfig(epochs=epochs, eval_every=epochs))
     bundle.save(path)
     return str(path)

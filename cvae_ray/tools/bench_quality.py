@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
-from cvae_ray.data.dataset import read_cohort
+from cvae_ray.config import DataSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.data.dataset import read_dataset
 from cvae_ray.evaluation.report import held_out_from_data
 from cvae_ray.metrics.registry import gamma
 from cvae_ray.model.bundle import ModelBundle
@@ -98,7 +98,7 @@ def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = No
     """Train per fit seed and measure test-split quality per sampling seed.
 
     Args:
-        data: Cohort file.
+        data: Dataset file.
         conditions: Condition columns.
         genes_file: Optional gene list.
         log_transform: Apply log2(x + 1).
@@ -112,9 +112,9 @@ def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = No
     Returns:
         One row per fit seed with the figures.
     """
-    spec = CohortSpec(conditions=tuple(conditions), genes_file=genes_file,
+    spec = DataSpec(conditions=tuple(conditions), genes_file=genes_file,
                       log_transform=log_transform, nan_policy=nan_policy)
-    cohort = read_cohort(data, spec.conditions, nan_policy=nan_policy,
+    cohort = read_dataset(data, spec.conditions, nan_policy=nan_policy,
                          log_transform=log_transform)
     rows = []
     for fit_seed in fit_seeds:

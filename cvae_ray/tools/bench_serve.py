@@ -370,12 +370,12 @@ def quick_bundle(data: str | Path, out: str | Path, *, epochs: int = 5) -> Path:
     Sampling speed depends on the architecture and gene count, not on how well
     the model is trained, so a short fit is enough here.
     """
-    from cvae_ray.config import CohortSpec, TrainConfig
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.config import DataSpec, TrainConfig
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.model.fitting import fit_bundle
 
-    cohort = read_cohort(data, ["tissue", "source"])
-    bundle, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")),
+    cohort = read_dataset(data, ["tissue", "source"])
+    bundle, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")),
                            train_config=TrainConfig(epochs=epochs, eval_every=epochs))
     bundle.save(out)
     return Path(out)

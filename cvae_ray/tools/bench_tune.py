@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae_ray.apps.search_space import parse_space
-from cvae_ray.config import CohortSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import DataSpec, ModelConfig, SampleConfig, TrainConfig
 
 # The acceptance target: `--num-trials 8` on 2 CPUs in under 20 minutes.
 LIMIT_TRIALS, LIMIT_SECONDS = 8, 20 * 60
@@ -33,14 +33,14 @@ SEARCH = {
 
 
 def _prepared(data: str | None, conditions: tuple[str, ...]):
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
     from cvae_ray.data.simulate import write_demo_cohort
 
-    spec = CohortSpec(conditions=conditions)
+    spec = DataSpec(conditions=conditions)
     if data is None:
         data = write_demo_cohort(str(Path(tempfile.mkdtemp()) / "demo.parquet"))
-    return prepare(read_cohort(data, list(conditions)), spec), spec
+    return prepare(read_dataset(data, list(conditions)), spec), spec
 
 
 def search_figures(payload: dict[str, Any], *, workers: int, num_trials: int,
@@ -59,7 +59,7 @@ def search_figures(payload: dict[str, Any], *, workers: int, num_trials: int,
             "stopped_early": outcome.n_stopped_early, "best_val_gamma": outcome.best_val_gamma}
 
 
-def epoch_figures(prepared, spec: CohortSpec, payload: dict[str, Any], *, epochs: int,
+def epoch_figures(prepared, spec: DataSpec, payload: dict[str, Any], *, epochs: int,
                   storage: str) -> dict[str, float]:
     """Median seconds per epoch: single-process loop vs one Ray Train worker.
 
@@ -108,7 +108,7 @@ def run(data: str | None = None, conditions: tuple[str, ...] = ("tissue", "sourc
     storage = str(Path(storage or tempfile.mkdtemp(prefix="bench_tune_")).resolve())
     prepared, spec = _prepared(data, conditions)
     payload = payload_from_prepared(prepared, spec)
-    source = data or "SIMULATED demo cohort"
+    source = data or "SIMULATED demo dataset"
     print(f"data: {source}: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; "
           f"{cpus} CPUs; no GPU", flush=True)
     with ray_session("local", num_cpus=cpus):

@@ -32,7 +32,7 @@ from cvae_ray.apps.serve_api import (
     SamplerArgs,
     choose_media_type,
 )
-from cvae_ray.config import CohortSpec, TrainConfig
+from cvae_ray.config import DataSpec, TrainConfig
 from cvae_ray.errors import IncompatibleBundleError
 from cvae_ray.model.bundle import ModelBundle
 
@@ -93,11 +93,11 @@ class Service:
 @pytest.fixture(scope="module")
 def bundles(tiny_bundle_dir, demo_path, tmp_path_factory) -> tuple[Path, Path]:
     """The shared tiny bundle and a second one trained with another seed (for the switch)."""
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.model.fitting import fit_bundle
 
-    cohort = read_cohort(demo_path, ["tissue", "source"])
-    other, _ = fit_bundle(cohort, CohortSpec(conditions=("tissue", "source")), TINY_MODEL,
+    cohort = read_dataset(demo_path, ["tissue", "source"])
+    other, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")), TINY_MODEL,
                           TrainConfig.from_dict({**TINY_TRAIN.to_dict(), "seed": 1}))
     out = tmp_path_factory.mktemp("bundle2") / "other"
     other.save(out)

@@ -1,4 +1,4 @@
-"""Cohort generation with real Ray Data: files read back, manifest, determinism, bad input."""
+"""Dataset generation with real Ray Data: files read back, manifest, determinism, bad input."""
 
 from __future__ import annotations
 

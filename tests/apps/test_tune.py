@@ -143,16 +143,16 @@ def test_more_gpus_than_the_cluster_has_is_refused(local_ray, tmp_path, capsys):
 
 def test_train_workers_resume_from_checkpoint_after_a_failure(local_ray, tmp_path):
     from cvae_ray.apps.train import fit_one, payload_from_prepared
-    from cvae_ray.config import CohortSpec, ModelConfig, TrainConfig
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.config import DataSpec, ModelConfig, TrainConfig
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
     from cvae_ray.data.simulate import simulate_cohort
     from cvae_ray.model.bundle import ModelBundle
 
     path = tmp_path / "demo.parquet"
     simulate_cohort(n_samples=240, n_genes=40, seed=0).to_parquet(path)
-    spec = CohortSpec(conditions=("tissue", "source"))
-    prepared = prepare(read_cohort(path, list(spec.conditions)), spec)
+    spec = DataSpec(conditions=("tissue", "source"))
+    prepared = prepare(read_dataset(path, list(spec.conditions)), spec)
     result = fit_one(payload_from_prepared(prepared, spec),
                      ModelConfig(hidden=(16,), latent_dim=4),
                      TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1),
@@ -170,16 +170,16 @@ def test_a_finished_train_run_reports_its_last_evaluation_again_when_resumed(loc
     """A search stopped after a trial's last checkpoint (before Tune recorded the report)
     resumes that trial: it must end with its metric and checkpoint, not an empty result."""
     from cvae_ray.apps.train import METRIC, fit_one, payload_from_prepared
-    from cvae_ray.config import CohortSpec, ModelConfig, TrainConfig
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.config import DataSpec, ModelConfig, TrainConfig
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
     from cvae_ray.data.simulate import simulate_cohort
     from cvae_ray.model.bundle import ModelBundle
 
     path = tmp_path / "demo.parquet"
     simulate_cohort(n_samples=160, n_genes=30, seed=0).to_parquet(path)
-    spec = CohortSpec(conditions=("tissue", "source"))
-    payload = payload_from_prepared(prepare(read_cohort(path, list(spec.conditions)), spec),
+    spec = DataSpec(conditions=("tissue", "source"))
+    payload = payload_from_prepared(prepare(read_dataset(path, list(spec.conditions)), spec),
                                     spec)
     kwargs = dict(name="done", storage_path=str(tmp_path / "train"), max_failures=0)
     model, train = ModelConfig(hidden=(16,), latent_dim=4), TrainConfig(

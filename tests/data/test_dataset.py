@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from support import L1000, RNASEQDB, require_shared_data
 
-from cvae_ray.config import CohortSpec
-from cvae_ray.data.dataset import read_cohort
+from cvae_ray.config import DataSpec
+from cvae_ray.data.dataset import read_dataset
 from cvae_ray.data.genes import match_gene_list, read_gene_list
 from cvae_ray.data.model_inputs import prepare
 from cvae_ray.data.splits import stratified_split
@@ -41,7 +41,7 @@ def write(tmp_path):
 def test_reads_each_table_format(write, name):
     path = write(_table(), name)
 
-    cohort = read_cohort(path, ["tissue", "source"])
+    cohort = read_dataset(path, ["tissue", "source"])
 
     assert cohort.expression.shape == (30, 5)
     assert list(cohort.conditions.columns) == ["tissue", "source"]
@@ -57,7 +57,7 @@ def test_reads_h5ad(tmp_path):
     path = tmp_path / "data.h5ad"
     adata.write_h5ad(path)
 
-    cohort = read_cohort(path, ["tissue"])
+    cohort = read_dataset(path, ["tissue"])
 
     assert cohort.expression.shape == (30, 5)
     np.testing.assert_allclose(cohort.expression.to_numpy(), frame.iloc[:, 3:].to_numpy(), rtol=1e-6)
@@ -69,7 +69,7 @@ def test_genes_by_samples_with_separate_metadata(write):
     expr = write(matrix, "matrix.tsv")
     meta = write(frame[["sample_id", "tissue", "source"]].iloc[::-1], "meta.csv")
 
-    cohort = read_cohort(expr, ["tissue", "source"], genes_by_samples=True, metadata=meta)
+    cohort = read_dataset(expr, ["tissue", "source"], genes_by_samples=True, metadata=meta)
 
     assert cohort.expression.shape == (30, 5)
     assert cohort.conditions.loc["S4", "tissue"] == frame.loc[4, "tissue"]
@@ -79,14 +79,14 @@ def test_genes_by_samples_with_separate_metadata(write):
 def test_label_columns_that_are_not_conditions_are_ignored(write):
     frame = _table()
     frame["study"] = "X"
-    cohort = read_cohort(write(frame), ["tissue"])
+    cohort = read_dataset(write(frame), ["tissue"])
     assert "study" not in cohort.expression.columns
 
 
 # ---------------------------------------------------------------- bad input, one test each
 def test_missing_condition_column_suggests_the_close_name(write):
     with pytest.raises(InvalidDataError, match=r"condition column 'tisue' not found.*'tissue'"):
-        read_cohort(write(_table()), ["tisue"])
+        read_dataset(write(_table()), ["tisue"])
 
 
 def test_non_numeric_gene_column_names_the_value(write):
@@ -94,21 +94,21 @@ def test_non_numeric_gene_column_names_the_value(write):
     frame["G1"] = frame["G1"].astype(object)
     frame.loc[3, "G1"] = "1.2.3"
     with pytest.raises(InvalidDataError, match=r"gene column 'G1' is not numeric: value '1.2.3'"):
-        read_cohort(write(frame, "data.csv"), ["tissue"])
+        read_dataset(write(frame, "data.csv"), ["tissue"])
 
 
 def test_nan_is_an_error_by_default(write):
     frame = _table()
     frame.loc[2, "G0"] = np.nan
     with pytest.raises(InvalidDataError, match=r"NaN/inf values, first in sample 'S2', gene 'G0'"):
-        read_cohort(write(frame), ["tissue"])
+        read_dataset(write(frame), ["tissue"])
 
 
 def test_inf_is_an_error_by_default(write):
     frame = _table()
     frame.loc[5, "G3"] = np.inf
     with pytest.raises(InvalidDataError, match="nan_policy"):
-        read_cohort(write(frame), ["tissue"])
+        read_dataset(write(frame), ["tissue"])
 
 
 @pytest.mark.parametrize("policy, shape", [("drop_samples", (29, 5)), ("drop_genes", (30, 4))])
@@ -116,7 +116,7 @@ def test_nan_drop_policies_warn(write, policy, shape):
     frame = _table()
     frame.loc[2, "G0"] = np.nan
     with pytest.warns(UserWarning, match=policy):
-        cohort = read_cohort(write(frame), ["tissue"], nan_policy=policy)
+        cohort = read_dataset(write(frame), ["tissue"], nan_policy=policy)
     assert cohort.expression.shape == shape
 
 
@@ -124,8 +124,8 @@ def test_nan_impute_mean_uses_training_rows_only(write):
     frame = _table()
     frame.loc[2, "G0"] = np.nan
     with pytest.warns(UserWarning, match="imputed"):
-        cohort = read_cohort(write(frame), ["tissue"], nan_policy="impute_mean")
-    spec = CohortSpec(conditions=("tissue",), nan_policy="impute_mean", log_transform=False)
+        cohort = read_dataset(write(frame), ["tissue"], nan_policy="impute_mean")
+    spec = DataSpec(conditions=("tissue",), nan_policy="impute_mean", log_transform=False)
 
     prepared = prepare(cohort, spec)
 
@@ -139,70 +139,70 @@ def test_negative_values_refused_with_log(write):
     frame = _table()
     frame.loc[7, "G4"] = -1.5
     with pytest.raises(InvalidDataError, match=r"negative value -1.5 in sample 'S7'.*--no-log"):
-        read_cohort(write(frame), ["tissue"])
-    assert read_cohort(write(frame), ["tissue"], log_transform=False).expression.shape == (30, 5)
+        read_dataset(write(frame), ["tissue"])
+    assert read_dataset(write(frame), ["tissue"], log_transform=False).expression.shape == (30, 5)
 
 
 def test_duplicate_sample_ids(write):
     frame = _table()
     frame.loc[1, "sample_id"] = "S0"
     with pytest.raises(InvalidDataError, match=r"duplicate sample ids: \['S0'\]"):
-        read_cohort(write(frame), ["tissue"])
+        read_dataset(write(frame), ["tissue"])
 
 
 def test_duplicate_gene_names(write, tmp_path):
     path = tmp_path / "dupes.csv"
     path.write_text("sample_id,tissue,G1,G1\nS0,lung,1,2\nS1,liver,3,4\n")
     with pytest.raises(InvalidDataError, match="duplicate"):
-        read_cohort(path, ["tissue"])
+        read_dataset(path, ["tissue"])
 
 
 def test_duplicate_gene_names_genes_by_samples(write):
     matrix = pd.DataFrame({"gene": ["A", "B", "A"], "S0": [1, 2, 3], "S1": [4, 5, 6]})
     with pytest.raises(InvalidDataError, match=r"duplicate gene names in 'gene': \['A'\]"):
-        read_cohort(write(matrix, "m.tsv"), ["tissue"], genes_by_samples=True)
+        read_dataset(write(matrix, "m.tsv"), ["tissue"], genes_by_samples=True)
 
 
 def test_condition_value_too_rare_for_the_split(write):
     frame = _table()
     frame.loc[0, "tissue"] = "heart"
-    cohort = read_cohort(write(frame), ["tissue"])
+    cohort = read_dataset(write(frame), ["tissue"])
     with pytest.raises(InvalidDataError, match=r"'tissue' has values with fewer than 3 samples.*'heart' \(1\)"):
-        prepare(cohort, CohortSpec(conditions=("tissue",)))
+        prepare(cohort, DataSpec(conditions=("tissue",)))
 
 
 def test_empty_gene_selection(write, tmp_path):
     genes = tmp_path / "genes.txt"
     genes.write_text("NOPE1\nNOPE2\n")
-    cohort = read_cohort(write(_table()), ["tissue"])
+    cohort = read_dataset(write(_table()), ["tissue"])
     with pytest.raises(InvalidDataError, match="the gene selection is empty"):
-        prepare(cohort, CohortSpec(conditions=("tissue",), genes_file=str(genes)))
+        prepare(cohort, DataSpec(conditions=("tissue",), genes_file=str(genes)))
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("")
     with pytest.raises(InvalidDataError, match="is empty"):
-        read_cohort(path, ["tissue"])
+        read_dataset(path, ["tissue"])
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(InvalidDataError, match="does not exist"):
-        read_cohort(tmp_path / "nope.parquet", ["tissue"])
+        read_dataset(tmp_path / "nope.parquet", ["tissue"])
 
 
 def test_unknown_format(tmp_path):
     path = tmp_path / "data.xlsx"
     path.write_text("x")
     with pytest.raises(InvalidDataError, match="unknown format 'xlsx'"):
-        read_cohort(path, ["tissue"])
+        read_dataset(path, ["tissue"])
 
 
 def test_missing_condition_value(write):
     frame = _table()
     frame.loc[4, "tissue"] = None
     with pytest.raises(InvalidDataError, match="no value for a condition column, first 'S4'"):
-        read_cohort(write(frame), ["tissue"])
+        read_dataset(write(frame), ["tissue"])
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -213,20 +213,20 @@ def test_missing_condition_value(write):
 ])
 def test_cohort_spec_rejects_bad_values(field, value, match):
     with pytest.raises(InvalidConfigError, match=match):
-        CohortSpec(conditions=("tissue",), **{field: value})
+        DataSpec(conditions=("tissue",), **{field: value})
 
 
 # ---------------------------------------------------------------- genes and split
 def test_top_genes_ranked_on_training_split_only(write):
     frame = _table(n=60, genes=6)
-    cohort = read_cohort(write(frame), ["tissue"])
-    spec = CohortSpec(conditions=("tissue",), top_genes=2)
+    cohort = read_dataset(write(frame), ["tissue"])
+    spec = DataSpec(conditions=("tissue",), top_genes=2)
     split = stratified_split(cohort.conditions[["tissue"]], val_fraction=0.2, test_fraction=0.2,
                              seed=0)
     # Make G5 wildly variable in held-out rows only: it must not be selected.
     held_out = np.concatenate([split.val, split.test])
     frame.loc[held_out, "G5"] = np.linspace(0, 1e6, len(held_out))
-    cohort = read_cohort(write(frame), ["tissue"])
+    cohort = read_dataset(write(frame), ["tissue"])
 
     prepared = prepare(cohort, spec)
 

@@ -19,8 +19,8 @@ from support import REPO
 
 from cvae_ray.apps.cohort_plan import resolve_mix
 from cvae_ray.cli import main
-from cvae_ray.config import CohortSpec
-from cvae_ray.data.dataset import read_cohort, read_table
+from cvae_ray.config import DataSpec
+from cvae_ray.data.dataset import read_dataset, read_table
 from cvae_ray.data.genes import read_gene_list
 from cvae_ray.data.model_inputs import prepare
 from cvae_ray.data.preprocess import Preprocessor
@@ -99,9 +99,9 @@ def test_case_xena_phenotype_missing_site_stays_missing(tmp_path, capsys):
     assert converted["tissue"].isna().sum() == 4 and "nan" not in set(converted["tissue"].dropna())
     with pytest.raises(InvalidDataError, match=r"4 samples have no value for a condition column, "
                                                r"first 'GTEX-ZZ03-0001-SM-FAKE03'"):
-        read_cohort(out, ["tissue"])
+        read_dataset(out, ["tissue"])
     with pytest.warns(UserWarning, match="4 samples have no value"):
-        cohort = read_cohort(out, ["tissue"], missing_conditions="drop")
+        cohort = read_dataset(out, ["tissue"], missing_conditions="drop")
     assert len(cohort.conditions) == 20 and set(cohort.conditions.tissue) == {"Lung", "Liver",
                                                                              "Breast"}
     # TPM undone with its own pseudo-count (0.001): every sample sums to 1e6 again.
@@ -111,11 +111,11 @@ def test_case_xena_phenotype_missing_site_stays_missing(tmp_path, capsys):
 def test_case_h5ad_nan_obs_is_the_csv_error():
     with pytest.raises(InvalidDataError, match=r"3 samples have no value for a condition column, "
                                                r"first 'S002'"):
-        read_cohort(CASES / "h5ad-nan-obs" / "cohort.h5ad", ["tissue"])
+        read_dataset(CASES / "h5ad-nan-obs" / "cohort.h5ad", ["tissue"])
 
 
 def test_case_h5ad_obs_sample_id_is_read():
-    cohort = read_cohort(CASES / "h5ad-obs-sample-id" / "cohort.h5ad", ["tissue"])
+    cohort = read_dataset(CASES / "h5ad-obs-sample-id" / "cohort.h5ad", ["tissue"])
 
     assert cohort.expression.shape == (36, 20)
     assert list(cohort.expression.index[:2]) == ["S000", "S001"]
@@ -127,9 +127,9 @@ def test_case_geo_ncbi_counts_gz_and_the_users_id_column(tmp_path):
     options = dict(genes_by_samples=True, metadata=case / "GSE000001_samples.tsv",
                    sample_id="geo_accession")
 
-    packed = read_cohort(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv.gz", ["tissue:ch1"],
+    packed = read_dataset(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv.gz", ["tissue:ch1"],
                          **options)
-    plain = read_cohort(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv", ["tissue:ch1"],
+    plain = read_dataset(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv", ["tissue:ch1"],
                         **options)
 
     assert packed.expression.shape == (24, 20) and packed.genes[:2] == ["7157", "2597"]
@@ -137,14 +137,14 @@ def test_case_geo_ncbi_counts_gz_and_the_users_id_column(tmp_path):
     assert packed.conditions.loc["GSM9000000", "tissue:ch1"] == "lung"
     with pytest.raises(InvalidDataError, match=r"sample-id column 'geo_acc' not found in the "
                                                r"metadata table.*'geo_accession'"):
-        read_cohort(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv.gz", ["tissue:ch1"],
+        read_dataset(case / "GSE000001_raw_counts_GRCh38.p13_NCBI.tsv.gz", ["tissue:ch1"],
                     **{**options, "sample_id": "geo_acc"})
 
 
 def test_case_metadata_numeric_columns_are_not_genes():
     case = CASES / "metadata-numeric-columns"
 
-    cohort = read_cohort(case / "expression.csv", ["SMTS"],
+    cohort = read_dataset(case / "expression.csv", ["SMTS"],
                          metadata=case / "SampleAttributesDS.txt", sample_id="SAMPID")
 
     assert cohort.genes == GENES
@@ -158,9 +158,9 @@ def test_case_numeric_sample_ids_join_as_text(part, first):
 
     if part == "B":  # the pooled control's row has no id: ignored, with a warning
         with pytest.warns(UserWarning, match="1 rows of the metadata table .* have no sample id"):
-            cohort = read_cohort(expression, ["tissue"], metadata=case / f"{part}_metadata.csv")
+            cohort = read_dataset(expression, ["tissue"], metadata=case / f"{part}_metadata.csv")
     else:
-        cohort = read_cohort(expression, ["tissue"], metadata=case / f"{part}_metadata.csv")
+        cohort = read_dataset(expression, ["tissue"], metadata=case / f"{part}_metadata.csv")
 
     assert cohort.expression.shape == (36, 20)
     assert cohort.expression.index[0] == first
@@ -172,14 +172,14 @@ def test_case_excel_bom_crlf_gene_list_keeps_all_six():
     case = CASES / "excel-bom-crlf"
 
     entries = read_gene_list(case / "genes.txt")
-    cohort = read_cohort(case / "cohort.csv", ["tissue"])
-    prepared = prepare(cohort, CohortSpec(conditions=("tissue",),
+    cohort = read_dataset(case / "cohort.csv", ["tissue"])
+    prepared = prepare(cohort, DataSpec(conditions=("tissue",),
                                           genes_file=str(case / "genes.txt")))
 
     assert entries == [(g,) for g in ["TP53", "GAPDH", "ACTB", "EGFR", "MYC", "KRAS"]]
     assert prepared.genes == ["TP53", "GAPDH", "ACTB", "EGFR", "MYC", "KRAS"]
     assert prepared.genes_not_found == []
-    first = read_cohort(case / "tissue_first.csv", ["tissue"])
+    first = read_dataset(case / "tissue_first.csv", ["tissue"])
     assert first.expression.index[0] == "S000" and first.genes == GENES
 
 
@@ -187,7 +187,7 @@ def test_case_string_typed_genes_are_numbers():
     path = CASES / "string-typed-genes" / "cohort.parquet"
 
     with pytest.warns(UserWarning, match="20 gene columns .* hold numbers stored as text"):
-        cohort = read_cohort(path, ["tissue"])
+        cohort = read_dataset(path, ["tissue"])
 
     raw = pd.read_parquet(path)
     assert cohort.genes == GENES and cohort.expression.index[0] == "0000"
@@ -223,7 +223,7 @@ def test_label_whitespace_is_trimmed_with_a_warning_and_requests_match(tmp_path)
 
     with pytest.warns(UserWarning, match=r"surrounding whitespace removed from 2 values, "
                                          r"\{' lung': 'lung', 'liver ': 'liver'\}"):
-        cohort = read_cohort(path, ["tissue"])
+        cohort = read_dataset(path, ["tissue"])
 
     assert set(cohort.conditions.tissue) == {"lung", "liver", "breast"}
 
@@ -236,7 +236,7 @@ def test_missing_label_spellings_in_parquet_are_missing(tmp_path, missing):
     frame.to_parquet(path, index=False)
 
     with pytest.raises(InvalidDataError, match="1 samples have no value .* first 'S005'"):
-        read_cohort(path, ["tissue"])
+        read_dataset(path, ["tissue"])
 
 
 def test_numeric_labels_read_as_written(tmp_path):
@@ -247,9 +247,9 @@ def test_numeric_labels_read_as_written(tmp_path):
     frame.assign(grade=[1.0, 2.0, np.nan] * 12).to_parquet(tmp_path / "grades.parquet",
                                                          index=False)
 
-    csv = read_cohort(path, ["batch"])
+    csv = read_dataset(path, ["batch"])
     with pytest.warns(UserWarning, match="12 samples have no value"):
-        parquet = read_cohort(tmp_path / "grades.parquet", ["grade"], missing_conditions="drop")
+        parquet = read_dataset(tmp_path / "grades.parquet", ["grade"], missing_conditions="drop")
 
     assert set(csv.conditions.batch) == {"01", "02"}  # not 1 and 2
     assert set(parquet.conditions.grade) == {"1", "2"}  # not '1.0'
@@ -297,7 +297,7 @@ def test_ids_kept_as_the_index_are_found(tmp_path):
     frame.rename_axis(None).to_parquet(tmp_path / "unnamed.parquet")
 
     for name in ("indexed.parquet", "indexed.csv", "unnamed.parquet"):
-        cohort = read_cohort(tmp_path / name, ["tissue"])
+        cohort = read_dataset(tmp_path / name, ["tissue"])
         assert cohort.expression.index[3] == "S003", name
         assert cohort.genes == list(frame.columns[1:]), name
 
@@ -314,9 +314,9 @@ def test_h5ad_sample_id_column_that_differs_from_obs_names(tmp_path):
 
     with pytest.raises(InvalidDataError, match=r"obs column 'sample_id' differs from the obs "
                                                r"names.*--sample-id sample_id"):
-        read_cohort(path, ["tissue"])
-    assert read_cohort(path, ["tissue"], sample_id="sample_id").expression.index[0] == "X0"
-    assert read_cohort(path, ["tissue"], sample_id="obs_names").expression.index[0] == "S000"
+        read_dataset(path, ["tissue"])
+    assert read_dataset(path, ["tissue"], sample_id="sample_id").expression.index[0] == "X0"
+    assert read_dataset(path, ["tissue"], sample_id="obs_names").expression.index[0] == "S000"
 
 
 def test_partial_join_reports_counts_and_examples_of_both_sides(tmp_path):
@@ -326,9 +326,9 @@ def test_partial_join_reports_counts_and_examples_of_both_sides(tmp_path):
 
     with pytest.raises(InvalidDataError, match=r"18 of 36 expression samples .* do not, e\.g\. "
                                                r"\['0101', '0103', '0105'\].*leading zeros"):
-        read_cohort(case / "C_expression.parquet", ["tissue"], metadata=tmp_path / "meta.csv")
+        read_dataset(case / "C_expression.parquet", ["tissue"], metadata=tmp_path / "meta.csv")
     with pytest.warns(UserWarning, match="18 of 36"):
-        cohort = read_cohort(case / "C_expression.parquet", ["tissue"],
+        cohort = read_dataset(case / "C_expression.parquet", ["tissue"],
                              metadata=tmp_path / "meta.csv", unmatched="drop")
     assert len(cohort.conditions) == 18 and cohort.expression.index[0] == "2102"
 
@@ -339,7 +339,7 @@ def test_join_with_no_match_and_separate_id_columns(tmp_path):
     meta = pd.DataFrame({"Run": frame.sample_id, "tissue": frame.tissue, "RIN": 7.5})
     meta.to_csv(tmp_path / "meta.tsv", sep="\t", index=False)
 
-    cohort = read_cohort(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "meta.tsv",
+    cohort = read_dataset(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "meta.tsv",
                          metadata_id="Run")
     assert cohort.genes == GENES and len(cohort.conditions) == 36
 
@@ -348,7 +348,7 @@ def test_join_with_no_match_and_separate_id_columns(tmp_path):
     with pytest.raises(InvalidDataError, match=r"no sample id matches: 0 of 36 .* e\.g\. "
                                                r"\['S000', 'S001', 'S002'\].* e\.g\. "
                                                r"\['R0', 'R1', 'R2'\]"):
-        read_cohort(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "other.tsv",
+        read_dataset(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "other.tsv",
                     metadata_id="Run")
 
 
@@ -373,7 +373,7 @@ def test_non_number_in_a_text_gene_column_is_named(tmp_path):
 
     with pytest.raises(InvalidDataError, match=r"gene column 'MYC' is not numeric: value '12,5' "
                                                r"\(sample '0007'\)"):
-        read_cohort(tmp_path / "bad.parquet", ["tissue"])
+        read_dataset(tmp_path / "bad.parquet", ["tissue"])
 
 
 def test_second_header_row_is_never_a_gene(tmp_path):
@@ -383,7 +383,7 @@ def test_second_header_row_is_never_a_gene(tmp_path):
 
     with pytest.raises(InvalidDataError, match=r"gene column 'TP53' is not numeric: value "
                                                r"'counts' \(sample 'id'\)"):
-        read_cohort(tmp_path / "two_headers.csv", ["tissue"])
+        read_dataset(tmp_path / "two_headers.csv", ["tissue"])
 
 
 # ---------------------------------------------------------------- file forms
@@ -393,7 +393,7 @@ def test_compressed_text_tables_are_read(tmp_path, name, sep):
     with gzip.open(tmp_path / name, "wt", encoding="utf-8-sig", newline="") as handle:
         frame.to_csv(handle, sep=sep, index=False, lineterminator="\r\n")
 
-    cohort = read_cohort(tmp_path / name, ["tissue"])
+    cohort = read_dataset(tmp_path / name, ["tissue"])
 
     assert cohort.expression.shape == (36, 20) and cohort.expression.index[0] == "S000"
     np.testing.assert_array_equal(cohort.expression.to_numpy(), frame[GENES].to_numpy())
@@ -405,7 +405,7 @@ def test_bom_crlf_metadata_and_like_files(tmp_path, capsys):
     with open(tmp_path / "meta.csv", "w", encoding="utf-8-sig", newline="") as handle:
         frame[["sample_id", "tissue"]].to_csv(handle, index=False, lineterminator="\r\n")
 
-    cohort = read_cohort(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "meta.csv")
+    cohort = read_dataset(tmp_path / "expr.csv", ["tissue"], metadata=tmp_path / "meta.csv")
     assert len(cohort.conditions) == 36 and cohort.conditions.tissue.iloc[0] == "lung"
 
     code, _ = _fit(tmp_path, "--data", tmp_path / "expr.csv", "--metadata",
@@ -426,7 +426,7 @@ def test_unsupported_layouts_are_refused_naming_what_is_read(tmp_path, first, ma
     path.write_text(f"{first}\n3\t2\t0\t0\nName\tDescription\tS1\tS2\nG1\tg1\t1\t2\n")
 
     with pytest.raises(InvalidDataError, match=match + ".*Accepted: .parquet"):
-        read_cohort(path, ["tissue"])
+        read_dataset(path, ["tissue"])
 
 
 def test_gtex_converter_refuses_gct_1_3(tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from support import REPO
 
-from cvae_ray.data.dataset import read_cohort
+from cvae_ray.data.dataset import read_dataset
 from cvae_ray.data.public_formats import read_gtex_gct, read_xena_toil
 from cvae_ray.errors import InvalidDataError
 
@@ -98,7 +98,7 @@ def test_prepare_data_job_output_is_a_readable_cohort(gtex_files, tmp_path):
 
     assert run.returncode == 0, run.stderr
     assert "wrote 2 samples x 3 genes" in run.stdout
-    cohort = read_cohort(out, ["tissue"])
+    cohort = read_dataset(out, ["tissue"])
     assert cohort.expression.shape == (2, 3)
 
 

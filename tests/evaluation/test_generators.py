@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvae_ray.config import CohortSpec
+from cvae_ray.config import DataSpec
 from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
 from cvae_ray.evaluation.generators import (
@@ -27,21 +27,21 @@ QUICK = {
 @pytest.fixture(scope="module")
 def split():
     """Train / validation / test parts of a small SIMULATED cohort (standardised)."""
-    from cvae_ray.data.dataset import read_cohort
+    from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
     from cvae_ray.data.simulate import write_demo_cohort
 
-    return _split(read_cohort, prepare, write_demo_cohort)
+    return _split(read_dataset, prepare, write_demo_cohort)
 
 
-def _split(read_cohort, prepare, write_demo_cohort):
+def _split(read_dataset, prepare, write_demo_cohort):
     import tempfile
     from pathlib import Path
 
     path = Path(tempfile.mkdtemp()) / "demo.parquet"
     write_demo_cohort(str(path), n_samples=180, n_genes=20, seed=1)
-    prepared = prepare(read_cohort(path, ["tissue", "source"]),
-                       CohortSpec(conditions=("tissue", "source")))
+    prepared = prepare(read_dataset(path, ["tissue", "source"]),
+                       DataSpec(conditions=("tissue", "source")))
     parts = {}
     for name in ("train", "val", "test"):
         x, _ = prepared.part(name)
