@@ -37,6 +37,7 @@ from cvae_ray.evaluation.benchmark import direction, metric_columns, summarise
 from cvae_ray.evaluation.generators import TSTR_SEED_OFFSET, joint_labels
 from cvae_ray.metrics.registry import (
     MEMBERSHIP_METRICS,
+    MEMBERSHIP_MIN_HELD_OUT,
     METRICS,
     augmentation_gain,
     evaluate_all,
@@ -260,7 +261,14 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     has_train = data.x_train is not None
-    wanted = [m for m in METRICS if has_train or m not in PRIVACY_METRICS]
+    audit_note = None
+    if has_train and len(data.x) < MEMBERSHIP_MIN_HELD_OUT:
+        audit_note = (f"left out: the membership audit needs at least "
+                      f"{MEMBERSHIP_MIN_HELD_OUT} held-out samples (half of them for its "
+                      f"real-vs-real reference), got {len(data.x)}")
+        progress(f"membership audit {audit_note}")
+    wanted = [m for m in METRICS if (has_train or m not in PRIVACY_METRICS)
+              and (audit_note is None or m not in MEMBERSHIP_METRICS)]
     columns = [c for c in metric_columns(bundle.condition_columns)
                if c.split("[")[0] in wanted or "[" in c]
     progress(f"held-out set: {len(data.x)} samples x {data.x.shape[1]} genes "
@@ -326,6 +334,8 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
                      if has_train else
                      ("two random halves of the held-out set (no training set given); "
                       "per-column TSTR reference: TRTR from one half to the other"),
+        "membership_audit": ("run" if has_train and audit_note is None
+                             else audit_note or "left out: no training set given"),
         "metrics": metrics, "augmentation": augmentation,
         "figures": {k: Path(v).name for k, v in figures.items()},
     }
@@ -454,9 +464,10 @@ def _markdown(report: Mapping[str, Any]) -> str:
              f"- training samples for privacy metrics: {report['n_train'] or 'not given'}",
              f"- synthetic sets: {report['seeds']} sampling seeds, each with the held-out "
              f"condition mix and size; sampling {report['sampling']}",
-             "- membership audit (mia_*, docs/privacy.md): attacks a synthetic set with the "
-             "training set's size and mix; the table shows the worst of four attacks, "
-             "report.json each attack's figures",
+             ("- membership audit (mia_*, docs/privacy.md): attacks a synthetic set with the "
+              "training set's size and mix; the table shows the worst of four attacks, "
+              "report.json each attack's figures" if report["membership_audit"] == "run"
+              else f"- membership audit: {report['membership_audit']}"),
              f"- reference: {report['reference']}", "",
              "| metric | synthetic (mean ± sd) | real-vs-real | better | what it measures |",
              "|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ from cvae_ray.metrics.privacy import aa_ts, aa_ts_detail, dcr
 from cvae_ray.metrics.utility import augmentation_gain, trtr, tstr
 
 __all__ = [
-    "MEMBERSHIP_METRICS", "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail",
+    "MEMBERSHIP_METRICS", "MEMBERSHIP_MIN_HELD_OUT", "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail",
     "augmentation_gain", "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma",
     "gamma_detail", "marginal_agreement", "membership_audit", "metric_info", "mmd", "prdc",
     "real_vs_real", "summary_metrics", "trtr", "tstr"]
@@ -247,6 +247,9 @@ METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
 
 #: The membership-inference audit's metrics (they need the training set).
 MEMBERSHIP_METRICS = tuple(name for name in METRICS if name.startswith("mia_"))
+#: Fewest held-out samples for the audit in both evaluate_all and real_vs_real
+#: (which gives half of them to the audit as non-members).
+MEMBERSHIP_MIN_HELD_OUT = 2 * MIN_NON_MEMBERS
 
 
 def summary_metrics(names: Collection[str]) -> list[str]:
