@@ -8,8 +8,8 @@ sampled with seed ``SAMPLE_SEED_OFFSET + s``, one synthetic row per test row
 :func:`cvae_ray.metrics.registry.evaluate_all` (labels: the joint condition label) and
 TSTR per condition column (trained on a second synthetic set with the training
 split's mix and size, drawn with seed ``TSTR_SEED_OFFSET + s``, so that it
-compares with TRTR at equal size) are reported as mean and sd over seeds, beside a
-real-vs-real row (:func:`cvae_ray.metrics.registry.real_vs_real`, and TRTR per column).
+compares with TRTR at equal size; the membership audit attacks this second set)
+are reported as mean and sd over seeds, beside a real-vs-real row (:func:`cvae_ray.metrics.registry.real_vs_real`, and TRTR per column).
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ from cvae_ray.evaluation.generators import (
     make_generator,
 )
 from cvae_ray.metrics.registry import (
+    MEMBERSHIP_METRICS,
+    MEMBERSHIP_MIN_HELD_OUT,
     METRICS,
     evaluate_all,
     metric_info,
     real_vs_real,
+    summary_metrics,
     trtr,
     tstr,
 )
@@ -149,11 +152,16 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
     x_test, _ = prepared.part("test")
     cond_train, cond_val, cond_test = (prepared.condition_frame(p) for p in ("train", "val", "test"))
     y_train, y_test = joint_labels(cond_train), joint_labels(cond_test)
+    wanted = list(METRICS)
+    if len(x_test) < MEMBERSHIP_MIN_HELD_OUT:
+        wanted = [m for m in METRICS if m not in MEMBERSHIP_METRICS]
+        progress(f"membership audit left out (its cells read '-'): it needs at least "
+                 f"{MEMBERSHIP_MIN_HELD_OUT} test samples, got {len(x_test)}")
 
     progress(f"real-vs-real reference ({seeds} seeds)")
     reference = []
     for s in range(seeds):
-        values = real_vs_real(x_train, x_test, y_train, y_test, seed=s)
+        values = real_vs_real(x_train, x_test, y_train, y_test, metrics=wanted, seed=s)
         values.update(_per_column(trtr, x_train, cond_train, x_test, cond_test, conditions, s))
         reference.append(values)
     rows = [_row(REAL_ROW, reference, columns, fit_seconds=summarise([]),
@@ -171,15 +179,19 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
                 synthetic = generator.sample(cond_test, seed=SAMPLE_SEED_OFFSET + s)
                 rate.append(len(synthetic) / max(time.perf_counter() - started, 1e-9))
                 infos.append(_jsonable(generator.info))
-                values = evaluate_all(x_train, x_test, synthetic, y_test, y_test, seed=s)
                 # TSTR per condition trains on a synthetic copy of the training split
-                # (its mix and size), as TRTR trains on the training split itself.
+                # (its mix and size), as TRTR trains on the training split itself; the
+                # membership audit attacks the same set, as a released cohort would be.
                 synthetic_train = generator.sample(cond_train, seed=TSTR_SEED_OFFSET + s)
+                values = evaluate_all(x_train, x_test, synthetic, y_test, y_test, seed=s,
+                                      metrics=wanted, released=synthetic_train)
                 values.update(_per_column(tstr, synthetic_train, cond_train, x_test, cond_test,
                                           conditions, s))
                 per_seed.append(values)
                 progress(f"{name} seed {s}: fit {fit_s[-1]:.1f} s, gamma {values['gamma']:.4f}, "
-                         f"detection AUC {values['detection_auc']:.3f}, {_cut(generator.info)}")
+                         f"detection AUC {values['detection_auc']:.3f}, worst membership "
+                         f"AUC {values.get('mia_auc', float('nan')):.3f}, "
+                         f"{_cut(generator.info)}")
             rows.append(_row(name, per_seed, columns, fit_seconds=summarise(fit_s),
                              samples_per_second=summarise(rate), fit_info=infos,
                              copy_check=copy_check(per_seed)))
@@ -224,9 +236,10 @@ def _cell(stats: Mapping[str, Any], digits: int = 3) -> str:
 def format_table(rows: Sequence[dict]) -> str:
     """The results as one Markdown table: a row per generator, a column per figure.
 
-    The header's second line says which way each metric is better.
+    The header's second line says which way each metric is better. Per-attack
+    membership figures stay in ``results.json``; the table shows the worst attack.
     """
-    columns = list(rows[0]["metrics"])
+    columns = summary_metrics(rows[0]["metrics"])
     head = ["generator"] + columns + ["fit s", "samples/s", "epochs run / asked",
                                       "copy check (DCR ratio >= 1)"]
     better = ["better:"] + [direction(c) for c in columns] + ["lower", "higher", "", "pass"]
@@ -280,7 +293,9 @@ def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, A
             "Each cell: mean ± sd over seeds. The second header line says which way is "
             "better. The real-vs-real row is the reference a perfect generator would match "
             "(its per-column TSTR cells are TRTR: trained on the real training split). "
-            "Synthetic sets have the test split's size and condition mix. The copy check "
+            "Synthetic sets have the test split's size and condition mix; the membership "
+            "audit (mia_auc, mia_tpr_1pct: worst of four attacks, per-attack figures in "
+            "results.json) attacks a synthetic set with the training split's size and mix. The copy check "
             "fails a seed whose synthetic samples sit closer to the training data than the "
             "real test samples do (median distance to the nearest training sample, DCR "
             "ratio < 1): gamma can be bought by reproducing training samples.\n\n"

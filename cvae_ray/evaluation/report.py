@@ -11,7 +11,8 @@ Where the real data come from (:func:`held_out_from_data`): given the data file
 a bundle was trained on, the bundle's recorded ``data_spec`` re-derives the
 exact split (the split is seeded and stratified), and the recorded data
 fingerprint proves it is the same data; the test split is then the held-out
-set and the training split the reference for the privacy metrics. Any other
+set and the training split the reference for the privacy metrics (the
+membership audit's members, the held-out set its non-members). Any other
 table (an independent dataset) can be passed as the held-out set directly.
 """
 
@@ -36,6 +37,8 @@ from cvae_ray.errors import (
 from cvae_ray.evaluation.benchmark import direction, metric_columns, summarise
 from cvae_ray.evaluation.generators import TSTR_SEED_OFFSET
 from cvae_ray.metrics.registry import (
+    MEMBERSHIP_METRICS,
+    MEMBERSHIP_MIN_HELD_OUT,
     METRICS,
     augmentation_gain,
     evaluate_all,
@@ -49,7 +52,7 @@ from cvae_ray.model.bundle import ModelBundle, SampleRequest
 __all__ = ["HeldOut", "evaluate_bundle", "held_out_from_data", "held_out_from_tables"]
 
 # Metrics that compare the synthetic set with the training set (need it).
-PRIVACY_METRICS = ("dcr_median", "dcr_ratio", "copy_fraction", "aa_ts")
+PRIVACY_METRICS = ("dcr_median", "dcr_ratio", "copy_fraction", "aa_ts", *MEMBERSHIP_METRICS)
 UMAP_RANDOM_STATE = 1111  # as in Viñas et al. and the reference CVAE notebooks
 AUGMENTATION_SIZES = (5, 10, 25)   # real samples per class (Lacan 2023 starts at 50 in total)
 AUGMENTATION_MAX_SYNTHETIC = 1000  # Lacan 2023 adds up to 1,000 synthetic samples
@@ -182,21 +185,25 @@ def _scores(bundle: ModelBundle, data: HeldOut, seed: int, wanted: list[str]
     conds = list(bundle.condition_columns)
     y = joint_labels(data.conditions)
     synthetic = _draw(bundle, data.conditions, seed)
-    train = data.x_train if data.x_train is not None else data.x
-    values = evaluate_all(train, data.x, synthetic, y, y, metrics=wanted, seed=seed)
     if data.x_train is not None:
-        y_train = joint_labels(data.train_conditions)
-        reference = real_vs_real(data.x_train, data.x, y_train, y, metrics=wanted, seed=seed)
         fit_x, fit_c, test_x, test_c = data.x_train, data.train_conditions, data.x, data.conditions
     else:
         # No training set: one random half of the held-out set stands in for it.
         a, b = _halves(len(data.x), seed)
-        reference = real_vs_real(data.x[a], data.x[b], y[a], y[b], metrics=wanted, seed=seed)
         fit_x, fit_c = data.x[a], data.conditions.iloc[a]
         test_x, test_c = data.x[b], data.conditions.iloc[b]
     # TSTR per condition trains on a synthetic copy of the set TRTR trains on (same
     # mix and size) and is scored on the same real samples, so the two compare directly.
+    # The membership audit attacks that copy of the training set, as a released cohort.
     synthetic_fit = _draw(bundle, fit_c.reset_index(drop=True), TSTR_SEED_OFFSET + seed)
+    train = data.x_train if data.x_train is not None else data.x
+    values = evaluate_all(train, data.x, synthetic, y, y, metrics=wanted, seed=seed,
+                          released=synthetic_fit)
+    if data.x_train is not None:
+        y_train = joint_labels(data.train_conditions)
+        reference = real_vs_real(data.x_train, data.x, y_train, y, metrics=wanted, seed=seed)
+    else:
+        reference = real_vs_real(data.x[a], data.x[b], y[a], y[b], metrics=wanted, seed=seed)
     for c in conds:
         scored = tstr(synthetic_fit, fit_c[c].to_numpy(), test_x, test_c[c].to_numpy(), seed=seed)
         values[f"tstr_accuracy[{c}]"], values[f"tstr_macro_f1[{c}]"] = (
@@ -255,7 +262,14 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     has_train = data.x_train is not None
-    wanted = [m for m in METRICS if has_train or m not in PRIVACY_METRICS]
+    audit_note = None
+    if has_train and len(data.x) < MEMBERSHIP_MIN_HELD_OUT:
+        audit_note = (f"left out: the membership audit needs at least "
+                      f"{MEMBERSHIP_MIN_HELD_OUT} held-out samples (half of them for its "
+                      f"real-vs-real reference), got {len(data.x)}")
+        progress(f"membership audit {audit_note}")
+    wanted = [m for m in METRICS if (has_train or m not in PRIVACY_METRICS)
+              and (audit_note is None or m not in MEMBERSHIP_METRICS)]
     columns = [c for c in metric_columns(bundle.condition_columns)
                if c.split("[")[0] in wanted or "[" in c]
     progress(f"held-out set: {len(data.x)} samples x {data.x.shape[1]} genes "
@@ -278,7 +292,8 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
         ref = summarise([v[column] for v in reference_values])
         metrics[column] = {"mean": syn["mean"], "sd": syn["sd"], "reference_mean": ref["mean"],
                            "reference_sd": ref["sd"], "better": direction(column),
-                           "low": info.low, "high": info.high, "description": info.description}
+                           "low": info.low, "high": info.high, "description": info.description,
+                           "detail_of": info.detail_of}
 
     augmentation: dict[str, list[dict]] = {}
     if has_train:
@@ -314,11 +329,14 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
         "conditions": list(bundle.condition_columns), "seeds": seeds,
         "sampling": bundle.sample_defaults.to_dict(),
         "reference": ("real training samples with the held-out size and label mix vs the "
-                      "held-out set (real_vs_real); privacy reference: held-out halves; "
+                      "held-out set (real_vs_real); privacy reference: held-out halves "
+                      "(membership audit: one half released, the other the non-members); "
                       "per-column TSTR reference: TRTR on the full training set")
                      if has_train else
                      ("two random halves of the held-out set (no training set given); "
                       "per-column TSTR reference: TRTR from one half to the other"),
+        "membership_audit": ("run" if has_train and audit_note is None
+                             else audit_note or "left out: no training set given"),
         "metrics": metrics, "augmentation": augmentation,
         "figures": {k: Path(v).name for k, v in figures.items()},
     }
@@ -447,10 +465,16 @@ def _markdown(report: Mapping[str, Any]) -> str:
              f"- training samples for privacy metrics: {report['n_train'] or 'not given'}",
              f"- synthetic sets: {report['seeds']} sampling seeds, each with the held-out "
              f"condition mix and size; sampling {report['sampling']}",
+             ("- membership audit (mia_*, docs/privacy.md): attacks a synthetic set with the "
+              "training set's size and mix; the table shows the worst of four attacks, "
+              "report.json each attack's figures" if report["membership_audit"] == "run"
+              else f"- membership audit: {report['membership_audit']}"),
              f"- reference: {report['reference']}", "",
              "| metric | synthetic (mean ± sd) | real-vs-real | better | what it measures |",
              "|---|---|---|---|---|"]
     for name, m in report["metrics"].items():
+        if m.get("detail_of"):
+            continue  # per-attack membership figures: in report.json
         lines.append(f"| {name} | {_pm(m['mean'], m['sd'])} | "
                      f"{_pm(m['reference_mean'], m['reference_sd'])} | {m['better']} | "
                      f"{m['description'].replace('|', chr(92) + '|')} |")

@@ -5,8 +5,8 @@ Every metric is a plain function over ``samples x genes`` arrays and is listed i
 selection and reports cannot disagree about which way is better.
 
 The metrics live in groups -- :mod:`cvae_ray.metrics.fidelity`,
-:mod:`cvae_ray.metrics.utility`, :mod:`cvae_ray.metrics.privacy` -- and are
-registered here with gamma. :func:`evaluate_all` computes them for one
+:mod:`cvae_ray.metrics.utility`, :mod:`cvae_ray.metrics.privacy`,
+:mod:`cvae_ray.metrics.membership` -- and are registered here with gamma. :func:`evaluate_all` computes them for one
 synthetic set and :func:`real_vs_real` gives the reference a real set scores.
 """
 
@@ -29,13 +29,15 @@ from cvae_ray.metrics.fidelity import (
     prdc,
     subsample,
 )
+from cvae_ray.metrics.membership import ATTACKS, MIN_NON_MEMBERS, membership_audit
 from cvae_ray.metrics.privacy import aa_ts, aa_ts_detail, dcr
 from cvae_ray.metrics.utility import augmentation_gain, trtr, tstr
 
 __all__ = [
-    "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail", "augmentation_gain",
-    "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma", "gamma_detail",
-    "marginal_agreement", "metric_info", "mmd", "prdc", "real_vs_real", "trtr", "tstr"]
+    "MEMBERSHIP_METRICS", "MEMBERSHIP_MIN_HELD_OUT", "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail",
+    "augmentation_gain", "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma",
+    "gamma_detail", "marginal_agreement", "membership_audit", "metric_info", "mmd", "prdc",
+    "real_vs_real", "summary_metrics", "trtr", "tstr"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class MetricInfo:
         ideal: The value a perfect generator gets when it is not an end of the
             range (0.5 for detection AUC and AA_ts, 1 for density); None when the
             best value is simply the end ``higher_is_better`` points to.
+        detail_of: The summary metric this one breaks down (a per-attack
+            membership figure under the worst-attack one); tables show the
+            summary, JSON results both. None for a metric of its own.
     """
 
     name: str
@@ -59,6 +64,7 @@ class MetricInfo:
     high: float
     description: str
     ideal: float | None = None
+    detail_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +143,39 @@ def _field(fn: Callable[..., dict[str, float]], key: str) -> Callable[..., float
 
 _INF = float("inf")
 
+_ATTACK_NAMES = {"gan_leaks": "GAN-leaks distance to the closest synthetic record",
+                 "gan_leaks_cal": "GAN-leaks calibrated by the attacker's reference data",
+                 "domias": "DOMIAS synthetic / reference density ratio",
+                 "logan": "LOGAN synthetic-vs-reference classifier"}
+
+
+def _membership_entries() -> dict[str, tuple[MetricInfo, Callable[..., float]]]:
+    """The worst-attack AUC and TPR at 1% FPR, then each attack's."""
+    entries = {
+        "mia_auc": (MetricInfo(
+            "mia_auc", False, 0.0, 1.0,
+            "membership-inference ROC-AUC, worst of the attacks (training vs held-out "
+            "samples); 0.5 = no leak", ideal=0.5), _field(membership_audit, "mia_auc")),
+        "mia_tpr_1pct": (MetricInfo(
+            "mia_tpr_1pct", False, 0.0, 1.0,
+            "membership-inference TPR at 1% FPR, worst of the attacks; 0.01 = no leak",
+            ideal=0.01), _field(membership_audit, "mia_tpr_1pct")),
+    }
+    for attack in ATTACKS:
+        for kind, summary, chance in (("auc", "mia_auc", 0.5), ("tpr_1pct", "mia_tpr_1pct", 0.01)):
+            name = f"mia_{kind}_{attack}"
+            what = "ROC-AUC" if kind == "auc" else "TPR at 1% FPR"
+            entries[name] = (MetricInfo(name, False, 0.0, 1.0,
+                                        f"{what} of the {_ATTACK_NAMES[attack]} attack",
+                                        ideal=chance, detail_of=summary),
+                             _field(membership_audit, name))
+    return entries
+
+
 # Callables take the arguments of the function they come from: (real, synthetic)
 # for fidelity and aa_ts, (x_syn, y_syn, x_test, y_test) for TSTR,
-# (x_train, x_holdout, x_syn) for DCR. evaluate_all is the uniform entry point.
+# (x_train, x_holdout, x_syn) for DCR, (members, non_members, synthetic) for the
+# membership audit. evaluate_all is the uniform entry point.
 METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
     "gamma": (MetricInfo("gamma", True, -1.0, 1.0,
                          "correlation of gene-gene correlation distances (Viñas et al. 2022)"),
@@ -206,7 +242,19 @@ METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
                               "nearest-neighbour adversarial accuracy vs real test; "
                               "0.5 is ideal, towards 1 flags poor fidelity", ideal=0.5),
                    aa_ts),
+    **_membership_entries(),
 }
+
+#: The membership-inference audit's metrics (they need the training set).
+MEMBERSHIP_METRICS = tuple(name for name in METRICS if name.startswith("mia_"))
+#: Fewest held-out samples for the audit in both evaluate_all and real_vs_real
+#: (which gives half of them to the audit as non-members).
+MEMBERSHIP_MIN_HELD_OUT = 2 * MIN_NON_MEMBERS
+
+
+def summary_metrics(names: Collection[str]) -> list[str]:
+    """``names`` without the per-attack details (``detail_of`` set): what tables show."""
+    return [n for n in names if metric_info(n.split("[", 1)[0]).detail_of is None]
 
 
 @dataclass(frozen=True)
@@ -220,12 +268,22 @@ class _Sets:
     train: np.ndarray                # real training set, for memorisation checks
     holdout: np.ndarray              # real samples unseen in training: privacy reference
     private_synthetic: np.ndarray    # set checked for copies of the training set
+    released: np.ndarray             # set the membership audit attacks
     seed: int
 
 
 def _tstr_group(s: _Sets) -> dict[str, float]:
     scores = tstr(s.synthetic, s.y_synthetic, s.real, s.y_real, seed=s.seed)
     return {f"tstr_{k}": v for k, v in scores.items()}
+
+
+def _membership_group(s: _Sets) -> dict[str, float]:
+    if len(s.holdout) < MIN_NON_MEMBERS:
+        raise InvalidDataError(
+            f"the membership audit (mia_* metrics) needs at least {MIN_NON_MEMBERS} held-out "
+            f"samples as non-members, got {len(s.holdout)} (real_vs_real uses half of the test "
+            "set); hold out more samples or leave the mia_* metrics out of `metrics`.")
+    return membership_audit(s.train, s.holdout, s.released, seed=s.seed)
 
 
 # Metrics computed together, with the function computing them.
@@ -245,6 +303,7 @@ _GROUPS: tuple[tuple[tuple[str, ...], Callable[[_Sets], dict[str, float]]], ...]
      lambda s: dcr(s.train, s.holdout, s.private_synthetic)),
     (("aa_ts",), lambda s: {"aa_ts": aa_ts(s.train, s.private_synthetic, seed=s.seed)}),
     (("aa_ts_test",), lambda s: {"aa_ts_test": aa_ts(s.real, s.synthetic, seed=s.seed)}),
+    (MEMBERSHIP_METRICS, lambda s: _membership_group(s)),
 )
 
 _LABELLED = frozenset({"tstr_accuracy", "tstr_macro_f1"})
@@ -283,14 +342,19 @@ def _check_inputs(matrices: dict[str, np.ndarray], labels: dict[str, tuple[objec
 def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.ndarray,
                  y_test: Sequence | np.ndarray | None = None,
                  y_synthetic: Sequence | np.ndarray | None = None, *,
-                 metrics: Collection[str] | None = None, seed: int = 0) -> dict[str, float]:
+                 metrics: Collection[str] | None = None, seed: int = 0,
+                 released: np.ndarray | None = None) -> dict[str, float]:
     """Compute registered metrics for one synthetic set.
 
     Fidelity metrics and ``aa_ts_test`` compare ``synthetic`` with ``real_test``
     (generate it for the test label distribution, at the test size); TSTR
     trains on ``synthetic`` and scores on ``real_test``; the memorisation
     metrics (``dcr_*``, ``copy_fraction``, ``aa_ts``) compare ``synthetic``
-    with ``real_train``, using ``real_test`` as the unseen reference.
+    with ``real_train``, using ``real_test`` as the unseen reference. The
+    membership audit (``mia_*``, :func:`cvae_ray.metrics.membership.membership_audit`)
+    attacks ``released`` (default ``synthetic``) with ``real_train`` as the
+    members and ``real_test`` as the non-members, half of them the attacker's
+    reference data.
     :func:`cvae_ray.metrics.utility.augmentation_gain` returns a curve, not one
     number, and is not included.
 
@@ -304,24 +368,31 @@ def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.nd
         metrics: Names to compute; None computes every registered metric (the
             TSTR ones only when labels are given).
         seed: Seed passed to every metric that samples or fits.
+        released: The synthetic set the membership audit attacks: give one with
+            the training set's size and condition mix, as a shared cohort would
+            be; None attacks ``synthetic``.
 
     Returns:
         ``{metric_name: value}`` in registry order; see :func:`metric_info`.
 
     Raises:
         InvalidDataError: Bad shapes, values or labels, labels given for only one
-            set, or labels missing for a requested TSTR metric.
+            set, labels missing for a requested TSTR metric, or too few samples
+            for the membership audit (fewer than 20 test samples).
         InvalidConfigError: An unknown metric name.
     """
     if (y_test is None) != (y_synthetic is None):
         raise InvalidDataError("give both y_test and y_synthetic, or neither.")
+    matrices = {"real_train": real_train, "real_test": real_test, "synthetic": synthetic}
+    if released is not None:
+        matrices["released"] = released
     x, y = _check_inputs(
-        {"real_train": real_train, "real_test": real_test, "synthetic": synthetic},
-        {"y_test": (y_test, "real_test"), "y_synthetic": (y_synthetic, "synthetic")})
+        matrices, {"y_test": (y_test, "real_test"), "y_synthetic": (y_synthetic, "synthetic")})
     wanted = _wanted(metrics, labelled=y_test is not None)
     sets = _Sets(real=x["real_test"], synthetic=x["synthetic"], y_real=y["y_test"],
                  y_synthetic=y["y_synthetic"], train=x["real_train"], holdout=x["real_test"],
-                 private_synthetic=x["synthetic"], seed=seed)
+                 private_synthetic=x["synthetic"], released=x.get("released", x["synthetic"]),
+                 seed=seed)
     return _compute(sets, wanted)
 
 
@@ -354,11 +425,16 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
     - memorisation (``dcr_*``, ``copy_fraction``, ``aa_ts``): ``real_test`` is
       split at random into halves; one half plays the synthetic set, the other
       the unseen reference, against ``real_train`` (a training row cannot
-      stand in here: it would be a perfect copy).
+      stand in here: it would be a perfect copy);
+    - membership audit (``mia_*``): the same first half is the released set,
+      the second half the non-members (a quarter of the test set is the
+      attacker's reference, a quarter is scored), ``real_train`` the members:
+      the chance level of the audit at this size, worst-case maximum included.
 
     Args:
         real_train: Real training samples x genes.
-        real_test: Real test samples x genes (at least 6).
+        real_test: Real test samples x genes (at least 6; at least 40 for the
+            membership audit).
         y_train: Label of each training sample; with ``y_test`` it enables TSTR
             and label-matched draws.
         y_test: Label of each test sample.
@@ -369,7 +445,8 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
         ``{metric_name: value}`` in registry order.
 
     Raises:
-        InvalidDataError: Bad shapes, values or labels, or labels for one set only.
+        InvalidDataError: Bad shapes, values or labels, labels for one set only, or
+            fewer than 40 test samples for the membership audit.
         InvalidConfigError: An unknown metric name.
     """
     if (y_train is None) != (y_test is None):
@@ -387,7 +464,8 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
     sets = _Sets(real=x["real_test"], synthetic=stand_in, y_real=y["y_test"],
                  y_synthetic=y_stand_in, train=x["real_train"],
                  holdout=x["real_test"][np.sort(halves[1])],
-                 private_synthetic=x["real_test"][np.sort(halves[0])], seed=seed)
+                 private_synthetic=x["real_test"][np.sort(halves[0])],
+                 released=x["real_test"][np.sort(halves[0])], seed=seed)
     return _compute(sets, wanted)
 
 

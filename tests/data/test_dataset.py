@@ -211,7 +211,7 @@ def test_missing_condition_value(write):
     ("top_genes", 0, r"top_genes=0 is not valid"),
     ("nan_policy", "fill", r"nan_policy='fill' is not valid; expected one of"),
 ])
-def test_cohort_spec_rejects_bad_values(field, value, match):
+def test_data_spec_rejects_bad_values(field, value, match):
     with pytest.raises(InvalidConfigError, match=match):
         DataSpec(conditions=("tissue",), **{field: value})
 

@@ -59,6 +59,34 @@ def test_evaluate_job_writes_report_json_markdown_and_figures(tiny_bundle_dir, d
         assert (out / figure).stat().st_size > 1000
         assert f"]({figure})" in markdown
     assert "| gamma |" in markdown and "real-vs-real" in markdown
+    # The membership audit: worst attack in the table, each attack in the JSON only.
+    assert report["membership_audit"] == "run"
+    assert 0.0 <= report["metrics"]["mia_auc"]["mean"] <= 1.0
+    assert report["metrics"]["mia_auc_domias"]["detail_of"] == "mia_auc"
+    assert "| mia_auc |" in markdown and "| mia_tpr_1pct |" in markdown
+    assert "mia_auc_domias" not in markdown
+
+
+def test_evaluate_bundle_leaves_the_audit_out_of_a_small_held_out_set_and_says_so(
+        tiny_bundle_dir, demo_path, tmp_path):
+    # Setup: 30 held-out rows with the training table: too few for the audit (40).
+    from cvae_ray.data.dataset import read_table
+    from cvae_ray.evaluation.report import evaluate_bundle
+
+    bundle = ModelBundle.load(tiny_bundle_dir)
+    table = read_table(demo_path)
+    lines: list[str] = []
+
+    # Run
+    report = evaluate_bundle(bundle, table.iloc[:30], table.iloc[30:], seeds=1,
+                             out_dir=tmp_path, embedding="pca", progress=lines.append)
+
+    # Assert
+    assert "dcr_ratio" in report["metrics"] and "mia_auc" not in report["metrics"]
+    assert report["membership_audit"].startswith("left out: the membership audit needs at "
+                                                 "least 40 held-out samples")
+    assert any("got 30" in line for line in lines)
+    assert "- membership audit: left out" in (tmp_path / "report.md").read_text()
 
 
 def test_evaluate_bundle_on_a_held_out_table_without_training_data(tiny_bundle_dir, demo_path,
@@ -139,6 +167,9 @@ def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
     assert "| gaussian |" in markdown and "| real-vs-real |" in markdown
     assert "tstr_accuracy[tissue]" in markdown and "closer to 0.5" in markdown
     assert "copy check (DCR ratio >= 1)" in markdown
+    assert "| mia_auc | mia_tpr_1pct |" in markdown and "mia_auc_logan" not in markdown
+    assert rows[1]["metrics"]["mia_auc"]["better"] == "closer to 0.5"
+    assert isinstance(rows[1]["metrics"]["mia_auc_logan"]["mean"], float)
     assert "| gaussian |" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     assert run["seeds"] == 2 and run["split"]["test"] == len(pd.read_parquet(demo_path)) - \
