@@ -19,7 +19,7 @@ from typing import Sequence
 
 import yaml
 
-from cvae_ray.apps.cluster import free_port, local_cluster
+from cvae_ray.apps.cluster import free_port, init_ray, local_cluster
 from cvae_ray.errors import CvaeRayError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def _serve_and_request(address: str, bundle: Path, conditions: dict[str, str]) -
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     app_config = config["applications"][0]
     port = free_port()
-    ray.init(address=address, logging_level="ERROR")
+    init_ray(address, logging_level="ERROR")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = dict(app_config["args"], bundle=str(bundle))
