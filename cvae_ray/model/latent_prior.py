@@ -24,9 +24,11 @@ Its mean is composed from the fitted ones by per-column additive effects,
 fitted combinations' means (sum-to-zero effects, so a value that appears in no
 fitted combination adds nothing: the average of its column); its covariance is
 the average of the fitted combinations' covariances. Measured on RNAseqDB L1000
-with four tissue|source combinations held out of training and validation, this
-lowered detection AUC against their real samples from 0.88 (the standard
-N(0, I) prior) to 0.xx (README, "Sampling conditions that were never measured").
+with four tissue|source combinations held out of training and validation (two
+fit seeds), it raised the R^2 of their top-100-gene changes from 0.55 (the
+standard N(0, I) prior) to 0.65, ahead of averaging value means (0.63) or the
+seen combinations sharing a value (0.61); detection AUC stayed at 0.99 with every
+design (README, "Sampling conditions that were never measured").
 """
 
 from __future__ import annotations
