@@ -164,7 +164,8 @@ class Sampler:
         self._model_info = self._describe_model()
         # The first decoder pass allocates torch's buffers; pay that before taking traffic.
         _, codes = self._encode_conditions({c: v[0] for c, v in self._bundle.vocab.items()}, 1)
-        self._bundle.draw([SampleRequest(codes, 0)])
+        # (The first value of each column need not be a combination seen in training.)
+        self._bundle.draw([SampleRequest(codes, 0, allow_unseen=True)])
         self._ready = True
         logger.info("Sampler ready: bundle %s from %s (auth %s)", self._bundle.bundle_id,
                     self._location, "on" if self._token else "off")
