@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"bundle's, normally {_SAMPLE.scale!r})")
     sample.add_argument("--temperature", type=float, default=None,
                         help="decoder-noise scale (default: the bundle's)")
+    sample.add_argument("--allow-unseen", action="store_true",
+                        help="also sample condition combinations never seen in training "
+                             "(their latent codes are composed from the seen ones; a bool "
+                             "column 'unseen' marks their rows); default: refuse them")
     sample.add_argument("--out", required=True, help="output .parquet or .csv file")
 
     demo = sub.add_parser("demo-data", help="write the built-in SIMULATED demo dataset")
@@ -209,7 +213,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
 def run_sample(args: argparse.Namespace) -> int:
     """``cvae-ray sample``."""
     from cvae_ray.data.dataset import read_table
-    from cvae_ray.model.bundle import ModelBundle
+    from cvae_ray.model.bundle import UNSEEN_COLUMN, ModelBundle
 
     bundle = ModelBundle.load(args.bundle)
     if args.like:
@@ -219,7 +223,7 @@ def run_sample(args: argparse.Namespace) -> int:
     else:
         conditions, n = _parse_sets(args.set), args.n
     frame = bundle.sample(conditions, n, seed=args.seed, scale=args.scale,
-                          temperature=args.temperature)
+                          temperature=args.temperature, allow_unseen=args.allow_unseen)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
@@ -229,6 +233,11 @@ def run_sample(args: argparse.Namespace) -> int:
     scale = args.scale or bundle.sample_defaults.scale
     print(f"wrote {len(frame)} samples x {len(bundle.genes)} genes ({scale} scale, seed "
           f"{args.seed}, bundle {bundle.bundle_id}) to {out}")
+    if args.allow_unseen and frame[UNSEEN_COLUMN].any():
+        unseen = frame.loc[frame[UNSEEN_COLUMN], bundle.condition_columns].drop_duplicates()
+        print(f"{int(frame[UNSEEN_COLUMN].sum())} samples of combination(s) never seen in "
+              f"training ({unseen.to_dict(orient='records')}), marked in column "
+              f"'{UNSEEN_COLUMN}': composed from the seen combinations, not learnt from data")
     return 0
 
 

@@ -24,7 +24,8 @@ from cvae_ray.errors import CvaeRayError
 MIX_HELP = """condition mix (default: train). One of:
   train     the training split's mix recorded in the bundle;
   balanced  equal counts over the condition combinations seen in training;
-  product   equal counts over every combination of condition values;
+  product   equal counts over every combination of condition values (refused
+            when some were never seen in training, unless --allow-unseen);
   explicit  'col=value,col=value:W;col=value,col=value:W' naming a value for
             every condition column, W fractions summing to 1 or integer counts
             summing to --n, e.g. 'tissue=lung,source=GTEx:0.4;tissue=liver,source=GTEx:0.6';
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder; written to a hidden temporary sibling and published "
                              "only when complete")
     parser.add_argument("--mix", default="train", metavar="SPEC", help=MIX_HELP)
+    parser.add_argument("--allow-unseen", action="store_true",
+                        help="also generate condition combinations never seen in training "
+                             "(latent codes composed from the seen ones; the manifest marks "
+                             "them); default: refuse a mix that holds one")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed (default: 0); recorded in the output")
     parser.add_argument("--scale", choices=SCALES, default=None,
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.bundle, args.n, args.out, mix=args.mix, seed=args.seed, scale=args.scale,
             partition_by=args.partition_by, rows_per_file=args.rows_per_file,
             compression=args.compression, overwrite=args.overwrite, block_rows=args.block_rows,
-            command=command)
+            allow_unseen=args.allow_unseen, command=command)
     except CvaeRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

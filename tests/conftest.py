@@ -35,3 +35,24 @@ def tiny_bundle_dir(demo_path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     bundle.save(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def unseen_bundle_dir(demo_path, tmp_path_factory) -> Path:
+    """A tiny bundle trained on the simulated dataset without any ``UNSEEN`` sample."""
+    import pandas as pd
+    from support import UNSEEN
+
+    from cvae_ray.data.dataset import read_dataset
+    from cvae_ray.model.fitting import fit_bundle
+
+    table = pd.read_parquet(demo_path)
+    dropped = (table["tissue"] == UNSEEN["tissue"]) & (table["source"] == UNSEEN["source"])
+    path = tmp_path_factory.mktemp("unseen") / "without_one_combination.parquet"
+    table[~dropped].to_parquet(path, index=False)
+    dataset = read_dataset(path, ["tissue", "source"])
+    bundle, _ = fit_bundle(dataset, DataSpec(conditions=("tissue", "source")), TINY_MODEL,
+                           TINY_TRAIN)
+    out = tmp_path_factory.mktemp("bundle") / "unseen"
+    bundle.save(out)
+    return out

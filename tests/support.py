@@ -18,6 +18,8 @@ L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
 
 TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)
 TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5)
+#: The combination left out of the ``unseen_bundle_dir`` fixture's training data.
+UNSEEN = {"tissue": "kidney", "source": "GTEx"}
 
 
 def require_shared_data() -> None:

@@ -92,3 +92,21 @@ def test_fit_on_real_data_with_l1000_list(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "1 listed genes not in the data: ['PLSCR3']" in out.stdout
     assert len(ModelBundle.load(tmp_path / "b").genes) == 977
+
+
+def test_sample_unseen_combination_needs_allow_unseen_and_marks_rows(unseen_bundle_dir, tmp_path):
+    out = tmp_path / "kidney_gtex.parquet"
+    args = ["sample", "--bundle", unseen_bundle_dir, "--n", "4", "--set", "tissue=kidney",
+            "--set", "source=GTEx", "--out", out]
+    refused = cvae_ray(*args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert ("{'tissue': 'kidney', 'source': 'GTEx'} was never seen in training"
+            in refused.stderr and "--allow-unseen" in refused.stderr
+            and "kidney|TCGA-tumor (" in refused.stderr)
+    assert not out.exists()
+    allowed = cvae_ray(*args, "--allow-unseen")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "4 samples of combination(s) never seen in training" in allowed.stdout
+    frame = pd.read_parquet(out)
+    assert list(frame.columns[:3]) == ["tissue", "source", "unseen"]
+    assert frame["unseen"].dtype == bool and frame["unseen"].all()

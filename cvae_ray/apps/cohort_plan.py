@@ -13,6 +13,10 @@ Mix syntax (``--mix``):
   under ``source=TCGA``); falls back to ``product`` when the bundle has no
   training record.
 * ``product`` - equal counts across every combination of the condition values.
+
+A mix that holds a combination never seen in training (``product`` usually does)
+is refused unless ``allow_unseen`` is set; the plan then marks those combinations
+(:attr:`CohortPlan.unseen`, ``"unseen"`` in the manifest's ``resolved_mix``).
 * explicit - ``col=value,col=value:WEIGHT;col=value,...:WEIGHT``: every entry
   names a value for every condition column; the weights are either fractions
   summing to 1 or integer counts summing to ``n``.
@@ -27,14 +31,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cvae_ray.data.conditions import Vocabulary
-from cvae_ray.errors import InvalidConfigError
+from cvae_ray.errors import InvalidConfigError, UnknownConditionError
 
+#: Seen combinations named in a refusal (the rest are counted).
+_LISTED_SEEN = 40
 #: Rows per generated block: big enough that per-block overhead vanishes, small
 #: enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
 BLOCK_ROWS = 10_000
@@ -71,6 +77,9 @@ class CohortPlan:
         counts: Samples per combination, aligned with ``combos``; sums to ``n``.
         blocks: Work units, ``BLOCK_ROWS`` samples at most each.
         mix: The mix specification as given (for the record).
+        unseen: Per combination, whether it was never seen in training (all False
+            when the seen combinations are unknown).
+        allow_unseen: Whether unseen combinations were allowed.
     """
 
     n: int
@@ -80,11 +89,15 @@ class CohortPlan:
     counts: tuple[int, ...]
     blocks: tuple[Block, ...]
     mix: str
+    unseen: tuple[bool, ...] = ()
+    allow_unseen: bool = False
 
     def resolved_mix(self) -> list[dict[str, Any]]:
-        """The counts per combination as JSON-ready records (for the manifest)."""
-        return [dict(zip(self.columns, combo), count=count)
-                for combo, count in zip(self.combos, self.counts)]
+        """The counts per combination as JSON-ready records (for the manifest), each with
+        ``unseen``: whether the combination was never seen in training."""
+        unseen = self.unseen or (False,) * len(self.combos)
+        return [dict(zip(self.columns, combo), count=count, unseen=bool(flag))
+                for combo, count, flag in zip(self.combos, self.counts, unseen)]
 
 
 def check_n(n: Any) -> int:
@@ -277,22 +290,77 @@ def resolve_mix(mix: str, n: int, vocab: Mapping[str, Sequence[str]],
     return [c for c, _ in kept], [k for _, k in kept]
 
 
+def check_unseen(combos: Sequence[tuple[str, ...]], columns: Sequence[str],
+                 seen: Collection[tuple[str, ...]] | None, allow_unseen: bool,
+                 mix: str) -> tuple[bool, ...]:
+    """Which combinations of a mix were never seen in training; refuse them unless allowed.
+
+    Args:
+        combos: The mix's combinations (values in column order).
+        columns: Condition column names.
+        seen: The combinations seen in training (``None``: unknown, nothing refused).
+        allow_unseen: Accept unseen combinations.
+        mix: The mix specification (for the message).
+
+    Returns:
+        One flag per combination.
+
+    Raises:
+        UnknownConditionError: Unseen combinations without ``allow_unseen``; names them
+            and lists the seen ones.
+    """
+    if seen is None:
+        return (False,) * len(combos)
+    known = set(seen)
+    unseen = tuple(combo not in known for combo in combos)
+    if any(unseen) and not allow_unseen:
+        missing = [dict(zip(columns, c)) for c, flag in zip(combos, unseen) if flag]
+        listed = ["|".join(c) for c in list(seen)[:_LISTED_SEEN]]
+        rest = len(known) - len(listed)
+        raise UnknownConditionError(
+            f"mix {mix!r} holds {len(missing)} condition combination(s) never seen in "
+            f"training, e.g. {missing[:3]}; the model has no data for them. Generate them only "
+            f"on purpose with --allow-unseen (allow_unseen=True; the manifest marks them), or "
+            f"use --mix balanced (every seen combination). Seen combinations: "
+            f"{', '.join(listed)}{f' and {rest} more' if rest > 0 else ''}.")
+    return unseen
+
+
 def make_plan(n: int, seed: int, mix: str, vocab: Mapping[str, Sequence[str]],
-              metadata: Mapping[str, Any], block_rows: int = BLOCK_ROWS) -> CohortPlan:
+              metadata: Mapping[str, Any], block_rows: int = BLOCK_ROWS, *,
+              seen: Collection[tuple[str, ...]] | None = None,
+              allow_unseen: bool = False) -> CohortPlan:
     """Resolve the mix and cut it into seeded blocks.
 
     Blocks are numbered in combination order, so the same arguments always give
     the same blocks, seeds and sample ids, however Ray schedules them.
 
+    Args:
+        n: Total number of samples.
+        seed: Job seed.
+        mix: Mix specification (see the module docstring).
+        vocab: Condition column -> allowed values (the bundle's).
+        metadata: The bundle's metadata (for the training mix).
+        block_rows: Rows per block at most.
+        seen: Combinations seen in training (values in column order); default: those
+            of the training record in ``metadata`` (none recorded: unknown).
+        allow_unseen: Accept combinations never seen in training.
+
     Raises:
         InvalidConfigError: Bad ``n``, seed, block size or mix.
-        UnknownConditionError: Unknown condition column or value in the mix.
+        UnknownConditionError: Unknown condition column or value in the mix, or a
+            combination never seen in training without ``allow_unseen``.
     """
     n, seed = check_n(n), check_seed(seed)
     if not isinstance(block_rows, int) or block_rows <= 0:
         raise InvalidConfigError(f"block_rows={block_rows!r} is not valid; expected a "
                                  f"positive integer.")
     combos, counts = resolve_mix(mix, n, vocab, metadata)
+    if seen is None:
+        table = training_mix(metadata, list(vocab))
+        seen = (None if table is None else
+                [tuple(str(v) for v in row) for row in table[list(vocab)].itertuples(index=False)])
+    unseen = check_unseen(combos, list(vocab), seen, allow_unseen, str(mix))
     blocks = []
     for c, count in enumerate(counts):
         # Equal-sized blocks per combination rather than one small remainder block.
@@ -301,4 +369,5 @@ def make_plan(n: int, seed: int, mix: str, vocab: Mapping[str, Sequence[str]],
             index = len(blocks)
             blocks.append(Block(index=index, combo=c, count=size, seed=block_seed(seed, index)))
     return CohortPlan(n=n, seed=seed, columns=tuple(vocab), combos=tuple(combos),
-                      counts=tuple(counts), blocks=tuple(blocks), mix=str(mix))
+                      counts=tuple(counts), blocks=tuple(blocks), mix=str(mix), unseen=unseen,
+                      allow_unseen=bool(allow_unseen))

@@ -117,7 +117,8 @@ _SAMPLE_BODY_DOC = {
         "401": {"description": "Missing or wrong bearer token (when auth is enabled)."},
         "406": {"description": "Accept names no supported media type."},
         "413": {"description": "Body larger than max_body_bytes."},
-        "422": {"description": "Unknown condition/gene, bad n, wrong types."},
+        "422": {"description": "Unknown condition/gene, a combination never seen in training "
+                               "without allow_unseen, bad n, wrong types."},
     },
 }
 
@@ -163,7 +164,8 @@ class Sampler:
         self._model_info = self._describe_model()
         # The first decoder pass allocates torch's buffers; pay that before taking traffic.
         _, codes = self._encode_conditions({c: v[0] for c, v in self._bundle.vocab.items()}, 1)
-        self._bundle.draw([SampleRequest(codes, 0)])
+        # (The first value of each column need not be a combination seen in training.)
+        self._bundle.draw([SampleRequest(codes, 0, allow_unseen=True)])
         self._ready = True
         logger.info("Sampler ready: bundle %s from %s (auth %s)", self._bundle.bundle_id,
                     self._location, "on" if self._token else "off")
@@ -202,6 +204,11 @@ class Sampler:
             "genes": bundle.genes,
             "condition_columns": bundle.condition_columns,
             "conditions": bundle.vocab,
+            # Combinations seen in training, with their training-split counts; others
+            # need "allow_unseen": true. From the training record, else (older bundles)
+            # the fitted latent prior (counts null); null when unknown.
+            "seen_combinations": bundle.seen_records(),
+            "seen_combinations_from": bundle.seen_source,
             "sample_defaults": bundle.sample_defaults.to_dict(),
             "limits": {"max_n": self._max_n, "max_body_bytes": self._max_body_bytes},
             "model_config": meta.get("model_config"),
@@ -275,8 +282,13 @@ class Sampler:
             raise _error(422, str(exc), allowed=bundle.vocab)
         except (InvalidConfigError, InvalidDataError) as exc:
             raise _error(422, str(exc))
+        try:
+            unseen = bundle.check_seen(codes, body.allow_unseen)
+        except UnknownConditionError as exc:
+            raise _error(422, str(exc), seen_combinations=bundle.seen_records())
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-        job = SampleRequest(codes, seed, body.scale or bundle.sample_defaults.scale, positions)
+        job = SampleRequest(codes, seed, body.scale or bundle.sample_defaults.scale, positions,
+                            body.allow_unseen)
         if count <= BATCH_MAX_N and body.noise is None:
             values = await self._sample_batch(job)
         else:
@@ -286,9 +298,11 @@ class Sampler:
         genes = bundle.genes if positions is None else [bundle.genes[i] for i in positions]
         headers = {"X-Bundle-Id": bundle.bundle_id, "X-Seed": str(seed)}
         if media_type == JSON:
-            content = encode_json(bundle.bundle_id, seed, genes, records, values)
+            content = encode_json(bundle.bundle_id, seed, genes, records, values,
+                                  unseen if body.allow_unseen else None)
         else:
-            content = encode_table(to_arrow(bundle.condition_columns, records, genes, values),
+            content = encode_table(to_arrow(bundle.condition_columns, records, genes, values,
+                                            unseen if body.allow_unseen else None),
                                    media_type,
                                    {"bundle_id": bundle.bundle_id, "seed": str(seed)})
         return Response(content=content, media_type=media_type, headers=headers)

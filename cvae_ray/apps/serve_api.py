@@ -125,6 +125,10 @@ class SampleBody(BaseModel):
         default=None, description="Optional gene subset, in the order wanted.")
     noise: StrictBool | None = Field(
         default=None, description="Add decoder noise (default: the bundle's).")
+    allow_unseen: StrictBool = Field(
+        default=False, description="Also sample condition combinations never seen in training "
+                                   "(composed from the seen ones; marked 'unseen' in the "
+                                   "response); otherwise they are refused with 422.")
 
     @field_validator("conditions")
     @classmethod
@@ -181,7 +185,7 @@ def choose_media_type(accept: str | None) -> str | None:
 
 
 def encode_json(bundle_id: str, seed: int, genes: Sequence[str], conditions: Sequence[dict],
-                values: np.ndarray) -> bytes:
+                values: np.ndarray, unseen: Sequence[bool] | None = None) -> bytes:
     """The JSON response, written by pandas' C encoder straight from the arrays.
 
     ``json.dumps`` of a 1,000 x 1,000 matrix takes about a second; the ujson
@@ -193,28 +197,39 @@ def encode_json(bundle_id: str, seed: int, genes: Sequence[str], conditions: Seq
         genes: Gene names (columns of ``values``).
         conditions: One mapping column -> value per sample.
         values: ``(n, len(genes))`` samples.
+        unseen: Per sample, whether its combination was never seen in training (the
+            field ``unseen`` is written only when given).
     """
-    head = ujson_dumps({"bundle_id": bundle_id, "seed": int(seed), "genes": list(genes),
-                        "conditions": list(conditions)})
+    head = {"bundle_id": bundle_id, "seed": int(seed), "genes": list(genes),
+            "conditions": list(conditions)}
+    if unseen is not None:
+        head["unseen"] = [bool(u) for u in unseen]
+    head = ujson_dumps(head)
     samples = ujson_dumps(np.asarray(values), double_precision=JSON_DECIMALS)
     return (head[:-1] + ',"samples":' + samples + "}").encode()
 
 
 def to_arrow(columns: Sequence[str], conditions: Sequence[dict], genes: Sequence[str],
-             values: np.ndarray) -> pa.Table:
-    """Condition columns (strings) followed by one float32 column per gene.
+             values: np.ndarray, unseen: Sequence[bool] | None = None) -> pa.Table:
+    """Condition columns (strings), then ``unseen`` (bool, when given), then one float32
+    column per gene.
 
     Args:
         columns: Condition column names, in model order.
         conditions: One mapping column -> value per sample.
         genes: Gene names (columns of ``values``).
         values: ``(n, len(genes))`` samples.
+        unseen: Per sample, whether its combination was never seen in training.
     """
     # One contiguous block, so each gene column is a zero-copy slice of it.
     block = np.ascontiguousarray(np.asarray(values, dtype=np.float32).T)
     arrays = [pa.array([row[c] for row in conditions], type=pa.string()) for c in columns]
+    names = [*map(str, columns)]
+    if unseen is not None:
+        arrays.append(pa.array(np.asarray(unseen, dtype=bool)))
+        names.append("unseen")
     arrays += [pa.array(column) for column in block]
-    return pa.Table.from_arrays(arrays, names=[*map(str, columns), *genes])
+    return pa.Table.from_arrays(arrays, names=[*names, *genes])
 
 
 def encode_table(table: pa.Table, media_type: str, metadata: dict[str, str]) -> bytes:

@@ -123,6 +123,7 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: i
                    scale: str | None = None, partition_by: Sequence[str] = (),
                    rows_per_file: int | None = None, compression: str = DEFAULT_COMPRESSION,
                    overwrite: bool = False, block_rows: int = BLOCK_ROWS,
+                   allow_unseen: bool = False,
                    command: Sequence[str] | None = None) -> PreparedCohort:
     """Check every argument and create the temporary output location; starts no Ray.
 
@@ -138,6 +139,9 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: i
         compression: Parquet codec, one of :data:`COMPRESSIONS`.
         overwrite: Replace a non-empty ``out``.
         block_rows: Rows per generated block.
+        allow_unseen: Generate condition combinations never seen in training (their
+            latent codes are composed from the seen ones; the manifest marks them);
+            otherwise a mix holding one is refused.
         command: Command line to record.
 
     Returns:
@@ -167,7 +171,12 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: i
     if rows_per_file is not None and (not isinstance(rows_per_file, int) or rows_per_file <= 0):
         raise InvalidConfigError(
             f"rows_per_file={rows_per_file!r} is not valid; expected a positive integer.")
-    plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows)
+    seen = loaded.seen_combinations
+    plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows,
+                     seen=None if seen is None else [
+                         tuple(row) for row in seen[loaded.condition_columns].itertuples(
+                             index=False)],
+                     allow_unseen=allow_unseen)
     staging = stage(out, overwrite=overwrite)
     return PreparedCohort(
         bundle_location=str(bundle) if is_uri(bundle) else str(local_path(bundle).resolve()),
@@ -228,6 +237,7 @@ class BlockSampler:
         self.scale = prepared.scale
         self.noise = prepared.noise
         self.temperature = prepared.temperature
+        self.allow_unseen = plan.allow_unseen
         _, codes = self.bundle.encode_conditions(
             [dict(zip(plan.columns, combo)) for combo in plan.combos])
         self.codes = codes
@@ -237,7 +247,8 @@ class BlockSampler:
         codes = np.repeat(self.codes[combo:combo + 1], count, axis=0)
         # Gene-major layout: each gene column is then a contiguous run that Arrow
         # wraps without copying (the transpose is folded into the inverse transform).
-        [values] = self.bundle.draw([SampleRequest(codes, int(seed), self.scale)],
+        [values] = self.bundle.draw([SampleRequest(codes, int(seed), self.scale,
+                                                   allow_unseen=self.allow_unseen)],
                                     noise=self.noise, temperature=self.temperature,
                                     gene_major=True)
         return values
@@ -311,6 +322,9 @@ def manifest(prepared: PreparedCohort, counts: dict[tuple[str, ...], int],
         "condition_columns": list(plan.columns),
         "columns": [SAMPLE_ID, *plan.columns, *prepared.genes],
         "resolved_mix": plan.resolved_mix(),
+        "allow_unseen": plan.allow_unseen,
+        "unseen_combinations": [dict(zip(plan.columns, combo)) for combo, flag in
+                                zip(plan.combos, plan.unseen) if flag],
         "rows": sum(counts.values()),
         "rows_per_condition": [dict(zip(plan.columns, combo), count=count)
                                for combo, count in sorted(counts.items())],

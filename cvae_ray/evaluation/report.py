@@ -171,7 +171,9 @@ def held_out_from_data(bundle: ModelBundle, data_path: str, **read_options: Any)
 
 def _draw(bundle: ModelBundle, conditions: pd.DataFrame, seed: int) -> np.ndarray:
     _, codes = bundle.encode_conditions(conditions)
-    return bundle.draw([SampleRequest(codes, seed)], scale=STANDARDISED)[0]
+    # The held-out mix is scored as it is: a combination absent from the training
+    # split is sampled with its composed latent prior rather than refused.
+    return bundle.draw([SampleRequest(codes, seed, allow_unseen=True)], scale=STANDARDISED)[0]
 
 
 def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

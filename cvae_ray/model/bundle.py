@@ -4,8 +4,13 @@ Layout::
 
     BUNDLE/
       config.json   format, version, genes, condition vocabularies, preprocessing,
-                    model/training/sampling settings, training metrics, data fingerprint
+                    model/training/sampling settings, training metrics, data fingerprint,
+                    and (training.train_condition_counts) the condition combinations
+                    seen in training with their training-split counts
       weights.pt    the CVAE's state_dict (tensors only; loaded with weights_only=True)
+
+Seen combinations: only those are sampled unless the caller opts in
+(``allow_unseen``); see :attr:`ModelBundle.seen_combinations`.
 
 Nothing is pickled: any tool can read ``config.json``, and loading the weights
 cannot run code.
@@ -43,6 +48,7 @@ from cvae_ray.errors import (
     IncompatibleBundleError,
     InvalidConfigError,
     InvalidDataError,
+    UnknownConditionError,
 )
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.draws import request_draws
@@ -64,6 +70,13 @@ WEIGHTS_FILE = "weights.pt"
 
 Conditions = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame
 
+#: Column of sampled tables that marks rows of combinations never seen in training.
+UNSEEN_COLUMN = "unseen"
+#: Seen combinations named in a refusal (the rest are counted).
+_LISTED_SEEN = 40
+#: Largest grid of value combinations kept as a lookup table for the seen check.
+_GRID_LIMIT = 1_000_000
+
 
 @dataclass(frozen=True)
 class SampleRequest:
@@ -76,12 +89,15 @@ class SampleRequest:
             (``None``: the scale given to :meth:`ModelBundle.draw`).
         genes: Positions of the genes to return, in model order (``None``: all genes;
             see :meth:`ModelBundle.gene_positions`).
+        allow_unseen: Sample condition combinations never seen in training (their
+            latent codes are composed from the seen ones); otherwise they are refused.
     """
 
     codes: np.ndarray
     seed: int
     scale: str | None = None
     genes: np.ndarray | None = None
+    allow_unseen: bool = False
 
 
 def _state_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -111,6 +127,8 @@ class ModelBundle:
         self.sample_defaults = SampleConfig.from_dict(self.metadata.get("sample_defaults", {}))
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
         self.vocabulary = Vocabulary(self.vocab)
+        self._seen, self._seen_source = self._read_seen()
+        self._seen_grid = self._seen_lookup()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -127,6 +145,59 @@ class ModelBundle:
     def device(self) -> torch.device:
         """Device the model sits on."""
         return self.model.gene_log_var.device
+
+    @property
+    def seen_combinations(self) -> pd.DataFrame | None:
+        """The condition combinations seen in training, with their training-split counts.
+
+        Read from ``training.train_condition_counts`` in ``config.json`` (every bundle
+        fitted by this package records it). Bundles without that record fall back to
+        the combinations the fitted latent prior has an entry for (``count`` is then
+        missing); with neither, the seen combinations are unknown (``None``) and no
+        combination is refused.
+
+        Returns:
+            One row per combination: the condition columns (trained spellings) and
+            ``count`` (Int64, missing when unknown), most samples first; or ``None``.
+        """
+        return None if self._seen is None else self._seen.copy()
+
+    @property
+    def seen_source(self) -> str | None:
+        """Where :attr:`seen_combinations` comes from: ``"training record"``,
+        ``"latent prior"`` or ``None`` (unknown)."""
+        return self._seen_source
+
+    def _read_seen(self) -> tuple[pd.DataFrame | None, str | None]:
+        columns = self.condition_columns
+        records = (self.metadata.get("training") or {}).get("train_condition_counts")
+        if records:
+            table = pd.DataFrame(records)
+            if set(columns) <= set(table.columns) and "count" in table.columns:
+                # Written by the same fit as the vocabularies, so every value is known.
+                codes = self.vocabulary.encode(table, "training record of seen combinations")
+                seen = self.vocabulary.decode(codes)
+                seen["count"] = pd.array(table["count"].to_numpy(), dtype="Int64")
+                return seen.sort_values("count", ascending=False, kind="stable",
+                                        ignore_index=True), "training record"
+        prior = self.model.latent_prior
+        if prior is not None:
+            seen = self.vocabulary.decode(prior.codes.cpu().numpy())
+            seen["count"] = pd.array([None] * len(seen), dtype="Int64")
+            return seen, "latent prior"
+        return None, None
+
+    def _seen_lookup(self) -> np.ndarray | set[tuple[int, ...]] | None:
+        """Seen combinations as a boolean grid over code tuples (a set when the grid is huge)."""
+        if self._seen is None:
+            return None
+        codes = self.vocabulary.encode(self._seen)
+        sizes = self.vocabulary.sizes
+        if int(np.prod(sizes, dtype=np.float64)) > _GRID_LIMIT:
+            return {tuple(int(c) for c in row) for row in codes}
+        grid = np.zeros(sizes, dtype=bool)
+        grid[tuple(codes.T)] = True
+        return grid
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -305,6 +376,68 @@ class ModelBundle:
         codes = self.vocabulary.encode(rows)
         return self.vocabulary.decode(codes), codes
 
+    def unseen_rows(self, codes: np.ndarray) -> np.ndarray:
+        """Which rows hold a condition combination never seen in training.
+
+        Args:
+            codes: ``(n, n_conditions)`` int64 condition codes.
+
+        Returns:
+            ``(n,)`` bool; all False when the seen combinations are unknown.
+        """
+        codes = np.asarray(codes)
+        if self._seen_grid is None or len(codes) == 0:
+            return np.zeros(len(codes), dtype=bool)
+        if isinstance(self._seen_grid, set):
+            return np.array([tuple(int(c) for c in row) not in self._seen_grid for row in codes])
+        return ~self._seen_grid[tuple(codes.T)]
+
+    def check_seen(self, codes: np.ndarray, allow_unseen: bool = False) -> np.ndarray:
+        """Refuse combinations never seen in training unless ``allow_unseen``.
+
+        Args:
+            codes: ``(n, n_conditions)`` int64 condition codes.
+            allow_unseen: Accept unseen combinations (they are sampled with a latent
+                prior composed from the seen ones).
+
+        Returns:
+            ``(n,)`` bool: the rows of unseen combinations.
+
+        Raises:
+            UnknownConditionError: An unseen combination without ``allow_unseen``; names
+                it and lists the seen combinations.
+        """
+        unseen = self.unseen_rows(codes)
+        if not allow_unseen and unseen.any():
+            first = self.vocabulary.decode(np.asarray(codes)[unseen][:1]).iloc[0].to_dict()
+            raise UnknownConditionError(
+                f"condition combination {first} was never seen in training; the model has "
+                f"no data for it. Sample it only on purpose: allow_unseen=True (cvae-ray "
+                f"sample --allow-unseen, \"allow_unseen\": true in a Serve request, "
+                f"--allow-unseen in the cohort job); its rows are marked 'unseen'. Seen "
+                f"combinations: {self.describe_seen()}.")
+        return unseen
+
+    def describe_seen(self, limit: int = _LISTED_SEEN) -> str:
+        """The seen combinations as ``value|value (count), ...`` (at most ``limit`` named)."""
+        if self._seen is None:
+            return "unknown"
+        columns = self.condition_columns
+        names = []
+        for row in self._seen.head(limit).itertuples(index=False):
+            values = dict(zip([*columns, "count"], row))
+            label = "|".join(str(values[c]) for c in columns)
+            names.append(label if pd.isna(values["count"]) else f"{label} ({values['count']})")
+        rest = len(self._seen) - len(names)
+        return ", ".join(names) + (f" and {rest} more" if rest > 0 else "")
+
+    def seen_records(self) -> list[dict[str, Any]] | None:
+        """:attr:`seen_combinations` as JSON-ready records (``count`` ``None`` when unknown)."""
+        if self._seen is None:
+            return None
+        return [{k: (None if pd.isna(v) else (int(v) if k == "count" else str(v)))
+                 for k, v in row.items()} for row in self._seen.to_dict(orient="records")]
+
     def check_n(self, n: Any) -> None:
         """Refuse a sample count that is not a positive integer up to ``max_n``.
 
@@ -359,7 +492,12 @@ class ModelBundle:
 
         Raises:
             InvalidConfigError: An unknown scale.
+            UnknownConditionError: A request holds a combination never seen in training
+                and does not allow it (:meth:`check_seen`).
         """
+        for request in requests:
+            if not request.allow_unseen:
+                self.check_seen(request.codes)
         standardised = self._decode(requests, noise, temperature)
         out = []
         for request, values in zip(requests, standardised):
@@ -408,7 +546,7 @@ class ModelBundle:
     def sample(self, conditions: Conditions, n: int | None = None, *, seed: int = 0,
                scale: str | None = None, noise: bool | None = None,
                temperature: float | None = None,
-               genes: Sequence[str] | None = None) -> pd.DataFrame:
+               genes: Sequence[str] | None = None, allow_unseen: bool = False) -> pd.DataFrame:
         """Draw synthetic samples as a table of condition columns and one column per gene.
 
         Args:
@@ -420,22 +558,29 @@ class ModelBundle:
             noise: Add decoder noise (default: bundle's).
             temperature: Decoder-noise scale (default: bundle's).
             genes: Optional gene subset (output keeps this order).
+            allow_unseen: Accept condition combinations never seen in training; the
+                table then has a bool column ``unseen`` after the condition columns.
 
         Returns:
-            Condition columns followed by float32 gene columns.
+            Condition columns (then ``unseen`` with ``allow_unseen``) followed by float32
+            gene columns.
 
         Raises:
-            UnknownConditionError: Unknown condition column or value.
+            UnknownConditionError: Unknown condition column or value, or a combination
+                never seen in training without ``allow_unseen``.
             InvalidConfigError: Bad ``n``, seed or scale.
             InvalidDataError: Unknown gene in ``genes``.
         """
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise InvalidConfigError(f"seed={seed!r} is not valid; expected an integer >= 0.")
         table, codes = self.encode_conditions(conditions, n)
+        unseen = self.check_seen(codes, allow_unseen)
         positions = self.gene_positions(genes)
-        [values] = self.draw([SampleRequest(codes, int(seed), scale, positions)], noise=noise,
-                             temperature=temperature)
+        [values] = self.draw([SampleRequest(codes, int(seed), scale, positions, allow_unseen)],
+                             noise=noise, temperature=temperature)
         names = self.genes if positions is None else [self.genes[i] for i in positions]
+        if allow_unseen:
+            table[UNSEEN_COLUMN] = unseen
         return pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
 
     def standardise_real(self, table: pd.DataFrame) -> np.ndarray:

@@ -15,13 +15,25 @@ Each combination gets the mean of its posterior means and a Ledoit-Wolf shrunk
 covariance of them plus the mean posterior variance (the spread each code
 itself has). Combinations with fewer than :data:`MIN_ROWS` training samples use
 the pooled within-combination covariance around their own mean, as the
-per-class Gaussian baseline does. Combinations never seen in training keep the
-standard prior.
+per-class Gaussian baseline does.
+
+A combination never seen in training (sampled only when the caller allows it,
+:meth:`cvae_ray.model.bundle.ModelBundle.check_seen`) has no Gaussian of its own.
+Its mean is composed from the fitted ones by per-column additive effects,
+``mean(tissue=t, source=s) = mu + a_t + b_s``, fitted by least squares on the
+fitted combinations' means (sum-to-zero effects, so a value that appears in no
+fitted combination adds nothing: the average of its column); its covariance is
+the average of the fitted combinations' covariances. Measured on RNAseqDB L1000
+with four tissue|source combinations held out of training and validation (two
+fit seeds), it raised the R^2 of their top-100-gene changes from 0.55 (the
+standard N(0, I) prior) to 0.65, ahead of averaging value means (0.63) or the
+seen combinations sharing a value (0.61); detection AUC stayed at 0.99 with every
+design (README, "Sampling conditions that were never measured").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +58,10 @@ class LatentPrior:
     codes: torch.Tensor
     means: torch.Tensor
     factors: torch.Tensor
+    _composed: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _additive: tuple[np.ndarray, list[dict[int, np.ndarray]], np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def to_state(self) -> dict[str, torch.Tensor]:
         """Plain tensors, for the model's state_dict (loadable with ``weights_only=True``)."""
@@ -65,7 +81,8 @@ class LatentPrior:
             codes: ``(n, n_conditions)`` condition codes, same device as ``noise``.
 
         Returns:
-            ``(n, latent_dim)`` latent codes; rows of unfitted combinations keep ``noise``.
+            ``(n, latent_dim)`` latent codes; rows of combinations without a Gaussian of
+            their own get the composed one (:meth:`compose`).
         """
         prior_codes = self.codes.to(codes.device)
         match = (codes[:, None, :] == prior_codes[None, :, :]).all(dim=2)  # (n, K)
@@ -76,7 +93,67 @@ class LatentPrior:
             rows = match[:, k]
             factor = self.factors[k].to(noise.device, noise.dtype)
             z[rows] = self.means[k].to(noise.device, noise.dtype) + noise[rows] @ factor.T
+        unmatched = ~match.any(dim=1)
+        if bool(unmatched.any()):
+            for combo in torch.unique(codes[unmatched], dim=0):
+                rows = unmatched & (codes == combo).all(dim=1)
+                mean, factor = self.compose(tuple(int(c) for c in combo.tolist()))
+                factor = factor.to(noise.device, noise.dtype)
+                z[rows] = mean.to(noise.device, noise.dtype) + noise[rows] @ factor.T
         return z
+
+    def compose(self, combo: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian of a combination that has none of its own, composed from the fitted.
+
+        Mean: ``mu + sum_j effect_j[combo[j]]``, per-column additive effects fitted by
+        least squares on the fitted combinations' means, with each column's effects
+        summing to zero over the values that appear in a fitted combination (a value
+        that appears in none gets effect zero). Covariance: the average of the fitted
+        combinations' covariances.
+
+        Args:
+            combo: One condition code per column.
+
+        Returns:
+            ``(latent_dim,)`` float32 mean and ``(latent_dim, latent_dim)`` float32 lower
+            Cholesky factor, on CPU (cached per combination).
+        """
+        known = self._composed.get(combo)
+        if known is None:
+            intercept, effects, factor = self._additive_fit()
+            mean = intercept + sum(effects[j].get(code, 0.0) for j, code in enumerate(combo))
+            known = (torch.from_numpy(np.asarray(mean)).float(), torch.from_numpy(factor).float())
+            self._composed[combo] = known
+        return known
+
+    def _additive_fit(self) -> tuple[np.ndarray, list[dict[int, np.ndarray]], np.ndarray]:
+        """Intercept, each column's value -> effect, and the pooled factor (see :meth:`compose`)."""
+        if self._additive is None:
+            codes = self.codes.cpu().numpy()
+            means = self.means.double().cpu().numpy()
+            # Sum-to-zero (deviation) coding: the last value of each column is minus the
+            # sum of the others, so the intercept is the average over values.
+            blocks, levels = [np.ones((len(codes), 1))], []
+            for j in range(codes.shape[1]):
+                values = np.unique(codes[:, j])
+                block = (codes[:, j, None] == values[None, :-1]).astype(float)
+                block -= (codes[:, j] == values[-1]).astype(float)[:, None]
+                blocks.append(block)
+                levels.append(values)
+            # Minimum-norm least squares: exact when the fitted combinations identify
+            # every effect, and defined (if not unique per effect) when they do not.
+            coef = np.linalg.lstsq(np.hstack(blocks), means, rcond=None)[0]
+            intercept, effects, start = coef[0], [], 1
+            for values in levels:
+                part = coef[start:start + len(values) - 1]
+                start += len(values) - 1
+                effect = {int(v): part[i] for i, v in enumerate(values[:-1])}
+                effect[int(values[-1])] = -part.sum(axis=0)
+                effects.append(effect)
+            factors = self.factors.double().cpu().numpy()
+            pooled = (factors @ factors.transpose(0, 2, 1)).mean(axis=0)
+            self._additive = (intercept, effects, np.linalg.cholesky(pooled))
+        return self._additive
 
 
 @torch.no_grad()

@@ -43,7 +43,9 @@ def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarra
     gammas, dcr_syn = [], []
     nn = NearestNeighbors(n_neighbors=1).fit(x_train)
     for seed in sample_seeds:
-        synthetic = bundle.standardise_real(bundle.sample(test_conditions, seed=seed))
+        # The test mix as it is, a combination absent from training included.
+        synthetic = bundle.standardise_real(bundle.sample(test_conditions, seed=seed,
+                                                          allow_unseen=True))
         gammas.append(gamma(x_test, synthetic))
         dcr_syn.append(float(np.median(nn.kneighbors(synthetic)[0])))
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from support import REPO, TINY_MODEL, TINY_TRAIN
+from support import REPO, TINY_MODEL, TINY_TRAIN, UNSEEN
 
 from cvae_ray.apps.cluster import free_port, ray_session
 from cvae_ray.apps.serve_api import (
@@ -91,8 +91,9 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_bundle_dir, demo_path, tmp_path_factory) -> tuple[Path, Path]:
-    """The shared tiny bundle and a second one trained with another seed (for the switch)."""
+def bundles(unseen_bundle_dir, demo_path, tmp_path_factory) -> tuple[Path, Path]:
+    """The shared tiny bundle trained without ``UNSEEN`` (served first) and a second one
+    trained on every combination with another seed (for the switch)."""
     from cvae_ray.data.dataset import read_dataset
     from cvae_ray.model.fitting import fit_bundle
 
@@ -101,7 +102,7 @@ def bundles(tiny_bundle_dir, demo_path, tmp_path_factory) -> tuple[Path, Path]:
                           TrainConfig.from_dict({**TINY_TRAIN.to_dict(), "seed": 1}))
     out = tmp_path_factory.mktemp("bundle2") / "other"
     other.save(out)
-    return tiny_bundle_dir, out
+    return unseen_bundle_dir, out
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,9 @@ def test_model_describes_the_bundle(service, bundle):
     assert info["bundle_format_version"] == bundle.metadata["format_version"]
     assert info["limits"]["max_n"] == 10000
     assert "val_gamma" in info["training"] and "history" not in info["training"]
+    assert info["seen_combinations"] == bundle.seen_records()
+    assert info["seen_combinations_from"] == "training record"
+    assert UNSEEN not in [{k: r[k] for k in UNSEEN} for r in info["seen_combinations"]]
     full = service.get("/v1/model", params={"history": "true"}).json()
     assert len(full["training"]["history"]) == bundle.metadata["training"]["epochs_run"]
 
@@ -264,6 +268,27 @@ def test_samples_arrow_and_parquet(service, bundle, accept):
         assert table.schema.field(gene).type == pa.float32()
     np.testing.assert_allclose(table.select(bundle.genes).to_pandas().to_numpy(),
                                expected[bundle.genes].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unseen_combination_needs_allow_unseen_and_is_marked(service, bundle):
+    refused = service.post({"conditions": UNSEEN, "n": 3, "seed": 2})
+    assert refused.status_code == 422
+    detail = refused.json()
+    assert "{'tissue': 'kidney', 'source': 'GTEx'} was never seen in training" in detail["detail"]
+    assert detail["seen_combinations"] == bundle.seen_records()
+    reply = service.post({"conditions": UNSEEN, "n": 3, "seed": 2, "allow_unseen": True})
+    assert reply.status_code == 200, reply.text
+    payload = reply.json()
+    assert payload["unseen"] == [True] * 3
+    expected = bundle.sample(UNSEEN, 3, seed=2, allow_unseen=True)[bundle.genes]
+    np.testing.assert_allclose(_json_frame(payload), expected.to_numpy(np.float64),
+                               rtol=1e-5, atol=1e-5)
+    seen = {"tissue": "kidney", "source": "TCGA-tumor"}
+    table = pa.ipc.open_stream(service.post(
+        {"conditions": [seen, UNSEEN], "seed": 1, "allow_unseen": True},
+        accept="application/vnd.apache.arrow.stream").content).read_all()
+    assert table.column_names[:3] == ["tissue", "source", "unseen"]
+    assert table.column("unseen").to_pylist() == [False, True]
 
 
 def test_same_seed_same_samples_other_seed_different(service, bundle):

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from support import UNSEEN
 
 from cvae_ray.apps.cohort_plan import make_plan, resolve_mix
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
@@ -227,3 +228,42 @@ def test_genes_constant_in_training_are_written_as_that_constant(ray_cluster, tm
     zero = ["INS", "TTN", "AR", "KRT5", "SFTPC"]
     assert len(frame) == 300 and (frame[zero].to_numpy() == 0).all()
     assert (frame["TP53"] > 0).all()
+
+
+def test_plan_refuses_unseen_combinations_unless_allowed(unseen_bundle_dir):
+    from cvae_ray.model.bundle import ModelBundle
+
+    bundle = ModelBundle.load(unseen_bundle_dir)
+    kidney_gtex = (UNSEEN["tissue"], UNSEEN["source"])
+    # 'product' holds kidney|GTEx, which the bundle never saw; so does an explicit mix.
+    for mix in ("product", "tissue=kidney,source=GTEx:1"):
+        with pytest.raises(UnknownConditionError,
+                           match=r"never seen in training, e.g. \[\{'tissue': 'kidney', "
+                                 r"'source': 'GTEx'\}\].*--allow-unseen.*Seen combinations: "):
+            make_plan(36, 0, mix, bundle.vocab, bundle.metadata)
+    plan = make_plan(36, 0, "product", bundle.vocab, bundle.metadata, allow_unseen=True)
+    assert plan.allow_unseen and len(plan.combos) == 18
+    assert [c for c, flag in zip(plan.combos, plan.unseen) if flag] == [kidney_gtex]
+    marked = [r for r in plan.resolved_mix() if r["unseen"]]
+    assert marked == [{**UNSEEN, "count": 2, "unseen": True}]
+    # 'balanced' and 'train' hold only seen combinations.
+    assert not any(make_plan(36, 0, "balanced", bundle.vocab, bundle.metadata).unseen)
+
+
+def test_cohort_job_unseen_mix_refused_before_ray_and_marked_with_allow_unseen(
+        ray_cluster, unseen_bundle_dir, tmp_path, capsys):
+    common = ["--bundle", unseen_bundle_dir, "--n", 36, "--mix", "product", "--workers", 1]
+    assert _run([*common, "--out", tmp_path / "refused"]) == 2
+    assert "never seen in training" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "allowed"
+    assert _run([*common, "--out", out, "--allow-unseen"]) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["allow_unseen"] is True
+    assert manifest["unseen_combinations"] == [UNSEEN]
+    assert [r for r in manifest["resolved_mix"] if r["unseen"]] == [
+        {**UNSEEN, "count": 2, "unseen": True}]
+    frame = _read(out)
+    rows = frame[(frame["tissue"] == "kidney") & (frame["source"] == "GTEx")]
+    assert len(frame) == 36 and len(rows) == 2
+    assert pd.notna(rows[manifest["genes"]].to_numpy()).all()

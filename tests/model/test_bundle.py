@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support import UNSEEN
 
 from cvae_ray.config import ModelConfig
 from cvae_ray.data.preprocess import Preprocessor
@@ -208,3 +209,75 @@ def test_inverse_clips_negative_expression_at_zero():
     assert pre.inverse(np.array([[-50.0]]), "input")[0, 0] == 0.0
 
 
+
+
+# ---------------------------------------------------------------------- unseen combinations
+SEEN_KIDNEY = {"tissue": "kidney", "source": "TCGA-tumor"}
+
+
+@pytest.fixture(scope="module")
+def unseen_bundle(unseen_bundle_dir) -> ModelBundle:
+    return ModelBundle.load(unseen_bundle_dir)
+
+
+def test_seen_combinations_are_the_training_splits_with_counts(unseen_bundle):
+    seen = unseen_bundle.seen_combinations
+    record = pd.DataFrame(unseen_bundle.metadata["training"]["train_condition_counts"])
+    assert unseen_bundle.seen_source == "training record"
+    assert list(seen.columns) == ["tissue", "source", "count"]
+    assert not ((seen["tissue"] == UNSEEN["tissue"]) & (seen["source"] == UNSEEN["source"])).any()
+    assert len(seen) == 17 and int(seen["count"].sum()) == unseen_bundle.metadata["training"]["n_train"]
+    pd.testing.assert_frame_equal(
+        seen.sort_values(["tissue", "source"], ignore_index=True).astype({"count": "int64"}),
+        record.sort_values(["tissue", "source"], ignore_index=True))
+
+
+def test_unseen_combination_is_refused_without_opt_in(unseen_bundle):
+    with pytest.raises(UnknownConditionError,
+                       match=r"\{'tissue': 'kidney', 'source': 'GTEx'\} was never seen in training"
+                             r".*allow_unseen=True.*Seen combinations: .*kidney\|TCGA-tumor \(\d+\)"):
+        unseen_bundle.sample(UNSEEN, 3, seed=0)
+    # The one sampling call refuses too, and a list mixing seen and unseen rows.
+    _, codes = unseen_bundle.encode_conditions([SEEN_KIDNEY, UNSEEN])
+    with pytest.raises(UnknownConditionError, match="never seen in training"):
+        unseen_bundle.draw([SampleRequest(codes, 0)])
+    with pytest.raises(UnknownConditionError, match="never seen in training"):
+        unseen_bundle.sample([SEEN_KIDNEY, UNSEEN], seed=0)
+
+
+def test_unseen_combination_with_opt_in_is_marked_and_seen_rows_are_unchanged(unseen_bundle):
+    frame = unseen_bundle.sample([SEEN_KIDNEY, UNSEEN, SEEN_KIDNEY], seed=4, allow_unseen=True)
+    assert list(frame.columns[:3]) == ["tissue", "source", "unseen"]
+    assert frame["unseen"].tolist() == [False, True, False]
+    values = frame[unseen_bundle.genes].to_numpy()
+    assert np.isfinite(values).all()
+    # A seen combination samples exactly as without the opt-in.
+    plain = unseen_bundle.sample(SEEN_KIDNEY, 6, seed=2)
+    opted = unseen_bundle.sample(SEEN_KIDNEY, 6, seed=2, allow_unseen=True)
+    assert not opted["unseen"].any()
+    pd.testing.assert_frame_equal(plain, opted.drop(columns="unseen"))
+    # The unseen combination's latent codes come from the composed prior, not N(0, I).
+    prior = unseen_bundle.model.latent_prior
+    _, codes = unseen_bundle.encode_conditions(UNSEEN, 1)
+    mean, _ = prior.compose(tuple(int(c) for c in codes[0]))
+    z = prior.transform(torch.zeros(2, mean.shape[0]), torch.from_numpy(np.repeat(codes, 2, 0)))
+    np.testing.assert_array_equal(z.numpy(), np.tile(mean.numpy(), (2, 1)))
+    assert float(mean.abs().sum()) > 0
+
+
+def test_bundle_without_training_record_takes_the_seen_combinations_from_its_prior(
+        unseen_bundle_dir, unseen_bundle, tmp_path):
+    copy = tmp_path / "old"
+    copy.mkdir()
+    config = json.loads((unseen_bundle_dir / CONFIG_FILE).read_text())
+    del config["training"]["train_condition_counts"]
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    (copy / WEIGHTS_FILE).write_bytes((unseen_bundle_dir / WEIGHTS_FILE).read_bytes())
+    old = ModelBundle.load(copy)
+    assert old.seen_source == "latent prior"
+    assert old.seen_combinations["count"].isna().all()
+    assert (sorted(map(tuple, old.seen_combinations[["tissue", "source"]].to_numpy()))
+            == sorted(map(tuple, unseen_bundle.seen_combinations[["tissue", "source"]].to_numpy())))
+    with pytest.raises(UnknownConditionError, match=r"never seen.*kidney\|TCGA-tumor, "):
+        old.sample(UNSEEN, 2)
+    assert old.sample(UNSEEN, 2, allow_unseen=True)["unseen"].all()

@@ -48,13 +48,35 @@ def test_each_combination_gets_its_own_mean_and_spread():
     np.testing.assert_allclose(np.diag(cov[1]), [0.02, 4.01], rtol=0.1)
 
 
-def test_transform_maps_rows_to_their_combination_and_keeps_unseen_ones():
+def test_transform_maps_rows_to_their_combination_and_composes_unseen_ones():
     prior = LatentPrior(codes=torch.tensor([[0, 0], [1, 0]]),
                         means=torch.tensor([[10.0, 0.0], [0.0, -10.0]]),
                         factors=torch.stack([torch.eye(2) * 2, torch.eye(2) * 0.5]))
     noise = torch.ones(3, 2)
     z = prior.transform(noise, torch.tensor([[1, 0], [0, 0], [1, 1]]))
-    assert z.tolist() == [[0.5, -9.5], [12.0, 2.0], [1.0, 1.0]]
+    assert z[:2].tolist() == [[0.5, -9.5], [12.0, 2.0]]
+    # Source 1 is in no fitted combination: no effect of its own, so tissue 1's mean;
+    # the spread is the average of the fitted covariances, (4 + 0.25) / 2 per axis.
+    spread = np.sqrt((4 + 0.25) / 2)
+    np.testing.assert_allclose(z[2].numpy(), [spread, -10.0 + spread], rtol=1e-6)
+
+
+def test_unseen_combination_mean_is_the_additive_composition_of_the_fitted_means():
+    # Means of 5 of the 6 combinations of 3 tissues x 2 sources, exactly additive:
+    # mean(t, s) = mu + a_t + b_s. The missing (2, 1) must come out as mu + a_2 + b_1.
+    rng = np.random.default_rng(3)
+    mu, a, b = rng.normal(size=3), rng.normal(size=(3, 3)), rng.normal(size=(2, 3))
+    seen = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    factors = torch.from_numpy(np.stack([np.eye(3) * (k + 1) for k in range(5)])).float()
+    prior = LatentPrior(codes=torch.tensor(seen),
+                        means=torch.from_numpy(np.stack([mu + a[t] + b[s] for t, s in seen])).float(),
+                        factors=factors)
+    mean, factor = prior.compose((2, 1))
+    np.testing.assert_allclose(mean.numpy(), mu + a[2] + b[1], atol=1e-5)
+    np.testing.assert_allclose((factor @ factor.T).numpy(),
+                               np.eye(3) * np.mean([(k + 1) ** 2 for k in range(5)]), rtol=1e-5)
+    z = prior.transform(torch.zeros(4, 3), torch.tensor([[2, 1]] * 4))
+    np.testing.assert_allclose(z.numpy(), np.tile(mu + a[2] + b[1], (4, 1)), atol=1e-5)
 
 
 def test_small_combination_uses_the_pooled_covariance_around_its_own_mean():
@@ -77,8 +99,10 @@ def test_prior_travels_in_the_state_dict_and_changes_samples():
                                      factors=torch.eye(2)[None])
     after = model.sample(codes, torch.Generator().manual_seed(0))
     standard = model.sample(codes, torch.Generator().manual_seed(0), SampleConfig(latent="standard"))
-    assert torch.equal(before[1::2], after[1::2])  # combination 1 has no fitted Gaussian
     assert not torch.allclose(before[0::2], after[0::2])
+    # Combination 1 has no fitted Gaussian: composed from the one fitted, (3, 3) and I.
+    mean, factor = model.latent_prior.compose((1,))
+    assert mean.tolist() == [3.0, 3.0] and torch.equal(factor, torch.eye(2))
     assert torch.equal(before, standard)
     clone = CVAE(5, [2], config).eval()
     clone.load_state_dict(model.state_dict(), strict=True)

@@ -72,5 +72,6 @@ class CvaeGenerator:
         """One standardised synthetic row per condition row."""
         if self._bundle is None:
             raise RuntimeError("fit the generator before sampling.")
-        request = SampleRequest(self._vocab.encode(cond), int(seed))
+        # Generators sample every condition row they are given, like the baselines.
+        request = SampleRequest(self._vocab.encode(cond), int(seed), allow_unseen=True)
         return self._bundle.draw([request], scale=STANDARDISED)[0]
