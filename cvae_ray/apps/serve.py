@@ -47,6 +47,7 @@ from cvae_ray.apps.serve_api import (
     MEDIA_TYPES,
     SampleBody,
     SamplerArgs,
+    TableEncoder,
     choose_media_type,
     encode_json,
     encode_table,
@@ -158,6 +159,7 @@ class Sampler:
         self._max_n = min(settings.max_n, self._bundle.sample_defaults.max_n)
         self._code_cache: dict[tuple, tuple[dict[str, str], np.ndarray]] = {}
         self._max_body_bytes = settings.max_body_bytes
+        self._tables = TableEncoder(self._bundle.condition_columns, self._bundle.genes)
         # One thread runs the model, so decoder passes never compete for the
         # replica's CPU, and the event loop stays free to read new requests meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-decoder")
@@ -301,10 +303,15 @@ class Sampler:
             content = encode_json(bundle.bundle_id, seed, genes, records, values,
                                   unseen if body.allow_unseen else None)
         else:
-            content = encode_table(to_arrow(bundle.condition_columns, records, genes, values,
-                                            unseen if body.allow_unseen else None),
-                                   media_type,
-                                   {"bundle_id": bundle.bundle_id, "seed": str(seed)})
+            if body.allow_unseen:  # the unseen marker column: the general table path
+                content = encode_table(to_arrow(bundle.condition_columns, records, genes, values,
+                                                unseen),
+                                       media_type,
+                                       {"bundle_id": bundle.bundle_id, "seed": str(seed)})
+            else:
+                content = self._tables.encode(media_type, records, values,
+                                              {"bundle_id": bundle.bundle_id, "seed": str(seed)},
+                                              None if positions is None else genes)
         return Response(content=content, media_type=media_type, headers=headers)
 
     def _encode_conditions(self, conditions: dict[str, str] | list[dict[str, str]],

@@ -85,6 +85,8 @@ class Vocabulary:
     def __init__(self, values: Mapping[str, Sequence[str]]) -> None:
         self.levels = {str(c): [str(v) for v in vals] for c, vals in values.items()}
         self._code_of = {c: {v: i for i, v in enumerate(vals)} for c, vals in self.levels.items()}
+        self._level_arrays = [np.asarray(vals, dtype=object) for vals in self.levels.values()]
+        self._columns_index = pd.Index(list(self.levels), dtype=object)
         # Trimmed spellings of values trained with surrounding whitespace (bundles fitted
         # before values were trimmed at read time).
         self._alias_of = {c: {v.strip(): i for i, v in enumerate(vals)
@@ -133,9 +135,18 @@ class Vocabulary:
         Raises:
             UnknownConditionError: A value is missing or is not one of the column's values.
         """
+        mapping, alias = self._code_of[column], self._alias_of[column]
+        listed = values.tolist() if isinstance(values, pd.Series) else list(values)
+        try:
+            # The usual case, every value a trained spelling: plain lookups. Only str keys
+            # are stored, so anything else (a number, a missing value) falls through to
+            # the reading below, exactly as before; a request for one sample costs
+            # microseconds instead of the milliseconds of the pandas reading.
+            return np.fromiter((mapping[v] for v in listed), dtype=np.int64, count=len(listed))
+        except (KeyError, TypeError):
+            pass
         prefix = f"{where}: " if where else ""
         values = pd.Series(values) if not isinstance(values, pd.Series) else values
-        mapping, alias = self._code_of[column], self._alias_of[column]
         exact = values.astype(object).where(values.notna(), None).tolist()
         read, _ = label_text(values)
         out = np.empty(len(exact), dtype=np.int64)
@@ -172,9 +183,12 @@ class Vocabulary:
 
     def decode(self, codes: np.ndarray) -> pd.DataFrame:
         """The condition table (trained spellings) of ``(n, n_conditions)`` codes."""
-        return pd.DataFrame({c: np.asarray(vals, dtype=object)[codes[:, j]]
-                             for j, (c, vals) in enumerate(self.levels.items())},
-                            columns=self.columns)
+        codes = np.asarray(codes)
+        values = np.empty((codes.shape[0], len(self.levels)), dtype=object)
+        for j, levels in enumerate(self._level_arrays):
+            values[:, j] = levels[codes[:, j]]
+        # One 2-D object block: a fraction of the cost of a frame built column by column.
+        return pd.DataFrame(values, columns=self._columns_index)
 
 
 def joint_labels(conditions: pd.DataFrame) -> np.ndarray:

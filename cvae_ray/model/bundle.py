@@ -126,6 +126,8 @@ class ModelBundle:
         self.metadata = dict(metadata)
         self.sample_defaults = SampleConfig.from_dict(self.metadata.get("sample_defaults", {}))
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
+        # Column labels of sampled tables, built once (an Index is immutable).
+        self._gene_columns = pd.Index(self.genes, dtype=object)
         self.vocabulary = Vocabulary(self.vocab)
         self._seen, self._seen_source = self._read_seen()
         self._seen_grid = self._seen_lookup()
@@ -360,8 +362,12 @@ class ModelBundle:
             if n is None:
                 raise InvalidConfigError("n is required with a single condition mapping.")
             self.check_n(n)
-            rows = pd.DataFrame([dict(conditions)] * n) if n else pd.DataFrame()
             self.vocabulary.check_columns(list(conditions))
+            # One mapping is read once, not once per sample (no table of n copies).
+            row = np.array([self.vocabulary.codes(c, [conditions[c]])[0]
+                            for c in self.condition_columns], dtype=np.int64)
+            codes = np.repeat(row[None, :], n, axis=0)
+            return self.vocabulary.decode(codes), codes
         else:
             conditions = list(conditions)
             if n is not None and n != len(conditions):
@@ -578,10 +584,13 @@ class ModelBundle:
         positions = self.gene_positions(genes)
         [values] = self.draw([SampleRequest(codes, int(seed), scale, positions, allow_unseen)],
                              noise=noise, temperature=temperature)
-        names = self.genes if positions is None else [self.genes[i] for i in positions]
+        names = self._gene_columns if positions is None else [self.genes[i] for i in positions]
         if allow_unseen:
             table[UNSEEN_COLUMN] = unseen
-        return pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
+        # The values are this call's own array: wrap it, and let concat take it without a
+        # second copy (at n = 1 the table, not the model, was most of the cost).
+        return pd.concat([table, pd.DataFrame(values, columns=names, copy=False)], axis=1,
+                         copy=False)
 
     def standardise_real(self, table: pd.DataFrame) -> np.ndarray:
         """Bring a real table (gene columns on the input scale) into the model's space.

@@ -259,3 +259,19 @@ def test_split_is_seeded_stratified_and_disjoint():
     assert sorted(everything) == list(range(83))
     assert set(conditions.tissue[first.test]) == {"a", "b", "c"}
     assert abs(len(first.test) - 83 * 0.2) <= 3
+
+
+def test_codes_read_values_as_before_whatever_their_type():
+    from cvae_ray.data.conditions import Vocabulary
+    from cvae_ray.errors import UnknownConditionError
+
+    vocabulary = Vocabulary({"dose": ["1", "10", "lung"]})
+    # Exact spellings take the lookup; numbers and padded text take the reading.
+    assert vocabulary.codes("dose", ["10", "lung", "1"]).tolist() == [1, 2, 0]
+    assert vocabulary.codes("dose", [10, " lung"]).tolist() == [1, 2]
+    assert vocabulary.codes("dose", pd.Series([1.0, 10.0])).tolist() == [0, 1]
+    assert vocabulary.codes("dose", pd.Series(["lung"], dtype="category")).tolist() == [2]
+    with pytest.raises(UnknownConditionError, match="unknown value '2'.*allowed values"):
+        vocabulary.codes("dose", ["1", 2])
+    with pytest.raises(UnknownConditionError, match="no value for condition 'dose'"):
+        vocabulary.codes("dose", [None])

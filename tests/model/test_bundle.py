@@ -64,6 +64,22 @@ def test_same_seed_same_samples_other_seed_different(bundle):
     assert not np.allclose(first[bundle.genes], other[bundle.genes])
 
 
+def test_one_mapping_a_list_and_a_table_sample_the_same_table(bundle):
+    # A single mapping is read once and its table built without per-sample copies;
+    # the result must be the table the other forms give, value for value.
+    by_mapping = bundle.sample(LUNG, 4, seed=3)
+    by_list = bundle.sample([LUNG] * 4, seed=3)
+    by_table = bundle.sample(pd.DataFrame([LUNG] * 4), seed=3)
+    # Spellings that are read, not matched (surrounding spaces): the same samples.
+    by_reading = bundle.sample({"tissue": " lung ", "source": "GTEx "}, 4, seed=3)
+
+    for other in (by_list, by_table, by_reading):
+        pd.testing.assert_frame_equal(by_mapping, other)
+    assert list(by_mapping.columns) == [*bundle.condition_columns, *bundle.genes]
+    assert by_mapping[bundle.genes].dtypes.eq(np.float32).all()
+    assert by_mapping["tissue"].dtype == object and by_mapping["tissue"].tolist() == ["lung"] * 4
+
+
 def test_every_condition_value_can_be_sampled(bundle):
     rows = [{"tissue": t, "source": s} for t in bundle.vocab["tissue"] for s in bundle.vocab["source"]]
 
