@@ -30,7 +30,7 @@ job and of ``cvae-ray``, and the doc's ``cvae-ray sample`` / ``cvae-ray
 demo-data`` commands, with the inputs they name (``--bundle``, ``--like``)
 staged from a tiny bundle fitted on the simulated cohort. Tuning, benchmarks,
 Serve, cohort generation, evaluation and full fits are not run here: they need
-minutes or a cluster, and tests/test_demo.py and ``make demo`` run those
+minutes or a cluster, and tests/tools/test_demo.py and ``make demo`` run those
 pipelines end to end.
 """
 

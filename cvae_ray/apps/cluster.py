@@ -113,6 +113,7 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
     Raises:
         CvaeRayError: The cluster did not answer within ``CLUSTER_START_TIMEOUT_S``.
     """
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     port, dashboard = free_port(), free_port()
@@ -139,6 +140,11 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
         # Only this cluster's process group: a bare `ray stop` would kill others' too.
         stop_process_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:

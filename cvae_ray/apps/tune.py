@@ -99,6 +99,9 @@ class TuneRequest:
     reduction_factor: int = SearchConfig.reduction_factor
 
     def __post_init__(self) -> None:
+        SearchConfig(num_trials=self.num_trials, workers=self.workers,
+                     cpus_per_worker=self.cpus_per_worker, name=self.name, out=self.out,
+                     reduction_factor=self.reduction_factor)
         SearchLimits(worker_start_timeout_s=self.worker_start_timeout_s,
                      max_failures=self.max_failures, time_limit_s=self.time_limit_s)
 
@@ -382,8 +385,9 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
     # Ray rebuilds a start-up timeout error's message from this variable in the process
     # that unpickles it (this one): without it the message names Ray's default.
     os.environ[WORKER_START_TIMEOUT_ENV] = str(request.worker_start_timeout_s)
+    if not resumed:  # before any trial: a search stopped midway can still be checked
+        _write_request(path, fingerprint, request)
     grid = tuner.fit()
-    _write_request(path, fingerprint, request)
     return _export(grid, request, path, resumed, log)
 
 
@@ -472,8 +476,7 @@ def trial_table(grid) -> pd.DataFrame:
     for result in grid:
         metrics = dict(result.metrics or {})
         frame = result.metrics_dataframe
-        best = (frame["selection_score"].max() if frame is not None and "selection_score" in frame
-                else float("nan"))
+        best = _best_eligible(frame)
         row = {"trial_id": _trial_id(result), "status": _status(result, metrics),
                "evaluations": metrics.get("training_iteration"), "epochs": metrics.get("epoch"),
                "best_val_gamma": best, f"last_{METRIC}": metrics.get(METRIC),
@@ -554,10 +557,24 @@ def _default_trial_score(grid, space: Space) -> float | None:
         config = result.config or {}
         if all(config.get(s, {}).get(n) == defaults[s][n] for s, e in space.items()
                for n, v in e.items() if isinstance(v, Distribution)):
-            frame = result.metrics_dataframe
-            if frame is not None and "selection_score" in frame:
-                return float(frame["selection_score"].max())
+            best = _best_eligible(result.metrics_dataframe)
+            return None if math.isnan(best) else best
     return None
+
+
+def _best_eligible(frame: pd.DataFrame | None) -> float:
+    """A trial's best validation metric over its eligible checkpoints (NaN if none).
+
+    Ineligible checkpoints carry a sentinel score outside the metric's range
+    (:func:`~cvae_ray.model.selection.selection_score`); it is never shown as a figure.
+    """
+    if frame is None or "selection_score" not in frame:
+        return float("nan")
+    eligible = frame.loc[frame["selection_score"] != selection_score(float("nan"), False), METRIC]
+    if eligible.empty:
+        return float("nan")
+    higher = metric_info(SELECTION_METRIC).higher_is_better
+    return float(eligible.max() if higher else eligible.min())
 
 
 def resolve_storage(storage: str) -> str:

@@ -164,6 +164,13 @@ class ModelBundle:
         """
         return None if self._seen is None else self._seen.copy()
 
+    def first_condition(self) -> dict[str, str]:
+        """A condition mapping the model was trained on (the most frequent combination
+        when the seen ones are known; else each column's first value)."""
+        if self._seen is not None and len(self._seen):
+            return {c: str(self._seen.iloc[0][c]) for c in self.condition_columns}
+        return {c: values[0] for c, values in self.vocab.items()}
+
     @property
     def seen_source(self) -> str | None:
         """Where :attr:`seen_combinations` comes from: ``"training record"``,

@@ -62,7 +62,7 @@ class FitResult:
     """Outcome of :func:`fit`.
 
     Attributes:
-        state_dict: Weights of the best checkpoint (highest validation gamma).
+        state_dict: Weights of the selected checkpoint (:mod:`cvae_ray.model.selection`).
         best_epoch: Epoch of that checkpoint.
         best_val_gamma: Its validation gamma.
         best_val_loss: Its validation loss.
@@ -235,8 +235,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         if on_epoch is not None:
             on_epoch(metrics)
         if val_g is not None:
-            improved, _, _ = selector.update(epoch, val_g, ratio)
-            if improved:
+            keep, _, _ = selector.update(epoch, val_g, ratio)
+            if keep:
                 best.state_dict = cpu_state(model)
                 best.best_epoch, best.best_val_gamma, best.best_val_loss = epoch, val_g, val_loss
             if selector.patience_spent:

@@ -11,8 +11,10 @@ disagree on what "better" means:
 * its *score* is the validation metric (:data:`SELECTION_METRIC`, direction and range
   from the metric registry), or a value worse than any possible one when it is not
   eligible;
-* the first evaluated checkpoint is kept provisionally, so a run always has one to
-  export; a later one replaces the best only with a strictly better score;
+* the best checkpoint is the eligible one with the best score (ties: the earlier);
+  until one is eligible, the latest evaluated checkpoint is kept provisionally, so a
+  run always has one to export (Ray Train, keeping checkpoints by score, keeps the
+  latest of equal scores too);
 * every evaluation after warm-up that does not improve counts towards ``patience``.
 """
 
@@ -89,17 +91,26 @@ class CheckpointSelector:
             dcr_ratio: Its validation DCR ratio.
 
         Returns:
-            ``(improved, score, eligible)``: whether it is now the best checkpoint, its
-            score and whether it was eligible.
+            ``(keep, score, eligible)``: whether it is now the checkpoint to keep (the
+            best eligible one, or the provisional one while none is eligible), its score
+            and whether it was eligible.
         """
         eligible = eligible_checkpoint(epoch, dcr_ratio, self.config)
         score = selection_score(value, eligible)
-        improved = better(score, self.best) or self.best_epoch == 0
-        if improved:
+        if eligible and better(score, self.best):
             self.best, self.best_epoch, self.stale = score, epoch, 0
-        elif epoch >= self.config.kl_warmup_epochs:
+            return True, score, eligible
+        if epoch >= self.config.kl_warmup_epochs:
             self.stale += 1
-        return improved, score, eligible
+        if not self.found_eligible:
+            self.best_epoch = epoch
+            return True, score, eligible
+        return False, score, eligible
+
+    @property
+    def found_eligible(self) -> bool:
+        """Whether an eligible checkpoint has been seen (else the kept one is provisional)."""
+        return self.best != selection_score(float("nan"), False)
 
     @property
     def patience_spent(self) -> bool:

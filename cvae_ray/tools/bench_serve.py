@@ -92,7 +92,7 @@ def in_process_throughput(bundle, n: int, *, duration_s: float, max_calls: int) 
     """Samples/s of ``bundle.sample`` for ``n`` samples per call (one torch thread)."""
     import torch
 
-    conditions = {c: v[0] for c, v in bundle.vocab.items()}
+    conditions = bundle.first_condition()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

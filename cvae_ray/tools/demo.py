@@ -136,7 +136,7 @@ def run_demo(out: str | Path, *, data: str | None = None,
         from cvae_ray.model.bundle import ModelBundle
 
         bundle = ModelBundle.load(result.bundle)
-        first = {c: bundle.vocab[c][0] for c in bundle.condition_columns}
+        first = bundle.first_condition()
         _say(f"serve: serve_config.yaml application with bundle {bundle.bundle_id}")
         result.served = _serve_and_request(address, result.bundle, first)
         result.timings["serve"] = round(time.perf_counter() - started, 1)
