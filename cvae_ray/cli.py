@@ -30,6 +30,34 @@ _DATA = DataSpec(conditions=("_",))
 _SAMPLE = SampleConfig()
 
 
+def add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a dataset's tables are read and joined (fit, tune, benchmark; evaluate re-reads a
+    training file with them)."""
+    parser.add_argument("--metadata", help="sample-metadata table holding the condition columns "
+                        "(only the --condition columns are taken from it)")
+    parser.add_argument("--metadata-id", metavar="COL",
+                        help="sample-id column of the --metadata table (default: --sample-id)")
+    parser.add_argument("--drop-unmatched", action="store_true",
+                        help="drop samples that have no --metadata row (default: refuse, "
+                             "showing how many matched and example ids of both tables)")
+    parser.add_argument("--drop-unlabelled", action="store_true",
+                        help="drop samples with no value for a condition column (default: "
+                             "refuse)")
+    parser.add_argument("--genes-by-samples", action="store_true",
+                        help="the file has one row per gene and one column per sample")
+    parser.add_argument("--gene-column", metavar="COL",
+                        help="with --genes-by-samples: the column holding the gene ids "
+                             "(default: the first column)")
+
+
+def read_options_from_args(args: argparse.Namespace) -> dict:
+    """The :func:`cvae_ray.data.dataset.read_dataset` options of :func:`add_read_arguments`."""
+    return {"metadata": args.metadata, "metadata_id": args.metadata_id,
+            "genes_by_samples": args.genes_by_samples, "gene_column": args.gene_column,
+            "unmatched": "drop" if args.drop_unmatched else "error",
+            "missing_conditions": "drop" if args.drop_unlabelled else "error"}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool = True) -> None:
     """Options shared by every command that reads a dataset (fit, tune, benchmark)."""
     parser.add_argument("--data", required=data_required,
@@ -49,26 +77,12 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool =
                      help="apply log2(x+1) before standardising (default)")
     log.add_argument("--no-log", dest="log_transform", action="store_false",
                      help="data are already on a log scale (e.g. microarray log-ratios)")
-    parser.add_argument("--metadata", help="sample-metadata table holding the condition columns "
-                        "(only the --condition columns are taken from it)")
     parser.add_argument("--sample-id", metavar="COL",
                         help="sample-id column of the --data table, and of --metadata unless "
                              "--metadata-id is given (default: sample_id if present, else the "
                              "file's index / AnnData obs names); with --genes-by-samples the ids "
                              "are the column headers and this names the metadata's id column")
-    parser.add_argument("--metadata-id", metavar="COL",
-                        help="sample-id column of the --metadata table (default: --sample-id)")
-    parser.add_argument("--drop-unmatched", action="store_true",
-                        help="drop samples that have no --metadata row (default: refuse, "
-                             "showing how many matched and example ids of both tables)")
-    parser.add_argument("--drop-unlabelled", action="store_true",
-                        help="drop samples with no value for a condition column (default: "
-                             "refuse)")
-    parser.add_argument("--genes-by-samples", action="store_true",
-                        help="the file has one row per gene and one column per sample")
-    parser.add_argument("--gene-column", metavar="COL",
-                        help="with --genes-by-samples: the column holding the gene ids "
-                             "(default: the first column)")
+    add_read_arguments(parser)
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=_DATA.nan_policy,
                         help="what to do with NaN/inf values (default: error)")
     parser.add_argument("--val-fraction", type=float, default=_DATA.val_fraction,
@@ -93,11 +107,8 @@ def read_dataset_from_args(args: argparse.Namespace, spec: DataSpec):
     from cvae_ray.data.dataset import read_dataset
 
     return read_dataset(args.data, spec.conditions, sample_id=spec.sample_id,
-                       metadata=args.metadata, metadata_id=args.metadata_id,
-                       genes_by_samples=args.genes_by_samples, gene_column=args.gene_column,
-                       nan_policy=spec.nan_policy, log_transform=spec.log_transform,
-                       unmatched="drop" if args.drop_unmatched else "error",
-                       missing_conditions="drop" if args.drop_unlabelled else "error")
+                        nan_policy=spec.nan_policy, log_transform=spec.log_transform,
+                        **read_options_from_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from cvae_ray.cli import add_read_arguments, read_options_from_args
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", metavar="FILE",
                         help="with --split all: real training table for the privacy metrics")
     parser.add_argument("--seeds", type=int, default=3, help="sampling seeds")
+    # With --split test, --real is read as training read it: give the same options.
+    add_read_arguments(parser)
     parser.add_argument("--embedding", choices=("umap", "pca"), default="umap",
                         help="2-D embedding of the overlay plot")
     parser.add_argument("--out", required=True, help="report directory")
@@ -63,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle = ModelBundle.load(args.bundle)
         progress(f"reading {args.real} ({args.split})")
         if args.split == "test":
-            data = held_out_from_data(bundle, args.real)
+            data = held_out_from_data(bundle, args.real, **read_options_from_args(args))
         else:
             train = read_table(args.train) if args.train else None
             data = held_out_from_tables(bundle, read_table(args.real), train,
