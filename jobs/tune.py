@@ -190,12 +190,26 @@ def _run(args: argparse.Namespace) -> int:
                           time_limit_s=args.time_limit)
     import ray
 
+    from cvae_ray.storage import is_uri
+
+    previous = os.getcwd()
+    if not is_uri(storage):
+        # Every path is absolute by now. Under `ray job submit --working-dir` the job's
+        # working directory is Ray's copy of the repository, which Ray may delete while
+        # it cleans up an earlier (stopped) job with the same files: Tune's final
+        # analysis then fails on os.getcwd(). The storage folder outlives the job.
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        os.chdir(storage)
     started = _init_ray(args)
     try:
         outcome = run_search(request, payload, log=lambda m: print(m, flush=True))
     finally:
         if started:
             ray.shutdown()
+        try:
+            os.chdir(previous)
+        except OSError:
+            pass
     _print_summary(outcome)
     return 0
 
