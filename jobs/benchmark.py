@@ -3,9 +3,11 @@
     python jobs/benchmark.py --data FILE --condition COL [--condition COL ...]
         [--genes LIST_FILE] [--no-log] [--nan-policy impute_mean]
         [--generators cvae,gaussian,wgan-gp,tvae,ctgan] [--seeds N]
-        [--time-budget SECONDS] [--options OPTIONS.json] --out DIR
+        [--time-budget SECONDS] [--options OPTIONS.json]
+        [--max-train-per-combination K] --out DIR
 
-Prints one table and writes DIR/results.md, DIR/results.json and DIR/run.json.
+Prints one table and one verdict line per metric, and writes DIR/results.md,
+DIR/results.json, DIR/verdicts.json and DIR/run.json.
 See docs/benchmark.md for the protocol.
 """
 
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "says so")
     parser.add_argument("--options", metavar="JSON_FILE",
                         help="per-generator options, e.g. {\"wgan-gp\": {\"epochs\": 500}}")
+    parser.add_argument("--max-train-per-combination", type=int, default=None, metavar="K",
+                        help="small-data scenario: keep at most K training samples per "
+                             "condition combination (seeded by --seed; validation and test "
+                             "unchanged)")
     parser.add_argument("--out", required=True, help="directory for results.md/.json")
     return parser
 
@@ -51,7 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every generator ran, 1 when one failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     from cvae_ray.data.model_inputs import prepare
-    from cvae_ray.evaluation.benchmark import format_table, run_benchmark, write_results
+    from cvae_ray.evaluation.benchmark import (
+        format_table,
+        format_verdicts,
+        run_benchmark,
+        write_results,
+    )
     from cvae_ray.evaluation.generators import GENERATORS
 
     try:
@@ -62,10 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      f"choose from {sorted(GENERATORS)}.")
         if args.seeds < 1:
             raise InvalidConfigError(f"--seeds {args.seeds} must be at least 1.")
+        cap = args.max_train_per_combination
+        if cap is not None and cap < 1:
+            raise InvalidConfigError(f"--max-train-per-combination {cap} must be at least 1.")
         options = json.loads(Path(args.options).read_text()) if args.options else {}
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
-        prepared = prepare(dataset, spec)
+        prepared = prepare(dataset, spec, max_train_per_combination=cap)
         print(f"{len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; split "
               f"train/val/test = {len(prepared.split.train)}/{len(prepared.split.val)}/"
               f"{len(prepared.split.test)}; conditions {list(prepared.vocab)}", flush=True)
@@ -75,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = {"data": args.data, "conditions": list(prepared.vocab),
                "genes": len(prepared.genes), "samples": len(prepared.sample_ids),
                "split": {p: int(len(getattr(prepared.split, p))) for p in ("train", "val", "test")},
+               "max_train_per_combination": cap,
                "data_spec": spec.to_dict(), "fingerprint": prepared.fingerprint,
                "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
                "options": options, "minutes": round((time.perf_counter() - started) / 60, 1)}
@@ -83,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows))
-    print(f"wrote {path} and results.json")
+    print("\nVerdicts (among generators passing the copy check; within one seed sd is a tie):")
+    print(format_verdicts(rows))
+    print(f"wrote {path}, results.json and verdicts.json")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

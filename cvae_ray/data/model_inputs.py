@@ -17,7 +17,7 @@ from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.genes import match_gene_list, read_gene_list, top_variable_genes
 from cvae_ray.data.preprocess import Preprocessor
-from cvae_ray.data.splits import Split, stratified_split
+from cvae_ray.data.splits import Split, cap_training, stratified_split
 from cvae_ray.errors import InvalidDataError
 
 
@@ -69,19 +69,25 @@ def fingerprint(expression: pd.DataFrame, conditions: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def prepare(dataset: Dataset, spec: DataSpec) -> Prepared:
+def prepare(dataset: Dataset, spec: DataSpec, *,
+            max_train_per_combination: int | None = None) -> Prepared:
     """Split, select genes, impute and standardise a dataset as ``spec`` says.
 
     Args:
         dataset: A validated dataset (see :func:`cvae_ray.data.dataset.read_dataset`).
         spec: Conditions, gene selection, NaN policy, split fractions and seed.
+        max_train_per_combination: Keep at most this many training rows per
+            condition combination (:func:`cvae_ray.data.splits.cap_training`,
+            seeded by ``spec.seed``), before anything is fitted; validation and
+            test rows stay the same. None keeps the whole training split.
 
     Returns:
         The prepared arrays and the fitted preprocessing.
 
     Raises:
         InvalidDataError: Conditions missing from the dataset, too-rare condition values,
-            an empty gene selection, or values that cannot be log-transformed.
+            an empty gene selection, values that cannot be log-transformed, or a
+            ``max_train_per_combination`` below 1.
     """
     missing = [c for c in spec.conditions if c not in dataset.conditions.columns]
     if missing:
@@ -90,6 +96,10 @@ def prepare(dataset: Dataset, spec: DataSpec) -> Prepared:
     conditions = dataset.conditions[list(spec.conditions)].astype(str)
     split = stratified_split(conditions, val_fraction=spec.val_fraction,
                              test_fraction=spec.test_fraction, seed=spec.seed)
+    if max_train_per_combination is not None:
+        # Before imputation, gene ranking and scaling: the rows left out must not
+        # inform anything a generator sees.
+        split = cap_training(split, conditions, max_train_per_combination, seed=spec.seed)
     expression = dataset.expression
     not_found: list[str] = []
     if spec.genes_file is not None:

@@ -115,3 +115,40 @@ def stratified_split(conditions: pd.DataFrame, *, val_fraction: float, test_frac
         parts["test"].append(rows[n_val:n_val + n_test])
         parts["train"].append(rows[n_val + n_test:])
     return Split(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
+
+
+def cap_training(split: Split, conditions: pd.DataFrame, max_per_combination: int,
+                 seed: int) -> Split:
+    """Keep at most ``max_per_combination`` training rows of each condition combination.
+
+    The small-data scenario of the benchmark: a seeded subsample of the training
+    split, per joint condition label (e.g. ``lung|GTEx``); validation and test
+    are returned unchanged. A combination with fewer training rows keeps all of
+    them.
+
+    Args:
+        split: The full split.
+        conditions: One column per condition, one row per sample (the rows the
+            split's positions index).
+        max_per_combination: Most training rows kept per combination (>= 1).
+        seed: Seed of the draw inside each combination.
+
+    Returns:
+        The split with the reduced, sorted training positions.
+
+    Raises:
+        InvalidDataError: ``max_per_combination`` is not an integer >= 1.
+    """
+    if isinstance(max_per_combination, bool) or not isinstance(max_per_combination, (int, np.integer)) \
+            or max_per_combination < 1:
+        raise InvalidDataError(f"max_per_combination={max_per_combination!r} is not valid; "
+                               "expected an integer >= 1.")
+    rng = np.random.default_rng(seed)
+    labels = joint_labels(conditions.iloc[split.train])
+    kept = []
+    for label in sorted(set(labels)):
+        rows = split.train[labels == label]
+        kept.append(rng.permutation(rows)[:max_per_combination] if len(rows) > max_per_combination
+                    else rows)
+    train = np.sort(np.concatenate(kept)).astype(np.int64) if kept else split.train
+    return Split(train=train, val=split.val, test=split.test)

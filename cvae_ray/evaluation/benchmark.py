@@ -43,7 +43,8 @@ from cvae_ray.metrics.registry import (
 )
 
 __all__ = ["COPY_DCR_RATIO", "REAL_ROW", "SAMPLE_SEED_OFFSET", "copy_check", "direction",
-           "format_table", "metric_columns", "run_benchmark", "summarise", "write_results"]
+           "format_table", "format_verdicts", "metric_columns", "run_benchmark", "summarise",
+           "verdict", "verdicts", "write_results"]
 
 REAL_ROW = "real-vs-real"
 # Sampling seeds differ from fit seeds so that no generator's sampling noise
@@ -94,6 +95,113 @@ def copy_check(per_seed: Sequence[Mapping[str, float]]) -> dict[str, int]:
     return {"seeds": len(ratios), "failed": sum(r < COPY_DCR_RATIO for r in ratios)}
 
 
+def _passes_copy_check(row: Mapping[str, Any]) -> bool:
+    check = row.get("copy_check")
+    return bool(check) and check["seeds"] > 0 and check["failed"] == 0
+
+
+def _badness(column: str, mean: float) -> float:
+    """Distance from the best value, lower is better: the metric's direction from the registry.
+
+    Metrics with an ideal value inside their range (detection AUC 0.5, DCR ratio 1,
+    density 1, ...) are judged by the distance to it, as the table's ``better:``
+    line says; the others by ``higher_is_better``.
+    """
+    info = metric_info(_base(column))
+    if info.ideal is not None:
+        return abs(mean - info.ideal)
+    return -mean if info.higher_is_better else mean
+
+
+def verdict(rows: Sequence[Mapping[str, Any]], column: str) -> dict[str, Any]:
+    """Who leads on one metric among the generators that pass the copy check.
+
+    The decisions of the benchmark (``docs/benchmark.md``): the real-vs-real row is
+    the reference, not a contender; a generator that failed the copy check in any
+    seed, or failed to run, sets no bar; a difference within one seed sd of
+    either row is a tie. The leader is the best row by the metric's direction
+    (:func:`_badness`); every other contender whose difference from it is at
+    most the larger of the two rows' sds ties with it.
+
+    Args:
+        rows: Rows of :func:`run_benchmark` (the real-vs-real row may be among them).
+        column: A metric column of the rows.
+
+    Returns:
+        ``metric``, ``better`` (direction), ``outcome`` (``"lead"``, ``"tie"``,
+        ``"only"`` when one generator passes, ``"none"`` when none does),
+        ``leader`` (None unless ``lead`` or ``only``), ``tied`` (the tied
+        generators, best first; empty unless ``tie``), ``runner_up`` and
+        ``margin`` (how far the leader is ahead of the runner-up, in the metric's
+        units, and ``margin_sd``: that margin over the larger sd; None unless
+        ``lead``), ``value`` (the best contender's mean), ``reference`` (the
+        real-vs-real mean, None without that row), ``excluded`` (generators
+        failing the copy check) and ``text`` (the verdict line).
+    """
+    reference = next((r for r in rows if r["generator"] == REAL_ROW), None)
+    candidates, excluded = [], []
+    for row in rows:
+        if row["generator"] == REAL_ROW or row.get("error"):
+            continue
+        if not _passes_copy_check(row):
+            excluded.append(row["generator"])
+            continue
+        stats = row["metrics"].get(column) or {}
+        if stats.get("mean") is not None:
+            candidates.append((_badness(column, stats["mean"]), row["generator"], stats))
+    candidates.sort(key=lambda c: c[0])
+    out: dict[str, Any] = {
+        "metric": column, "better": direction(column), "outcome": "none", "leader": None,
+        "tied": [], "runner_up": None, "margin": None, "margin_sd": None, "value": None,
+        "reference": None if reference is None else reference["metrics"][column]["mean"],
+        "excluded": excluded}
+    if candidates:
+        best_badness, best, best_stats = candidates[0]
+        out["value"] = best_stats["mean"]
+        tied = [name for bad, name, stats in candidates[1:]
+                if bad - best_badness <= max(best_stats["sd"], stats["sd"])]
+        if len(candidates) == 1:
+            out.update(outcome="only", leader=best)
+        elif tied:
+            out.update(outcome="tie", tied=[best] + tied)
+        else:
+            bad, runner, stats = candidates[1]
+            largest_sd = max(best_stats["sd"], stats["sd"])
+            out.update(outcome="lead", leader=best, runner_up=runner, margin=bad - best_badness,
+                       margin_sd=(bad - best_badness) / largest_sd if largest_sd > 0 else None)
+    out["text"] = _verdict_text(out)
+    return out
+
+
+def _verdict_text(v: Mapping[str, Any]) -> str:
+    head = f"{v['metric']} ({v['better']} is better): "
+    if v["outcome"] == "none":
+        body = "no verdict: no generator passes the copy check"
+    elif v["outcome"] == "only":
+        body = f"{v['leader']} ({v['value']:.3f}), the only generator passing the copy check"
+    elif v["outcome"] == "tie":
+        body = f"tie between {', '.join(v['tied'])} (within one seed sd)"
+    else:
+        sds = "" if v["margin_sd"] is None else f", {v['margin_sd']:.1f} sd"
+        body = (f"{v['leader']} leads ({v['value']:.3f}), ahead of {v['runner_up']} by "
+                f"{v['margin']:.3f}{sds}")
+    if v["reference"] is not None:
+        body += f"; real-vs-real {v['reference']:.3f}"
+    if v["excluded"]:
+        body += f"; excluded by the copy check: {', '.join(v['excluded'])}"
+    return head + body
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`verdict` for every metric the table shows (per-attack details left out)."""
+    return [verdict(rows, column) for column in summary_metrics(rows[0]["metrics"])]
+
+
+def format_verdicts(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One verdict line per metric, as Markdown bullets."""
+    return "\n".join(f"- {v['text']}" for v in verdicts(rows))
+
+
 def _per_column(score: Callable[..., dict[str, float]], x_fit: np.ndarray, cond_fit,
                 x_test: np.ndarray, cond_test, conditions: Sequence[str], seed: int
                 ) -> dict[str, float]:
@@ -128,7 +236,10 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
         progress: Called with one line per step.
 
     Returns:
-        One row per generator after the real-vs-real row: ``generator``, ``seeds``,
+        One row per generator after the real-vs-real row (which also has
+        ``stand_in_rows``: the training rows standing in for a synthetic set,
+        fewer than the test rows when a label has fewer training rows than test
+        rows): ``generator``, ``seeds``,
         ``metrics`` (column -> mean, sd, better), ``fit_seconds`` and
         ``samples_per_second`` (mean, sd), ``fit_info`` (per seed: epochs run,
         what the budget cut), ``copy_check`` (:func:`copy_check`), and ``error``
@@ -158,14 +269,21 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int =
         progress(f"membership audit left out (its cells read '-'): it needs at least "
                  f"{MEMBERSHIP_MIN_HELD_OUT} test samples, got {len(x_test)}")
 
-    progress(f"real-vs-real reference ({seeds} seeds)")
+    # real_vs_real draws, per label, as many training rows as the test set has or
+    # all the training split has: with a capped training split the reference set
+    # can be smaller than the synthetic sets, and the table says so.
+    train_counts = {str(k): int(v) for k, v in zip(*np.unique(y_train, return_counts=True))}
+    stand_in = int(sum(min(int(n), train_counts.get(str(label), 0))
+                       for label, n in zip(*np.unique(y_test, return_counts=True))))
+    progress(f"real-vs-real reference ({seeds} seeds): {stand_in} training rows drawn against "
+             f"{len(x_test)} test rows")
     reference = []
     for s in range(seeds):
         values = real_vs_real(x_train, x_test, y_train, y_test, metrics=wanted, seed=s)
         values.update(_per_column(trtr, x_train, cond_train, x_test, cond_test, conditions, s))
         reference.append(values)
     rows = [_row(REAL_ROW, reference, columns, fit_seconds=summarise([]),
-                 samples_per_second=summarise([]), fit_info=[])]
+                 samples_per_second=summarise([]), fit_info=[], stand_in_rows=stand_in)]
 
     for name in generators:
         per_seed, fit_s, rate, infos = [], [], [], []
@@ -279,7 +397,8 @@ def _copies(row: Mapping[str, Any]) -> str:
 
 
 def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, Any]) -> Path:
-    """Write ``results.json`` (the rows), ``run.json`` (settings) and ``results.md``.
+    """Write ``results.json`` (the rows), ``verdicts.json`` (:func:`verdicts`),
+    ``run.json`` (settings) and ``results.md`` (settings, table, verdict lines).
 
     Returns:
         The path of ``results.md``.
@@ -287,6 +406,7 @@ def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_jsonable(list(rows)), indent=1))
+    (out / "verdicts.json").write_text(json.dumps(_jsonable(verdicts(rows)), indent=1))
     (out / "run.json").write_text(json.dumps(_jsonable(dict(run)), indent=1))
     settings = "\n".join(f"- {k}: {v}" for k, v in run.items())
     text = (f"# Benchmark results\n\n{settings}\n\n"
@@ -300,6 +420,16 @@ def write_results(rows: Sequence[dict], out_dir: str | Path, run: Mapping[str, A
             "real test samples do (median distance to the nearest training sample, DCR "
             "ratio < 1): gamma can be bought by reproducing training samples.\n\n"
             f"{format_table(rows)}\n")
+    reference = next((r for r in rows if r["generator"] == REAL_ROW), None)
+    test_rows = (run.get("split") or {}).get("test")
+    if reference and test_rows and reference.get("stand_in_rows", test_rows) < test_rows:
+        text += (f"\nThe real-vs-real row drew {reference['stand_in_rows']} training rows "
+                 f"against {test_rows} test rows: some labels have fewer training rows than "
+                 "test rows.\n")
+    text += ("\n## Verdicts\n\nPer metric, among the generators that pass the copy check "
+             "(real-vs-real is the reference, not a contender): the leader and its margin "
+             "over the runner-up, or a tie when the difference is within one seed sd of "
+             f"either row.\n\n{format_verdicts(rows)}\n")
     failed = [r for r in rows if r.get("error")]
     if failed:
         text += "\n## Failures\n\n" + "\n".join(f"- {r['generator']}: {r['error']}"

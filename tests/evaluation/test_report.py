@@ -176,6 +176,47 @@ def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
         run["split"]["train"] - run["split"]["val"]
 
 
+def test_benchmark_job_small_data_scenario_caps_training_and_writes_verdicts(
+        demo_path, tmp_path, capsys):
+    # Setup: the full split's sizes, from a run of the same data without the cap.
+    out_full, out_small = tmp_path / "full", tmp_path / "small"
+    common = ["--data", str(demo_path), "--condition", "tissue", "--condition", "source",
+              "--generators", "gaussian", "--seeds", "2"]
+    assert _job("benchmark").main(common + ["--out", str(out_full)]) == 0
+    capsys.readouterr()
+
+    # Run
+    code = _job("benchmark").main(common + ["--max-train-per-combination", "3",
+                                            "--out", str(out_small)])
+
+    # Assert: training capped, validation and test as in the full run.
+    assert code == 0
+    full = json.loads((out_full / "run.json").read_text())
+    small = json.loads((out_small / "run.json").read_text())
+    assert small["max_train_per_combination"] == 3 and full["max_train_per_combination"] is None
+    assert small["split"]["val"] == full["split"]["val"]
+    assert small["split"]["test"] == full["split"]["test"]
+    combinations = pd.read_parquet(demo_path).groupby(["tissue", "source"]).ngroups
+    assert small["split"]["train"] <= 3 * combinations < full["split"]["train"]
+    # The reference row is drawn from the capped training split.
+    rows = json.loads((out_small / "results.json").read_text())
+    assert rows[0]["generator"] == REAL_ROW
+    assert rows[0]["stand_in_rows"] <= small["split"]["train"]
+    verdicts = json.loads((out_small / "verdicts.json").read_text())
+    assert [v["metric"] for v in verdicts][:2] == ["gamma", "correlation_distance"]
+    assert all(v["outcome"] in ("only", "none") for v in verdicts)
+    markdown = (out_small / "results.md").read_text()
+    assert "## Verdicts" in markdown and f"- {verdicts[0]['text']}" in markdown
+    assert verdicts[0]["text"] in capsys.readouterr().out
+
+
+def test_benchmark_job_refuses_a_cap_below_one(demo_path, tmp_path, capsys):
+    code = _job("benchmark").main(["--data", str(demo_path), "--condition", "tissue",
+                                   "--max-train-per-combination", "0", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--max-train-per-combination 0 must be at least 1" in capsys.readouterr().err
+
+
 def test_copy_check_counts_seeds_below_a_dcr_ratio_of_one():
     per_seed = [{"dcr_ratio": 1.2}, {"dcr_ratio": 0.9}, {"dcr_ratio": 1.0},
                 {"dcr_ratio": float("nan")}]
