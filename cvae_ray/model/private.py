@@ -151,7 +151,10 @@ class PrivateTraining:
             # noise and counts the step, as the accountant assumes.
             out = self.module(xb, cb, kl_weight)
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            with warnings.catch_warnings():
+                # Opacus' hooks fire on outputs because the data need no gradient: expected.
+                warnings.filterwarnings("ignore", message="Full backward hook")
+                out.loss.backward()
             self.optimizer.step()
             if xb.shape[0]:
                 losses.append(float(out.loss.detach()))
