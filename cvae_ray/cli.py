@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -20,6 +21,7 @@ from cvae_ray.config import (
     SCALES,
     DataSpec,
     ModelConfig,
+    PrivacyConfig,
     SampleConfig,
     TrainConfig,
 )
@@ -28,6 +30,8 @@ from cvae_ray.errors import CvaeRayError, InvalidConfigError
 _TRAIN = TrainConfig()
 _DATA = DataSpec(conditions=("_",))
 _SAMPLE = SampleConfig()
+_PRIVACY_DELTA = PrivacyConfig.__dataclass_fields__["delta"].default
+_PRIVACY_CLIP = PrivacyConfig.__dataclass_fields__["max_grad_norm"].default
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=_TRAIN.device, help="torch device (cpu, cuda)")
     fit.add_argument("--config", help="JSON file with 'model' and/or 'train' option overrides")
     fit.add_argument("--quiet", action="store_true", help="print only the summary")
+    fit.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
+                     help="train with differential privacy (DP-SGD, Opacus) to this epsilon; "
+                     "see docs/privacy.md")
+    fit.add_argument("--dp-delta", type=float, default=_PRIVACY_DELTA, metavar="D",
+                     help="delta of the DP guarantee (with --dp-epsilon)")
+    fit.add_argument("--dp-max-grad-norm", type=float, default=_PRIVACY_CLIP, metavar="C",
+                     help="per-sample gradient clipping norm (with --dp-epsilon)")
 
     sample = sub.add_parser("sample", help="draw synthetic samples from a bundle",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -173,12 +184,29 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {}))
 
 
+def _privacy(args: argparse.Namespace, model_config: ModelConfig
+             ) -> tuple[PrivacyConfig | None, ModelConfig]:
+    if args.dp_epsilon is None:
+        if (args.dp_delta, args.dp_max_grad_norm) != (_PRIVACY_DELTA, _PRIVACY_CLIP):
+            raise InvalidConfigError("--dp-delta and --dp-max-grad-norm need --dp-epsilon.")
+        return None, model_config
+    privacy = PrivacyConfig(epsilon=args.dp_epsilon, delta=args.dp_delta,
+                            max_grad_norm=args.dp_max_grad_norm)
+    if args.config is None and model_config.norm == "batch":
+        # The default BatchNorm cannot be trained privately; say so rather than change it silently.
+        model_config = dataclasses.replace(model_config, norm="layer")
+        print("differential privacy: norm 'batch' replaced by 'layer' (BatchNorm mixes samples)",
+              flush=True)
+    return privacy, model_config
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """``cvae-ray fit``."""
     from cvae_ray.model.fitting import fit_bundle
 
     spec = data_spec_from_args(args)
     model_config, train_overrides = _configs(args.config)
+    privacy, model_config = _privacy(args, model_config)
     train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
                     "device": args.device, "seed": args.seed, **train_overrides}
     train_config = TrainConfig.from_dict(train_values)
@@ -193,7 +221,8 @@ def run_fit(args: argparse.Namespace) -> int:
               f"val gamma {m.val_gamma:.4f}  ({m.seconds:.2f} s/epoch)", flush=True)
 
     started = time.perf_counter()
-    bundle, prepared = fit_bundle(dataset, spec, model_config, train_config, on_epoch=progress)
+    bundle, prepared = fit_bundle(dataset, spec, model_config, train_config, on_epoch=progress,
+                                  privacy=privacy)
     if prepared.genes_not_found:
         print(f"{len(prepared.genes_not_found)} listed genes not in the data: "
               f"{prepared.genes_not_found[:10]}", flush=True)
@@ -207,6 +236,12 @@ def run_fit(args: argparse.Namespace) -> int:
           f"epoch {record['best_epoch']} with validation gamma {record['val_gamma']:.4f}; "
           f"split train/val/test = {record['n_train']}/{record['n_val']}/{record['n_test']}; "
           f"{len(bundle.genes)} genes ({len(constant)} constant)")
+    dp = record.get("privacy")
+    if dp is not None:
+        print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "
+              f"{dp['epsilon_target']:g}) at delta {dp['delta']:g}; clipping norm "
+              f"{dp['max_grad_norm']:g}, noise multiplier {dp['noise_multiplier']:.4f}, "
+              f"{dp['accountant']} accountant; covers {dp['covers']}")
     print(f"bundle {bundle.bundle_id} written to {location}")
     return 0
 

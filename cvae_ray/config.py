@@ -273,6 +273,45 @@ class SampleConfig(FromDictMixin):
         return self.draws == "centred"
 
 
+#: Privacy accountants of Opacus that :class:`PrivacyConfig` accepts.
+ACCOUNTANTS = ("prv", "rdp")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig(FromDictMixin):
+    """Differentially private training (DP-SGD through Opacus; ``docs/privacy.md``).
+
+    Attributes:
+        epsilon: Target privacy budget of the whole training run (> 0); the noise
+            multiplier is chosen by Opacus so that ``epochs`` epochs spend at most this.
+        delta: Target delta, in (0, 1); it should be well below ``1 / n_train``.
+        max_grad_norm: Per-sample gradient clipping norm (> 0).
+        accountant: Opacus accountant: ``prv`` (privacy random variables, tighter) or
+            ``rdp`` (Renyi DP).
+    """
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+
+    def __post_init__(self) -> None:
+        number = isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool)
+        check_value(number and self.epsilon > 0 and self.epsilon != float("inf"),
+                    "dp_epsilon", self.epsilon, "a finite number > 0")
+        _fraction("dp_delta", self.delta, allow_zero=False)
+        check_value(isinstance(self.max_grad_norm, (int, float))
+                    and not isinstance(self.max_grad_norm, bool) and self.max_grad_norm > 0,
+                    "dp_max_grad_norm", self.max_grad_norm, "a number > 0")
+        check_value(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
+                    f"one of {ACCOUNTANTS}")
+
+
+#: Sampling defaults of a differentially private bundle: nothing fitted on the training
+#: data after training (standard latent prior, no noise calibration).
+DP_SAMPLING = SampleConfig(latent="standard", noise_calibration=0.0)
+
+
 #: Where a search exports its best bundle and where Serve, the demo and the benchmarks
 #: look for it (relative to the working directory).
 DEFAULT_BUNDLE_DIR = "runs/best_bundle"

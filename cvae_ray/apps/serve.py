@@ -215,6 +215,9 @@ class Sampler:
             "limits": {"max_n": self._max_n, "max_body_bytes": self._max_body_bytes},
             "model_config": meta.get("model_config"),
             "training": dict(meta.get("training") or {}),
+            # The DP record (epsilon spent, delta, clipping, what it covers); null when the
+            # bundle was not trained with differential privacy.
+            "privacy": (meta.get("training") or {}).get("privacy"),
         }
 
     def _authorize(self, request: Request) -> None:

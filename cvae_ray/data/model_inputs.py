@@ -18,7 +18,7 @@ from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.genes import match_gene_list, read_gene_list, top_variable_genes
 from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.data.splits import Split, cap_training, stratified_split
-from cvae_ray.errors import InvalidDataError
+from cvae_ray.errors import InvalidConfigError, InvalidDataError
 
 
 @dataclass
@@ -69,13 +69,16 @@ def fingerprint(expression: pd.DataFrame, conditions: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def prepare(dataset: Dataset, spec: DataSpec, *,
+def prepare(dataset: Dataset, spec: DataSpec, *, private: bool = False,
             max_train_per_combination: int | None = None) -> Prepared:
     """Split, select genes, impute and standardise a dataset as ``spec`` says.
 
     Args:
         dataset: A validated dataset (see :func:`cvae_ray.data.dataset.read_dataset`).
         spec: Conditions, gene selection, NaN policy, split fractions and seed.
+        private: For differentially private training: nothing is fitted on the training
+            split here (:meth:`Preprocessor.public`), so ``top_genes`` and
+            ``nan_policy='impute_mean'`` are refused.
         max_train_per_combination: Keep at most this many training rows per
             condition combination (:func:`cvae_ray.data.splits.cap_training`,
             seeded by ``spec.seed``), before anything is fitted; validation and
@@ -88,7 +91,10 @@ def prepare(dataset: Dataset, spec: DataSpec, *,
         InvalidDataError: Conditions missing from the dataset, too-rare condition values,
             an empty gene selection, values that cannot be log-transformed, or a
             ``max_train_per_combination`` below 1.
+        InvalidConfigError: In private mode, ``top_genes`` or ``impute_mean``.
     """
+    if private:
+        check_private_spec(spec)
     missing = [c for c in spec.conditions if c not in dataset.conditions.columns]
     if missing:
         raise InvalidDataError(f"condition columns {missing} are not in the dataset; it has "
@@ -117,7 +123,10 @@ def prepare(dataset: Dataset, spec: DataSpec, *,
         expression, values = expression[list(keep)], values[:, positions]
     if expression.shape[1] == 0:
         raise InvalidDataError("the gene selection is empty.")
-    preprocessor = Preprocessor.fit(values[split.train], log_transform=spec.log_transform)
+    if private:
+        preprocessor = Preprocessor.public(values.shape[1], log_transform=spec.log_transform)
+    else:
+        preprocessor = Preprocessor.fit(values[split.train], log_transform=spec.log_transform)
     vocabulary = Vocabulary.fit(conditions, spec.conditions)
     codes, vocab = vocabulary.encode(conditions), vocabulary.levels
     return Prepared(
@@ -126,6 +135,24 @@ def prepare(dataset: Dataset, spec: DataSpec, *,
         sample_ids=[str(i) for i in expression.index],
         conditions=conditions.reset_index(drop=True), genes_not_found=not_found,
         fingerprint=fingerprint(expression, conditions))
+
+
+def check_private_spec(spec: DataSpec) -> None:
+    """Refuse data settings that read the training split outside a privacy budget.
+
+    Raises:
+        InvalidConfigError: ``top_genes`` (a ranking of the training data; give a public
+            gene list with ``genes_file`` instead) or ``nan_policy='impute_mean'``.
+    """
+    if spec.top_genes is not None:
+        raise InvalidConfigError(
+            f"top_genes={spec.top_genes!r} is not valid with differentially private training: "
+            "the ranking reads the training split outside the privacy budget; give a public "
+            "gene list (genes_file / --genes) instead.")
+    if spec.nan_policy == "impute_mean":
+        raise InvalidConfigError(
+            "nan_policy='impute_mean' is not valid with differentially private training: the "
+            "means read the training split; use 'impute_zero', 'drop_samples' or 'drop_genes'.")
 
 
 def _impute(values: np.ndarray, train_rows: np.ndarray, policy: str) -> np.ndarray:

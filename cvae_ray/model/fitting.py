@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from cvae_ray.config import DataSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import (
+    DP_SAMPLING,
+    DataSpec,
+    ModelConfig,
+    PrivacyConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
-from cvae_ray.model.loop import EpochMetrics, fit
+from cvae_ray.model.loop import EpochMetrics, check_private_sampling, fit
+from cvae_ray.model.private import require_dp_model
 
 
 def data_record(prepared: Prepared) -> dict[str, Any]:
@@ -62,8 +70,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
 
 def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | None = None,
                train_config: TrainConfig | None = None, sample_config: SampleConfig | None = None,
-               on_epoch: Callable[[EpochMetrics], None] | None = None
-               ) -> tuple[ModelBundle, Prepared]:
+               on_epoch: Callable[[EpochMetrics], None] | None = None,
+               privacy: PrivacyConfig | None = None) -> tuple[ModelBundle, Prepared]:
     """Prepare a dataset, train a CVAE on it and wrap the best checkpoint as a bundle.
 
     Args:
@@ -71,27 +79,42 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         spec: Conditions, genes, split and preprocessing settings.
         model_config: Architecture (defaults from :class:`ModelConfig`).
         train_config: Optimisation (defaults from :class:`TrainConfig`).
-        sample_config: Sampling defaults stored in the bundle.
+        sample_config: Sampling defaults stored in the bundle (in DP mode the default is
+            :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise calibration).
         on_epoch: Progress callback.
+        privacy: Differentially private training to this budget: public preprocessing
+            (:meth:`Preprocessor.public`), DP-SGD, nothing fitted on the training split
+            after training; the bundle's training record gets a ``privacy`` block.
 
     Returns:
         The bundle and the prepared data (for evaluation on its test split).
+
+    Raises:
+        InvalidConfigError: In DP mode: ``norm='batch'``, ``top_genes``,
+            ``impute_mean``, a fitted latent prior or noise calibration.
     """
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
+    if privacy is not None:
+        require_dp_model(model_config)
+        sample_config = sample_config or DP_SAMPLING
+        check_private_sampling(sample_config)
     sample_config = sample_config or SampleConfig()
-    prepared = prepare(dataset, spec)
+    prepared = prepare(dataset, spec, private=privacy is not None)
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
-                 model_config, train_config, sample_config, on_epoch=on_epoch)
+                 model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy)
+    training = training_record(
+        data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
+        val_loss=result.best_val_loss, epochs_run=len(result.history),
+        history=[m.as_dict() for m in result.history], stopped_early=result.stopped_early,
+        seconds=result.seconds)
+    if result.privacy is not None:
+        training["privacy"] = result.privacy
     bundle = ModelBundle.create(
         state_dict=result.state_dict, genes=prepared.genes, vocab=prepared.vocab,
         preprocessor=prepared.preprocessor, model_config=model_config, train_config=train_config,
         data_spec=spec, sample_config=sample_config,
-        training=training_record(
-            data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
-            val_loss=result.best_val_loss, epochs_run=len(result.history),
-            history=[m.as_dict() for m in result.history], stopped_early=result.stopped_early,
-            seconds=result.seconds))
+        training=training)
     return bundle, prepared

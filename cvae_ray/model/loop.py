@@ -9,6 +9,7 @@ the Ray Train worker loop uses too).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvae_ray.config import ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import ModelConfig, PrivacyConfig, SampleConfig, TrainConfig
+from cvae_ray.errors import InvalidConfigError
 from cvae_ray.metrics.registry import dcr, gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
@@ -69,6 +71,8 @@ class FitResult:
         history: Every epoch's figures.
         seconds: Total training time.
         stopped_early: Whether patience ran out before ``epochs``.
+        privacy: In DP mode, the privacy record (epsilon spent, delta, clipping norm,
+            noise multiplier, what the guarantee covers); ``None`` otherwise.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -78,6 +82,7 @@ class FitResult:
     history: list[EpochMetrics] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    privacy: dict | None = None
 
 
 def kl_weight(epoch: int, config: TrainConfig) -> float:
@@ -149,7 +154,8 @@ def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
 @torch.no_grad()
 def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
                        x_val: np.ndarray, codes_val: torch.Tensor, sample_config: SampleConfig,
-                       seeds: int = VAL_GAMMA_SEEDS) -> tuple[float, float]:
+                       seeds: int = VAL_GAMMA_SEEDS, *,
+                       private: bool = False) -> tuple[float, float | None]:
     """Refit the sampler on the training split, then validation gamma and DCR ratio.
 
     The refit (:func:`refit_sampler`) comes first because the prior and noise gap
@@ -167,6 +173,8 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         sample_config: Noise, temperature and latent prior used for sampling (as the
             bundle will sample).
         seeds: Number of sampling seeds averaged for gamma.
+        private: DP mode: nothing reads the training split here (no refit, no DCR ratio,
+            which would compare samples with training rows outside the privacy budget).
 
     Returns:
         ``(gamma, dcr_ratio)``: the mean gamma over ``seeds`` draws, and the median
@@ -174,8 +182,10 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         real validation samples. Below 1 the samples sit closer to training data than
         unseen real samples do: the model has begun to reproduce its training set,
         and such a checkpoint is not selected (:mod:`cvae_ray.model.selection`).
+        The ratio is ``None`` in DP mode.
     """
-    refit_sampler(model, x_train, codes_train, sample_config)
+    if not private:
+        refit_sampler(model, x_train, codes_train, sample_config)
     model.eval()
     reference = x_train.cpu().numpy()
     gammas, ratio = [], float("nan")
@@ -183,15 +193,33 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         generator = torch.Generator().manual_seed(seed)
         synthetic = model.sample(codes_val, generator, sample_config).cpu().numpy()
         gammas.append(gamma(x_val, synthetic))
-        if seed == 0:
+        if seed == 0 and not private:
             ratio = float(dcr(reference, x_val, synthetic)["dcr_ratio"])
-    return float(np.mean(gammas)), ratio
+    return float(np.mean(gammas)), (None if private else ratio)
+
+
+def check_private_sampling(sample_config: SampleConfig) -> None:
+    """Refuse sampling settings that would be fitted on the training split in DP mode.
+
+    Raises:
+        InvalidConfigError: ``latent='fitted'`` or ``noise_calibration > 0``.
+    """
+    if sample_config.fitted_prior:
+        raise InvalidConfigError(
+            "latent='fitted' is not valid with differentially private training: the fitted "
+            "prior reads the training split outside the privacy budget; use latent='standard'.")
+    if sample_config.noise_calibration > 0:
+        raise InvalidConfigError(
+            f"noise_calibration={sample_config.noise_calibration!r} is not valid with "
+            "differentially private training: the calibration reads the training split "
+            "outside the privacy budget; use 0.")
 
 
 def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_val: np.ndarray,
         condition_sizes: list[int], model_config: ModelConfig, train_config: TrainConfig,
         sample_config: SampleConfig | None = None,
-        on_epoch: Callable[[EpochMetrics], None] | None = None) -> FitResult:
+        on_epoch: Callable[[EpochMetrics], None] | None = None,
+        privacy: PrivacyConfig | None = None) -> FitResult:
     """Train a CVAE in this process, selecting the checkpoint on validation gamma.
 
     Args:
@@ -204,40 +232,61 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         train_config: Optimisation settings (epochs, patience, seed, device...).
         sample_config: How validation samples are drawn (defaults to the bundle's defaults).
         on_epoch: Called with each epoch's figures (progress printing, Ray reporting).
+        privacy: Train with DP-SGD (:mod:`cvae_ray.model.private`) to this budget;
+            ``sample_config`` must then fit nothing on the training split, and the
+            checkpoint is selected on validation gamma alone (no DCR ratio).
 
     Returns:
-        The best checkpoint's weights and the training history.
+        The best checkpoint's weights and the training history (and, in DP mode, the
+        privacy record).
+
+    Raises:
+        InvalidConfigError: In DP mode, BatchNorm or sampling settings fitted on the
+            training split.
     """
     sample_config = sample_config or SampleConfig()
+    private = privacy is not None
+    if private:
+        from cvae_ray.model.private import PrivateCVAE, PrivateTraining
+
+        check_private_sampling(sample_config)
     torch.manual_seed(train_config.seed)
     device = torch.device(train_config.device)
-    model = CVAE(x_train.shape[1], condition_sizes, model_config).to(device)
+    model_type = PrivateCVAE if private else CVAE
+    model = model_type(x_train.shape[1], condition_sizes, model_config).to(device)
     optimizer = make_optimizer(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
     xt, ct = torch.from_numpy(x_train).to(device), torch.from_numpy(codes_train).to(device)
     xv, cv = torch.from_numpy(x_val).to(device), torch.from_numpy(codes_val).to(device)
+    dp = PrivateTraining(model, optimizer, xt, ct, train_config, privacy) if private else None
+    state = model.plain_state if private else (lambda: cpu_state(model))
     best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf)
     selector = CheckpointSelector(train_config)
     started = time.perf_counter()
     for epoch in range(1, train_config.epochs + 1):
         tick = time.perf_counter()
         weight = kl_weight(epoch, train_config)
-        train_loss = train_epoch(model, optimizer, xt, ct, batch_size=train_config.batch_size,
-                                 kl_weight=weight, generator=generator)
+        if dp is not None:
+            train_loss = dp.epoch(weight)
+        else:
+            train_loss = train_epoch(model, optimizer, xt, ct, batch_size=train_config.batch_size,
+                                     kl_weight=weight, generator=generator)
         val_loss = validation_loss(model, xv, cv, weight)
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         val_g = ratio = None
         if evaluate:
-            val_g, ratio = validation_figures(model, xt, ct, x_val, cv, sample_config)
+            val_g, ratio = validation_figures(model, xt, ct, x_val, cv, sample_config,
+                                              private=private)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
         best.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
         if val_g is not None:
-            keep, _, _ = selector.update(epoch, val_g, ratio)
+            # DP mode has no DCR ratio: the DP-SGD noise, not the ratio, guards against copying.
+            keep, _, _ = selector.update(epoch, val_g, math.inf if ratio is None else ratio)
             if keep:
-                best.state_dict = cpu_state(model)
+                best.state_dict = state()
                 best.best_epoch, best.best_val_gamma, best.best_val_loss = epoch, val_g, val_loss
             if selector.patience_spent:
                 best.stopped_early = True
@@ -248,8 +297,11 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
             break
     if not best.state_dict:  # Budget ran out before any evaluation: keep the last weights.
         best.best_epoch = len(best.history)
-        best.best_val_gamma, _ = validation_figures(model, xt, ct, x_val, cv, sample_config)
-        best.state_dict = cpu_state(model)
+        best.best_val_gamma, _ = validation_figures(model, xt, ct, x_val, cv, sample_config,
+                                                    private=private)
+        best.state_dict = state()
         best.best_val_loss = best.history[-1].val_loss
     best.seconds = time.perf_counter() - started
+    if dp is not None:
+        best.privacy = dp.record()
     return best

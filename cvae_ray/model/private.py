@@ -1,0 +1,178 @@
+"""Differentially private training steps: DP-SGD through Opacus.
+
+Opacus computes per-sample gradients with hooks on the layers that own parameters,
+clips each sample's gradient to ``max_grad_norm``, adds Gaussian noise and samples
+batches by Poisson sampling; its accountant gives the epsilon spent. Two things of
+the CVAE need adapting: BatchNorm mixes samples (refused: use ``norm='layer'`` or
+``'none'``), and the per-gene decoder log-variance is a parameter of the CVAE itself,
+not of a layer, so during DP training it lives in a one-parameter layer
+(:class:`GeneLogVar`) and goes back into the plain CVAE's ``state_dict`` afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cvae_ray.config import ModelConfig, PrivacyConfig, TrainConfig
+from cvae_ray.errors import InvalidConfigError
+from cvae_ray.model.cvae import CVAE, LossOutput
+
+#: What a DP bundle's guarantee covers, recorded in its ``privacy`` block.
+COVERS = ("the model weights, with respect to adding or removing one sample of the "
+          "training split; preprocessing, latent prior and noise calibration use no "
+          "training data; validation rows (checkpoint selection, early stopping) and the "
+          "recorded training condition counts are not covered")
+
+
+class GeneLogVar(nn.Module):
+    """The per-gene decoder log-variance as a layer, so that Opacus sees its gradient.
+
+    ``forward(x)`` returns the parameter broadcast to ``x``'s shape: each sample's
+    gradient of the parameter is then that sample's gradient of the output.
+    """
+
+    def __init__(self, weight: nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_genes)``: the log-variance repeated for each row of ``x``."""
+        return self.weight.expand(x.shape[0], -1)
+
+
+class PrivateCVAE(CVAE):
+    """The CVAE as trained under DP-SGD: same layers, the log-variance in :class:`GeneLogVar`.
+
+    Args:
+        n_genes: Number of genes.
+        condition_sizes: Number of values of each condition column.
+        config: Architecture; ``norm='batch'`` is refused.
+
+    Raises:
+        InvalidConfigError: ``config.norm`` is ``batch``.
+    """
+
+    def __init__(self, n_genes: int, condition_sizes: Sequence[int], config: ModelConfig) -> None:
+        require_dp_model(config)
+        super().__init__(n_genes, condition_sizes, config)
+        weight = self._parameters.pop("gene_log_var")
+        self.gene_log_var_layer = GeneLogVar(weight)
+
+    @property
+    def gene_log_var(self) -> nn.Parameter:  # type: ignore[override]
+        """The log-variance parameter (owned by :attr:`gene_log_var_layer`)."""
+        return self.gene_log_var_layer.weight
+
+    def loss(self, x: torch.Tensor, codes: torch.Tensor, kl_weight: float = 1.0) -> LossOutput:
+        """Negative ELBO, as :meth:`CVAE.loss`, with the log-variance taken per sample."""
+        mu, log_var = self.encode(x, codes)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if self.training else mu
+        mean = self.decode(z, codes)
+        if self.config.likelihood == "gaussian":
+            gene_lv = self.gene_log_var_layer(x).clamp(min=self.config.min_log_var)
+            nll = 0.5 * (((x - mean) ** 2) * torch.exp(-gene_lv) + gene_lv + math.log(2 * math.pi))
+        else:
+            nll = (x - mean) ** 2
+        reconstruction = nll.sum(dim=1).mean()
+        kl = (-0.5 * (1 + log_var - mu ** 2 - log_var.exp()).sum(dim=1)).mean()
+        return LossOutput(loss=reconstruction + kl_weight * kl, reconstruction=reconstruction, kl=kl)
+
+    def plain_state(self) -> dict[str, Any]:
+        """A detached CPU ``state_dict`` that a plain :class:`CVAE` loads."""
+        state = {}
+        for key, value in self.state_dict().items():
+            key = key.replace("gene_log_var_layer.weight", "gene_log_var")
+            state[key] = (value.detach().cpu().clone() if isinstance(value, torch.Tensor)
+                          else value)
+        return state
+
+
+def require_dp_model(config: ModelConfig) -> None:
+    """Refuse an architecture DP-SGD cannot train.
+
+    Raises:
+        InvalidConfigError: ``norm='batch'``: BatchNorm mixes the samples of a batch, so
+            one sample's gradient is not its own and cannot be clipped.
+    """
+    if config.norm == "batch":
+        raise InvalidConfigError(
+            "norm='batch' is not valid with differentially private training: BatchNorm mixes "
+            "the samples of a batch, so per-sample gradients cannot be clipped; use "
+            "norm='layer' or norm='none'.")
+
+
+class PrivateTraining:
+    """A CVAE made private by Opacus, with its optimiser, Poisson loader and accountant.
+
+    Args:
+        model: A :class:`PrivateCVAE`.
+        optimizer: Its (not yet private) optimiser.
+        x: ``(n_train, n_genes)`` training tensor.
+        codes: Matching condition codes.
+        train_config: Batch size (the expected Poisson batch size), epochs, seed.
+        privacy: Target epsilon, delta, clipping norm, accountant.
+    """
+
+    def __init__(self, model: PrivateCVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 codes: torch.Tensor, train_config: TrainConfig, privacy: PrivacyConfig) -> None:
+        from opacus import PrivacyEngine  # only DP runs load Opacus
+
+        self.privacy = privacy
+        self.model = model
+        self.n_train = int(x.shape[0])
+        batch_size = min(train_config.batch_size, self.n_train)
+        generator = torch.Generator().manual_seed(train_config.seed)
+        loader = DataLoader(TensorDataset(x, codes), batch_size=batch_size, generator=generator)
+        with warnings.catch_warnings():
+            # Opacus warns that a secure RNG is off; seeded runs are the project's rule.
+            warnings.simplefilter("ignore")
+            self.engine = PrivacyEngine(accountant=privacy.accountant)
+            self.module, self.optimizer, self.loader = self.engine.make_private_with_epsilon(
+                module=model, optimizer=optimizer, data_loader=loader,
+                target_epsilon=privacy.epsilon, target_delta=privacy.delta,
+                epochs=train_config.epochs, max_grad_norm=privacy.max_grad_norm,
+                poisson_sampling=True)
+        self.noise_multiplier = float(self.optimizer.noise_multiplier)
+        self.sample_rate = 1.0 / len(self.loader)
+
+    def epoch(self, kl_weight: float) -> float:
+        """One epoch of DP-SGD over Poisson-sampled batches; returns the mean loss."""
+        self.module.train()
+        losses = []
+        for xb, cb in self.loader:
+            # An empty Poisson batch still goes through: Opacus clips nothing, adds the
+            # noise and counts the step, as the accountant assumes.
+            out = self.module(xb, cb, kl_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():
+                # Opacus' hooks fire on outputs because the data need no gradient: expected.
+                warnings.filterwarnings("ignore", message="Full backward hook")
+                out.loss.backward()
+            self.optimizer.step()
+            if xb.shape[0]:
+                losses.append(float(out.loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def spent(self) -> float:
+        """Epsilon spent so far at the configured delta (from the accountant)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(self.engine.get_epsilon(self.privacy.delta))
+
+    def record(self) -> dict[str, Any]:
+        """The ``privacy`` block of the bundle's training record."""
+        return {"mechanism": "DP-SGD (Opacus, per-sample clipping, Poisson sampling)",
+                "epsilon_spent": round(self.spent(), 4),
+                "epsilon_target": self.privacy.epsilon, "delta": self.privacy.delta,
+                "max_grad_norm": self.privacy.max_grad_norm,
+                "noise_multiplier": round(self.noise_multiplier, 6),
+                "sample_rate": self.sample_rate, "accountant": self.privacy.accountant,
+                "neighbouring": "add or remove one training sample",
+                "covers": COVERS}
