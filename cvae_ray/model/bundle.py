@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from pyarrow import fs as pafs
 
 from cvae_ray import __version__
 from cvae_ray.config import (
@@ -55,6 +56,7 @@ from cvae_ray.model.draws import request_draws
 from cvae_ray.storage import (
     discard,
     download_dir,
+    filesystem,
     is_uri,
     local_path,
     publish,
@@ -259,11 +261,16 @@ class ModelBundle:
         only when complete, so an interrupted save never leaves a bundle that loads.
 
         Args:
-            path: Target directory; an existing bundle there is replaced.
+            path: Target directory: new, empty, or holding a bundle (which is replaced).
 
         Returns:
             The location written.
+
+        Raises:
+            InvalidConfigError: ``path`` holds files but no model bundle (nothing there is
+                deleted), or cannot be written.
         """
+        _check_replaceable(path)
         staging = stage(path, overwrite=True, option="bundle path")
         try:
             config = dict(self.metadata, genes=self.genes, conditions=self.vocab,
@@ -610,6 +617,19 @@ class ModelBundle:
             raise InvalidDataError(f"{len(missing)} of the bundle's genes are missing from the "
                                    f"real table, e.g. {missing[:5]}.")
         return self.preprocessor.transform(table[self.genes].to_numpy(np.float64))
+
+
+def _check_replaceable(path: str | Path) -> None:
+    """Refuse to save over a folder that holds files but no model bundle."""
+    fs, inner = filesystem(path)
+    inner = inner.rstrip("/")
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return
+    names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(inner))}
+    if names and CONFIG_FILE not in names:
+        raise InvalidConfigError(
+            f"{str(path)!r} holds files but no model bundle ({sorted(names)[:5]}); choose a "
+            f"new or empty folder, or one that holds a bundle to replace.")
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:

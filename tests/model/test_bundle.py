@@ -297,3 +297,20 @@ def test_bundle_without_training_record_takes_the_seen_combinations_from_its_pri
     with pytest.raises(UnknownConditionError, match=r"never seen.*kidney\|TCGA-tumor, "):
         old.sample(UNSEEN, 2)
     assert old.sample(UNSEEN, 2, allow_unseen=True)["unseen"].all()
+
+
+def test_save_refuses_a_folder_that_holds_other_files_and_deletes_nothing(tiny_bundle_dir,
+                                                                          tmp_path):
+    bundle = ModelBundle.load(tiny_bundle_dir)
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(InvalidConfigError, match="holds files but no model bundle"):
+        bundle.save(other)
+    assert (other / "notes.txt").read_text() == "keep me"
+    # A folder holding a bundle is replaced; an empty one is filled.
+    bundle.save(tmp_path / "b")
+    bundle.save(tmp_path / "b")
+    (tmp_path / "empty").mkdir()
+    bundle.save(tmp_path / "empty")
+    assert ModelBundle.load(tmp_path / "empty").bundle_id == bundle.bundle_id
