@@ -156,6 +156,14 @@ class CVAE(nn.Module):
         """Per-gene decoder log-variance (zeros, i.e. unit variance, for ``mse``)."""
         return self.gene_log_var.clamp(min=self.config.min_log_var)
 
+    def batch_log_var(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder log-variance used in the loss of batch ``x`` (broadcasts over its rows).
+
+        A hook: the DP-SGD model (:class:`cvae_ray.model.private.PrivateCVAE`) returns it
+        per sample, which per-sample gradient clipping needs.
+        """
+        return self.decoder_log_var()
+
     def loss(self, x: torch.Tensor, codes: torch.Tensor, kl_weight: float = 1.0) -> LossOutput:
         """Negative ELBO of a batch.
 
@@ -171,7 +179,7 @@ class CVAE(nn.Module):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if self.training else mu
         mean = self.decode(z, codes)
         if self.config.likelihood == "gaussian":
-            gene_lv = self.decoder_log_var()
+            gene_lv = self.batch_log_var(x)
             nll = 0.5 * (((x - mean) ** 2) * torch.exp(-gene_lv) + gene_lv + math.log(2 * math.pi))
         else:
             nll = (x - mean) ** 2

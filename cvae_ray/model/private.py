@@ -11,7 +11,6 @@ not of a layer, so during DP training it lives in a one-parameter layer
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_ray.config import ModelConfig, PrivacyConfig, TrainConfig
 from cvae_ray.errors import InvalidConfigError
-from cvae_ray.model.cvae import CVAE, LossOutput
+from cvae_ray.model.cvae import CVAE
 
 #: What a DP bundle's guarantee covers, recorded in its ``privacy`` block.
 COVERS = ("the model weights, with respect to adding or removing one sample of the "
@@ -70,19 +69,10 @@ class PrivateCVAE(CVAE):
         """The log-variance parameter (owned by :attr:`gene_log_var_layer`)."""
         return self.gene_log_var_layer.weight
 
-    def loss(self, x: torch.Tensor, codes: torch.Tensor, kl_weight: float = 1.0) -> LossOutput:
-        """Negative ELBO, as :meth:`CVAE.loss`, with the log-variance taken per sample."""
-        mu, log_var = self.encode(x, codes)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if self.training else mu
-        mean = self.decode(z, codes)
-        if self.config.likelihood == "gaussian":
-            gene_lv = self.gene_log_var_layer(x).clamp(min=self.config.min_log_var)
-            nll = 0.5 * (((x - mean) ** 2) * torch.exp(-gene_lv) + gene_lv + math.log(2 * math.pi))
-        else:
-            nll = (x - mean) ** 2
-        reconstruction = nll.sum(dim=1).mean()
-        kl = (-0.5 * (1 + log_var - mu ** 2 - log_var.exp()).sum(dim=1)).mean()
-        return LossOutput(loss=reconstruction + kl_weight * kl, reconstruction=reconstruction, kl=kl)
+    def batch_log_var(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_genes)``: the log-variance taken per sample, so that Opacus sees
+        it as a layer's output (see :meth:`CVAE.batch_log_var`)."""
+        return self.gene_log_var_layer(x).clamp(min=self.config.min_log_var)
 
     def plain_state(self) -> dict[str, Any]:
         """A detached CPU ``state_dict`` that a plain :class:`CVAE` loads."""
