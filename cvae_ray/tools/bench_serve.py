@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -80,12 +79,6 @@ class BenchResult:
     in_process_samples_per_s: dict[int, float]
     client: str = "httpx"
     ingress: str = "proxy"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def in_process_throughput(bundle, n: int, *, duration_s: float, max_calls: int) -> float:
@@ -270,6 +263,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     """
     import ray
 
+    from cvae_ray.apps.cluster import free_port
     from cvae_ray.apps.serve_api import read_api_token
     from cvae_ray.model.bundle import ModelBundle
 
@@ -289,7 +283,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     token = read_api_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     cells = []
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # The environment is read by the Serve processes this local Ray starts.
     with _environment(environment), _local_ray(num_cpus):
