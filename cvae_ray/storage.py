@@ -9,7 +9,6 @@ nothing.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -125,16 +124,18 @@ def discard(staging: str) -> None:
         pass
 
 
-def download_dir(uri: str) -> Path:
-    """Copy a remote directory into a new temporary local directory.
+def download_dir(uri: str, target: str | Path) -> Path:
+    """Copy a remote directory into a local folder.
 
     Args:
         uri: Remote directory, e.g. ``s3://bucket/bundles/best``.
+        target: Local folder to copy into, e.g. a ``tempfile.TemporaryDirectory`` the
+            caller removes when done.
 
     Returns:
-        The local copy (the caller may delete it when done).
+        ``target``, holding the copy.
     """
-    target = Path(tempfile.mkdtemp(prefix="cvae_ray_"))
+    target = Path(target)
     source_fs, source_path = pafs.FileSystem.from_uri(uri)
     pafs.copy_files(source_path, str(target), source_filesystem=source_fs,
                     destination_filesystem=pafs.LocalFileSystem())

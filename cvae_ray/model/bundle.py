@@ -303,7 +303,18 @@ class ModelBundle:
             IncompatibleBundleError: Missing or unreadable files, another format or version,
                 weights that do not fit the recorded architecture, or a gene-order mismatch.
         """
-        source = download_dir(str(path)) if is_uri(path) else local_path(path)
+        if not is_uri(path):
+            return cls._load_folder(local_path(path), path, device, expected_genes)
+        # A remote bundle is copied to a temporary folder, read into memory, and the copy
+        # removed, loaded or refused.
+        with tempfile.TemporaryDirectory(prefix="cvae_ray_bundle_") as scratch:
+            return cls._load_folder(download_dir(str(path), scratch), path, device,
+                                    expected_genes)
+
+    @classmethod
+    def _load_folder(cls, source: Path, path: str | Path, device: str,
+                     expected_genes: Sequence[str] | None) -> "ModelBundle":
+        """:meth:`load` from a local folder (``path``: the location the user named)."""
         if not source.is_dir():
             raise IncompatibleBundleError(f"model bundle {str(path)!r} is not a directory.")
         for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -190,6 +190,28 @@ def test_pickled_objects_are_not_loaded(tmp_path, bundle):
         ModelBundle.load(tmp_path / "b")
 
 
+def test_loading_a_uri_leaves_no_downloaded_copy_behind(tmp_path, bundle, monkeypatch):
+    # Setup: the bundle on a filesystem named by URI (pyarrow's "local" scheme, so it is
+    # downloaded like an s3:// one), and a temporary folder of our own to watch.
+    import tempfile
+
+    bundle.save(tmp_path / "b")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    # Run
+    loaded = ModelBundle.load(f"local://{tmp_path / 'b'}")
+    # Assert: the bundle is in memory and its downloaded copy is gone.
+    assert loaded.bundle_id == bundle.bundle_id
+    pd.testing.assert_frame_equal(loaded.sample(LUNG, 3, seed=1), bundle.sample(LUNG, 3, seed=1))
+    assert list(scratch.iterdir()) == []
+    # A refused bundle leaves nothing either.
+    (tmp_path / "b" / WEIGHTS_FILE).unlink()
+    with pytest.raises(IncompatibleBundleError, match="has no weights.pt"):
+        ModelBundle.load(f"local://{tmp_path / 'b'}")
+    assert list(scratch.iterdir()) == []
+
+
 # ---------------------------------------------------------------- preprocessing
 @pytest.mark.parametrize("log_transform", [True, False])
 def test_preprocessing_inverse_round_trip(log_transform):
