@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyarrow import fs as pafs
 
@@ -49,7 +50,8 @@ def stage(out: str | Path, *, overwrite: bool, option: str = "--out") -> str:
         option: How the user named ``out`` (for the error messages).
 
     Returns:
-        The staging location: a local path, or a URI with ``out``'s scheme.
+        The staging location (:func:`staging_location`): a local path, or a URI with
+        ``out``'s scheme, host or bucket and query options.
 
     Raises:
         InvalidConfigError: ``out`` is a file, is not empty (without ``overwrite``), or
@@ -65,16 +67,37 @@ def stage(out: str | Path, *, overwrite: bool, option: str = "--out") -> str:
         raise InvalidConfigError(
             f"{option} {str(out)!r} already exists and is not empty; pass --overwrite to "
             f"replace it.")
-    parent, _, name = path.rpartition("/")
-    staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    staging = staging_location(out)
+    fs, path = filesystem(staging)
     try:
-        fs.create_dir(staging, recursive=True)
-        with fs.open_output_stream(f"{staging}/.probe") as stream:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/.probe") as stream:
             stream.write(b"ok")
-        fs.delete_file(f"{staging}/.probe")
+        fs.delete_file(f"{path}/.probe")
     except OSError as exc:
         raise InvalidConfigError(f"{option} {str(out)!r} is not writable: {exc}") from exc
-    return f"{str(out).split('://', 1)[0]}://{staging}" if is_uri(out) else staging
+    return staging
+
+
+def staging_location(out: str | Path) -> str:
+    """A new hidden location beside ``out``: ``PARENT/.NAME.tmp-<12 hex digits>``.
+
+    Args:
+        out: The final folder (local path or URI).
+
+    Returns:
+        A resolved local path, or a URI that keeps ``out``'s scheme, host or bucket and
+        query options (``?region=...&endpoint_override=...``), so that the staging place
+        is opened as the same filesystem, with the same options, as ``out``.
+    """
+    suffix = f".tmp-{uuid.uuid4().hex[:12]}"
+    if not is_uri(out):
+        parent, _, name = str(local_path(out).resolve()).rpartition("/")
+        return f"{parent}/.{name}{suffix}"
+    parts = urlsplit(str(out))
+    parent, _, name = parts.path.rstrip("/").rpartition("/")
+    location = f"{parts.scheme}://{parts.netloc}{parent}/.{name}{suffix}"
+    return f"{location}?{parts.query}" if parts.query else location
 
 
 def publish(staging: str, out: str | Path, *, overwrite: bool,
