@@ -64,6 +64,42 @@ def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
                                f"{list(table.columns)[:8]}.")
 
 
+def _check_numbers(matrix: pd.DataFrame, id_column: str, label_columns: Sequence[str],
+                   path: str | Path, what: str, header_line: int) -> None:
+    """Refuse an expression cell that is not a number, naming it.
+
+    Args:
+        matrix: The genes x samples table as read (default index: row positions).
+        id_column: The column of gene ids.
+        label_columns: Columns that are not samples (gene ids, descriptions).
+        path: The file (for the message).
+        what: What the file is (for the message).
+        header_line: Line of the file that holds the column names (1-based).
+
+    Raises:
+        InvalidDataError: Naming the first bad value, its gene, sample and line, and how
+            many cells are not numbers.
+    """
+    # read_csv already made every column of numbers (and empty or NA cells) numeric, so only
+    # the other columns need a look; True/False columns are text to a user.
+    suspect = [c for c in matrix.columns if c not in label_columns and (
+        not pd.api.types.is_numeric_dtype(matrix[c]) or pd.api.types.is_bool_dtype(matrix[c]))]
+    if not suspect:
+        return
+    cells = matrix[suspect].astype(object)
+    bad = cells.apply(lambda column: pd.to_numeric(column.astype(str), errors="coerce")).isna()
+    bad &= cells.notna()
+    if not bad.to_numpy().any():
+        return
+    rows, columns = np.nonzero(bad.to_numpy())  # row by row: the first is first in the file
+    row, column = int(rows[0]), suspect[int(columns[0])]
+    raise InvalidDataError(
+        f"{what} {str(path)!r} holds a value that is not a number: "
+        f"{cells.iloc[row][column]!r} at gene {str(matrix[id_column].iloc[row])!r}, sample "
+        f"{str(column)!r} (line {header_line + 1 + row}); {len(rows)} cell(s) are not numbers. "
+        f"Expression cells must be numbers (empty cells and NA are read as missing).")
+
+
 def _genes_by_samples_to_rows(matrix: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """Join a genes x samples matrix (index = genes) with per-sample labels (index = ids)."""
     if matrix.index.duplicated().any():
@@ -156,8 +192,9 @@ def read_xena_toil(matrix_path: str | Path, phenotype_path: str | Path, *,
         stays missing), gene columns.
 
     Raises:
-        InvalidDataError: Missing files or columns, no shared samples, duplicate genes, or a
-            matrix whose pseudo-count is neither given nor told by its name.
+        InvalidDataError: Missing files or columns, an expression cell that is not a number,
+            no shared samples, duplicate genes, or a matrix whose pseudo-count is neither
+            given nor told by its name.
     """
     if linear and not Path(matrix_path).exists():
         raise InvalidDataError(f"Xena expression matrix file {str(matrix_path)!r} does not exist.")
@@ -165,6 +202,8 @@ def read_xena_toil(matrix_path: str | Path, phenotype_path: str | Path, *,
         pseudocount = _pseudocount(matrix_path, pseudocount)
     matrix = _read_tsv(matrix_path, "Xena expression matrix")
     id_column = matrix.columns[0]
+    _check_numbers(matrix, id_column, [id_column], matrix_path, "Xena expression matrix",
+                   header_line=1)
     matrix = matrix.set_index(id_column)
     if probe_map is not None:
         mapping = _read_tsv(probe_map, "probe map")
@@ -219,7 +258,8 @@ def read_gtex_gct(gct_path: str | Path, attributes_path: str | Path, *,
         ``sample_id``, ``tissue`` (SMTS), ``tissue_detail`` (SMTSD), gene columns.
 
     Raises:
-        InvalidDataError: Not a GCT file, missing columns, or no shared samples.
+        InvalidDataError: Not a GCT file, missing columns, an expression cell that is not a
+            number, or no shared samples.
     """
     if gene_names not in ("symbol", "id"):
         raise InvalidDataError(f"gene_names={gene_names!r} is not valid; expected 'symbol' or 'id'.")
@@ -239,6 +279,7 @@ def read_gtex_gct(gct_path: str | Path, attributes_path: str | Path, *,
     matrix = _read_tsv(gct_path, "GCT", skiprows=2)
     _require(matrix, ["Name", "Description"], "GCT file")
     key = "Description" if gene_names == "symbol" else "Name"
+    _check_numbers(matrix, key, ["Name", "Description"], gct_path, "GCT file", header_line=3)
     matrix = matrix.drop_duplicates(key).set_index(key).drop(
         columns=["Name" if key == "Description" else "Description"])
     attributes = _read_tsv(attributes_path, "GTEx sample attributes", dtype=str)

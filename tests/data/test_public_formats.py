@@ -15,6 +15,9 @@ from cvae_ray.data.dataset import read_dataset
 from cvae_ray.data.public_formats import read_gtex_gct, read_xena_toil
 from cvae_ray.errors import InvalidDataError
 
+sys.path.insert(0, str(REPO / "jobs"))
+import prepare_data  # noqa: E402
+
 SAMPLES = ["TCGA-AB-0001-01", "TCGA-AB-0002-11", "GTEX-1117F-0226-SM-5GZZ7", "GTEX-111CU-1826"]
 
 
@@ -124,3 +127,50 @@ def test_prepare_data_job_reports_missing_file(tmp_path):
                           str(tmp_path / "p.tsv"), "--out", str(tmp_path / "o.parquet")],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "does not exist" in run.stderr
+
+
+@pytest.fixture
+def xena_with_text_cell(xena_files, tmp_path):
+    """The Xena files of ``xena_files`` with the cell of gene ENSG00000000005.5, sample
+    TCGA-AB-0002-11 (line 3 of the matrix file) replaced by a spreadsheet error value."""
+    matrix_path, phenotype_path, _, _ = xena_files
+    matrix = pd.read_csv(matrix_path, sep="\t", dtype=str)
+    matrix.loc[1, SAMPLES[1]] = "#VALUE!"
+    bad = tmp_path / "bad" / "TcgaTargetGtex_rsem_gene_tpm.tsv"
+    bad.parent.mkdir()
+    matrix.to_csv(bad, sep="\t", index=False)
+    return bad, phenotype_path
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_xena_matrix_with_text_in_a_cell_names_the_cell(xena_with_text_cell, linear):
+    matrix_path, phenotype_path = xena_with_text_cell
+    with pytest.raises(InvalidDataError,
+                       match=r"'#VALUE!' .*gene 'ENSG00000000005.5', sample 'TCGA-AB-0002-11' "
+                             r"\(line 3\).*must be numbers"):
+        read_xena_toil(matrix_path, phenotype_path, linear=linear)
+
+
+def test_prepare_data_job_reports_a_text_cell_without_a_traceback(xena_with_text_cell,
+                                                                  tmp_path, capsys):
+    matrix_path, phenotype_path = xena_with_text_cell
+    out = tmp_path / "cohort.parquet"
+
+    code = prepare_data.main(["--format", "xena-toil", "--expression", str(matrix_path),
+                              "--samples", str(phenotype_path), "--out", str(out)])
+
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "'#VALUE!'" in err and "'TCGA-AB-0002-11'" in err and "must be numbers" in err
+
+
+def test_gct_with_text_in_a_cell_names_the_cell(gtex_files, tmp_path):
+    gct, attrs = gtex_files
+    bad = tmp_path / "bad.gct"
+    lines = gct.read_text().splitlines()
+    lines[4] = lines[4].replace("4.5", "n.d.")  # WASH7P, first sample, on line 5
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidDataError,
+                       match=rf"'n.d.' .*gene 'WASH7P', sample '{SAMPLES[2]}' \(line 5\)"):
+        read_gtex_gct(bad, attrs)
