@@ -23,7 +23,9 @@ Attacks (:data:`ATTACKS`):
   against Synthetic Data through Overfitting Detection", AISTATS): score = log
   p_synthetic(x) - log p_reference(x), both densities Gaussian KDEs
   (scipy ``gaussian_kde``, Scott's bandwidth rule) in one PCA space fitted on
-  the reference data.
+  the reference data. A set whose density cannot be estimated there (one record
+  repeated: a singular covariance) makes DOMIAS not computable: its figures are
+  NaN, with a warning, never a stand-in value.
 - ``logan``: LOGAN, discriminator attack with auxiliary data (Hayes et al. 2019,
   "LOGAN: Membership Inference Attacks Against Generative Models", PoPETs;
   as ``domias.baselines.LOGAN_D1``): an MLP (2 x 256 ReLU, scikit-learn) trained
@@ -53,7 +55,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neural_network import MLPClassifier
 
-from cvae_ray.errors import InvalidDataError
 from cvae_ray.metrics.fidelity import check_matrix, check_same_genes
 from cvae_ray.metrics.privacy import _nearest
 
@@ -74,6 +75,10 @@ MIN_SYNTHETIC = 10
 # LOGAN's discriminator, as domias.baselines.LOGAN_D1 (2 x 256 ReLU, Adam 1e-3).
 _LOGAN_HIDDEN = (256, 256)
 _LOGAN_MAX_ITER = 100  # epochs; bounds its time to about a second at 1,000 rows
+# A PCA component along which the reference's sd is below this share of its largest
+# absolute value is round-off (float64: ~1e-16), not variation: it is left out of the
+# DOMIAS and LOGAN space.
+_ROUNDOFF = 1e-8
 
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = TARGET_FPR) -> float:
@@ -95,19 +100,33 @@ def _pca_space(reference: np.ndarray, n_synthetic: int, n_components: int, seed:
     # n - 2 components at most: gaussian_kde needs more points than dimensions
     # for a non-singular covariance.
     k = max(1, min(n_components, len(reference) - 2, n_synthetic - 2, reference.shape[1]))
-    return PCA(n_components=k, random_state=seed).fit(reference)
+    pca = PCA(n_components=k, random_state=seed).fit(reference)
+    # And only directions the reference varies along: duplicated reference records span
+    # fewer, and along the others the reference density (a KDE) is singular.
+    floor = (_ROUNDOFF * float(np.abs(reference).max())) ** 2
+    varied = int(np.sum(pca.explained_variance_ > floor))
+    if 0 < varied < k:
+        pca = PCA(n_components=varied, random_state=seed).fit(reference)
+    return pca
 
 
 def _domias(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    densities = []
+    for name, data, advice in (
+            ("synthetic set", synthetic, "check the generator for constant or duplicated output"),
+            ("reference data", reference, "the non-members hardly differ from each other")):
+        try:
+            densities.append(gaussian_kde(data.T, bw_method="scott"))
+        except np.linalg.LinAlgError:
+            warnings.warn(
+                f"DOMIAS is not computable: the {name} is degenerate in the reference PCA "
+                f"space (its covariance in those {data.shape[1]} dimensions is singular), so "
+                f"its density cannot be estimated ({advice}). mia_auc_domias and "
+                "mia_tpr_1pct_domias are NaN; the worst-case mia_auc and mia_tpr_1pct are "
+                "taken over the other attacks.", stacklevel=4)
+            return np.full(len(queries), np.nan)
     # logpdf, not pdf: densities in 20 dimensions underflow to 0.
-    try:
-        p_synthetic = gaussian_kde(synthetic.T, bw_method="scott")
-    except np.linalg.LinAlgError as exc:
-        raise InvalidDataError(
-            "the synthetic set is degenerate in the reference PCA space (its covariance is "
-            f"singular: {exc}), so DOMIAS cannot estimate its density; check the generator "
-            "for constant or duplicated output.") from exc
-    p_reference = gaussian_kde(reference.T, bw_method="scott")
+    p_synthetic, p_reference = densities
     return p_synthetic.logpdf(queries.T) - p_reference.logpdf(queries.T)
 
 
@@ -136,14 +155,15 @@ def attack_scores(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndar
         synthetic: The released synthetic set x genes.
         reference: The attacker's reference data (real non-members) x genes.
         n_components: PCA components for DOMIAS and LOGAN (capped at
-            ``len(reference) - 2``, ``len(synthetic) - 2`` and the gene count).
+            ``len(reference) - 2``, ``len(synthetic) - 2``, the gene count and the
+            number of directions the reference varies along).
         seed: Seed of the PCA solver, LOGAN's balancing draw and its MLP.
 
     Returns:
-        ``{attack: scores}``, one float per query, higher = more likely a member.
-
-    Raises:
-        InvalidDataError: A synthetic set so degenerate that its density cannot be estimated.
+        ``{attack: scores}``, one float per query, higher = more likely a member. The
+        ``domias`` scores are all NaN, with a warning saying why, when the synthetic set
+        or the reference data is so degenerate in the PCA space (e.g. one record
+        repeated) that its density cannot be estimated.
     """
     d_synthetic = _nearest(synthetic, queries)
     d_reference = _nearest(reference, queries)
@@ -177,7 +197,11 @@ def membership_audit(members: np.ndarray, non_members: np.ndarray, synthetic: np
         ``mia_auc_<attack>`` and ``mia_tpr_1pct_<attack>`` per attack, then
         ``mia_auc`` and ``mia_tpr_1pct``: the worst case (maximum) over attacks,
         each maximum taken separately. Also ``n_members_scored``,
-        ``n_non_members_scored`` and ``n_reference``.
+        ``n_non_members_scored`` and ``n_reference``. An attack that cannot be
+        computed (DOMIAS on a synthetic set or reference data so degenerate that
+        its density cannot be estimated, see :func:`attack_scores`) has NaN
+        figures, not chance-level ones, and a warning says why; the worst case is
+        then taken over the other attacks.
 
     Raises:
         InvalidDataError: Not 2-D, NaN/inf values, gene counts that differ, or
@@ -195,11 +219,15 @@ def membership_audit(members: np.ndarray, non_members: np.ndarray, synthetic: np
     labels = np.r_[np.ones(len(members), dtype=int), np.zeros(len(scored), dtype=int)]
     scores = attack_scores(queries, synthetic, reference, n_components=n_components, seed=seed)
     out: dict[str, float] = {}
+    run = [a for a in ATTACKS if np.isfinite(scores[a]).all()]
     for attack in ATTACKS:
-        out[f"mia_auc_{attack}"] = float(roc_auc_score(labels, scores[attack]))
-        out[f"mia_tpr_1pct_{attack}"] = tpr_at_fpr(labels, scores[attack])
-    out["mia_auc"] = max(out[f"mia_auc_{a}"] for a in ATTACKS)
-    out["mia_tpr_1pct"] = max(out[f"mia_tpr_1pct_{a}"] for a in ATTACKS)
+        computed = attack in run
+        out[f"mia_auc_{attack}"] = (float(roc_auc_score(labels, scores[attack]))
+                                    if computed else float("nan"))
+        out[f"mia_tpr_1pct_{attack}"] = (tpr_at_fpr(labels, scores[attack])
+                                         if computed else float("nan"))
+    out["mia_auc"] = max(out[f"mia_auc_{a}"] for a in run)
+    out["mia_tpr_1pct"] = max(out[f"mia_tpr_1pct_{a}"] for a in run)
     out.update(n_members_scored=float(len(members)), n_non_members_scored=float(len(scored)),
                n_reference=float(len(reference)))
     return out

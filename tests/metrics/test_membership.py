@@ -4,6 +4,7 @@ is caught, a generator that never saw the members is not."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -121,11 +122,47 @@ def test_bad_inputs_are_named(split):
         membership_audit(members, non_members, members[0])
 
 
-def test_a_degenerate_synthetic_set_gets_a_clear_error(split):
-    members, non_members = split
-    constant = np.repeat(members[:1], 50, axis=0)
-    with pytest.raises(InvalidDataError, match="synthetic set is degenerate"):
-        membership_audit(members, non_members, constant)
+def test_duplicated_reference_records_still_give_every_attack(split):
+    # Setup: 40 non-members that are 5 distinct records repeated (as duplicated
+    # uploads or technical replicates would be); the reference half spans at most 4
+    # directions, fewer than the PCA space would otherwise have (18).
+    members, _ = split
+    non_members = np.tile(population(5, seed=3), (8, 1))
+
+    # Run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out
+        result = membership_audit(members[:20], non_members, population(20, seed=4), seed=0)
+
+    # Assert
+    for attack in ATTACKS:
+        assert 0.0 <= result[f"mia_auc_{attack}"] <= 1.0, attack
+        assert 0.0 <= result[f"mia_tpr_1pct_{attack}"] <= 1.0, attack
+
+
+@pytest.mark.parametrize("degenerate", ["synthetic", "reference"])
+def test_domias_without_a_density_is_not_computable_and_says_why(split, degenerate):
+    # Setup: a generator with one constant output, or non-members that are one record.
+    members, non_members = split[0][:40], split[1][:40]
+    synthetic = population(40, seed=4)
+    if degenerate == "synthetic":
+        synthetic = np.repeat(members[:1], 40, axis=0)
+    else:
+        non_members = np.repeat(non_members[:1], 40, axis=0)
+
+    # Run
+    with pytest.warns(UserWarning, match=rf"DOMIAS is not computable: the {degenerate} .*"
+                                         r"covariance in those \d+ dimensions is singular"
+                                         r".*mia_auc_domias.* NaN"):
+        result = membership_audit(members, non_members, synthetic, seed=0)
+
+    # Assert: NaN (not a chance-level 0.5) for DOMIAS; the other attacks are still run and
+    # the worst case is taken over them.
+    assert math.isnan(result["mia_auc_domias"]) and math.isnan(result["mia_tpr_1pct_domias"])
+    others = [a for a in ATTACKS if a != "domias"]
+    assert all(0.0 <= result[f"mia_auc_{a}"] <= 1.0 for a in others)
+    assert result["mia_auc"] == max(result[f"mia_auc_{a}"] for a in others)
+    assert result["mia_tpr_1pct"] == max(result[f"mia_tpr_1pct_{a}"] for a in others)
 
 
 # --- registry ---------------------------------------------------------------
