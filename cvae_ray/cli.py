@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.config import (
+    DEFAULT_SEED,
+    DEMO_GENES,
+    DEMO_SAMPLES,
     NAN_POLICIES,
     SCALES,
     DataSpec,
@@ -94,7 +97,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool =
     parser.add_argument("--test-fraction", type=float, default=_DATA.test_fraction,
                         help=f"held-out test fraction; 0 uses every sample for training and "
                              f"validation (default {_DATA.test_fraction})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of split, init and batches")
 
 
 def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one synthetic sample per row of FILE, with that row's conditions")
     sample.add_argument("--set", action="append", default=[], metavar="COL=VALUE",
                         help="condition value for --n (repeat for each condition column)")
-    sample.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sample.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sampling seed")
     sample.add_argument("--scale", choices=SCALES, default=None,
                         help="input: the training file's scale; log: log2(x+1) (default: the "
                              f"bundle's, normally {_SAMPLE.scale!r})")
@@ -163,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo-data", help="write the built-in SIMULATED demo dataset")
     demo.add_argument("--out", required=True, help="output .parquet file")
-    demo.add_argument("--n-samples", type=int, default=900)
-    demo.add_argument("--n-genes", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--n-samples", type=int, default=DEMO_SAMPLES)
+    demo.add_argument("--n-genes", type=int, default=DEMO_GENES)
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
     return parser
 
 

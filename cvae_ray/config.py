@@ -26,6 +26,26 @@ STANDARDISED = "standardised"
 LATENT_PRIORS = ("fitted", "standard")
 DRAWS = ("centred", "independent")
 
+#: Seed of every seeded step that is given none: the split and training
+#: (:class:`DataSpec`, :class:`TrainConfig`), sampling (``ModelBundle.sample``,
+#: ``cvae-ray sample``, the synthetic-cohort job) and the simulated demo dataset.
+DEFAULT_SEED = 0
+#: Sampling seeds a quality report (``jobs/evaluate.py``) or the generator benchmark
+#: (``jobs/benchmark.py``) averages over; the quality benchmark samples seeds 0 to 2.
+EVALUATION_SEEDS = 3
+#: 2-D embeddings of the report's overlay plot, and the one it uses unless told.
+EMBEDDINGS = ("umap", "pca")
+REPORT_EMBEDDING = "umap"
+#: Condition mix of a synthetic cohort when none is given: the training split's
+#: (see :mod:`cvae_ray.apps.cohort_plan`).
+COHORT_MIX = "train"
+#: Size of the simulated demo dataset (``cvae-ray demo-data``, :mod:`cvae_ray.data.simulate`).
+DEMO_SAMPLES = 900
+DEMO_GENES = 300
+#: The end-to-end demo (``jobs/demo.py``): Tune trials, and synthetic samples it writes.
+DEMO_TRIALS = 4
+DEMO_COHORT_SIZE = 20_000
+
 
 def check_value(ok: bool, name: str, value: Any, accepted: str) -> None:
     """Raise InvalidConfigError naming `name`, `value` and what is accepted unless `ok`."""
@@ -144,7 +164,7 @@ class TrainConfig(FromDictMixin):
     patience: int = 8
     eval_every: int = 5
     max_time_s: float | None = None
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -195,7 +215,7 @@ class DataSpec(FromDictMixin):
     nan_policy: str = "error"
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    seed: int = 0
+    seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         check_value(isinstance(self.conditions, tuple) and len(self.conditions) > 0

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from cvae_ray.config import DEFAULT_SEED, EVALUATION_SEEDS, DataSpec
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the quality benchmark."""
@@ -27,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "training; its recorded conditions, genes and split are used")
     parser.add_argument("--genes")
     parser.add_argument("--no-log", dest="log_transform", action="store_false")
-    parser.add_argument("--nan-policy", default="error")
-    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--nan-policy", default=DataSpec.nan_policy)
+    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[DEFAULT_SEED])
+    parser.add_argument("--sample-seeds", type=int, nargs="+",
+                        default=list(range(EVALUATION_SEEDS)))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", help="write the rows as JSON here")
     return parser

@@ -25,6 +25,7 @@ from cvae_ray.cli import (
     data_spec_from_args,
     read_dataset_from_args,
 )
+from cvae_ray.config import EVALUATION_SEEDS
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 ALL_GENERATORS = "cvae,gaussian,wgan-gp,tvae,ctgan"
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
     parser.add_argument("--generators", default=ALL_GENERATORS,
                         help="comma-separated generator names")
-    parser.add_argument("--seeds", type=int, default=3,
+    parser.add_argument("--seeds", type=int, default=EVALUATION_SEEDS,
                         help="fit/sampling seed pairs per generator (the split stays fixed)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="wall-clock budget of each fit; epochs stop there and the table "

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from cvae_ray.config import DEMO_COHORT_SIZE, DEMO_TRIALS
 from cvae_ray.errors import CvaeRayError
 
 
@@ -21,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="cohort file (default: the built-in SIMULATED cohort)")
     parser.add_argument("--condition", action="append", default=None,
                         help="condition column (default: tissue and source)")
-    parser.add_argument("--num-trials", type=int, default=4, help="Tune trials")
-    parser.add_argument("--cohort-size", type=int, default=20_000,
+    parser.add_argument("--num-trials", type=int, default=DEMO_TRIALS, help="Tune trials")
+    parser.add_argument("--cohort-size", type=int, default=DEMO_COHORT_SIZE,
                         help="synthetic samples written by the cohort job")
     return parser
 

@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from cvae_ray.cli import add_read_arguments, read_options_from_args
+from cvae_ray.config import EMBEDDINGS, EVALUATION_SEEDS, REPORT_EMBEDDING
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 
@@ -35,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "data); all: every row of --real is held out")
     parser.add_argument("--train", metavar="FILE",
                         help="with --split all: real training table for the privacy metrics")
-    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds")
+    parser.add_argument("--seeds", type=int, default=EVALUATION_SEEDS, help="sampling seeds")
     # With --split test, --real is read as training read it: give the same options.
     add_read_arguments(parser)
-    parser.add_argument("--embedding", choices=("umap", "pca"), default="umap",
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=REPORT_EMBEDDING,
                         help="2-D embedding of the overlay plot")
     parser.add_argument("--out", required=True, help="report directory")
     return parser

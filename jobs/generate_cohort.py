@@ -18,7 +18,7 @@ import sys
 from typing import Sequence
 
 from cvae_ray.apps.cohort_plan import BLOCK_ROWS
-from cvae_ray.config import SCALES, SampleConfig
+from cvae_ray.config import COHORT_MIX, DEFAULT_SEED, SCALES, SampleConfig
 from cvae_ray.errors import CvaeRayError
 
 MIX_HELP = """condition mix (default: train). One of:
@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="PATH_OR_URI",
                         help="output folder; written to a hidden temporary sibling and published "
                              "only when complete")
-    parser.add_argument("--mix", default="train", metavar="SPEC", help=MIX_HELP)
+    parser.add_argument("--mix", default=COHORT_MIX, metavar="SPEC", help=MIX_HELP)
     parser.add_argument("--allow-unseen", action="store_true",
                         help="also generate condition combinations never seen in training "
                              "(latent codes composed from the seen ones; the manifest marks "
                              "them); default: refuse a mix that holds one")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="sampling seed (default: 0); recorded in the output")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"sampling seed (default: {DEFAULT_SEED}); recorded in the output")
     parser.add_argument("--scale", choices=SCALES, default=None,
                         help=f"output scale (default: the bundle's, normally "
                              f"{SampleConfig().scale!r})")

@@ -38,7 +38,7 @@ from cvae_ray import __version__
 from cvae_ray.apps.allocator import keep_freed_memory
 from cvae_ray.apps.cohort_blocks import pack_blocks, unpack_blocks
 from cvae_ray.apps.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
-from cvae_ray.config import SCALES
+from cvae_ray.config import COHORT_MIX, DEFAULT_SEED, SCALES
 from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
 from cvae_ray.storage import (
@@ -119,7 +119,8 @@ def discard_staging(prepared: PreparedCohort) -> None:
 
 
 # ---------------------------------------------------------------------- step 1: no Ray
-def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = "train", seed: int = 0,
+def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = COHORT_MIX,
+                   seed: int = DEFAULT_SEED,
                    scale: str | None = None, partition_by: Sequence[str] = (),
                    rows_per_file: int | None = None, compression: str = DEFAULT_COMPRESSION,
                    overwrite: bool = False, block_rows: int = BLOCK_ROWS,

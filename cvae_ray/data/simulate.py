@@ -21,15 +21,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cvae_ray.config import DEFAULT_SEED, DEMO_GENES, DEMO_SAMPLES
+
 DEMO_TISSUES = ("lung", "liver", "kidney", "breast", "colon", "thyroid")
 DEMO_SOURCES = ("GTEx", "TCGA-normal", "TCGA-tumor")
 SIMULATED_NOTE = "SIMULATED demo dataset (cvae_ray.data.simulate), not real expression data"
 
 
-def simulate_cohort(n_samples: int = 900, n_genes: int = 300, *, n_modules: int = 12,
+def simulate_cohort(n_samples: int = DEMO_SAMPLES, n_genes: int = DEMO_GENES, *,
+                    n_modules: int = 12,
                     tissues: tuple[str, ...] = DEMO_TISSUES,
                     sources: tuple[str, ...] = DEMO_SOURCES, dispersion: float = 0.1,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """Simulate a bulk RNA-seq dataset of counts with tissue and source labels.
 
     Args:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from cvae_ray.config import EVALUATION_SEEDS
 from cvae_ray.data.conditions import joint_labels
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.errors import InvalidConfigError
@@ -221,7 +222,8 @@ def _row(name: str, per_seed: list[dict[str, float]], columns: list[str], **extr
     return {"generator": name, "seeds": len(per_seed), "metrics": metrics, **extra}
 
 
-def run_benchmark(prepared: Prepared, generators: Sequence[str], *, seeds: int = 3,
+def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
+                  seeds: int = EVALUATION_SEEDS,
                   time_budget_s: float | None = None,
                   options: Mapping[str, Mapping[str, Any]] | None = None,
                   progress: Callable[[str], None] = print) -> list[dict]:

@@ -27,7 +27,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from cvae_ray.config import STANDARDISED, DataSpec
+from cvae_ray.config import (
+    EMBEDDINGS,
+    EVALUATION_SEEDS,
+    REPORT_EMBEDDING,
+    STANDARDISED,
+    DataSpec,
+)
 from cvae_ray.data.conditions import joint_labels
 from cvae_ray.errors import (
     IncompatibleBundleError,
@@ -230,8 +236,8 @@ def _augmentation(bundle: ModelBundle, data: HeldOut, seed: int) -> dict[str, li
 
 
 def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
-                    train_table: pd.DataFrame | None = None, *, seeds: int = 3,
-                    out_dir: str | Path = "report", embedding: str = "umap",
+                    train_table: pd.DataFrame | None = None, *, seeds: int = EVALUATION_SEEDS,
+                    out_dir: str | Path = "report", embedding: str = REPORT_EMBEDDING,
                     progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Score a bundle against real held-out data and write the report.
 
@@ -256,8 +262,9 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise InvalidConfigError(f"seeds={seeds!r} is not valid; expected an integer >= 1.")
-    if embedding not in ("umap", "pca"):
-        raise InvalidConfigError(f"embedding={embedding!r} is not valid; expected 'umap' or 'pca'.")
+    if embedding not in EMBEDDINGS:
+        raise InvalidConfigError(f"embedding={embedding!r} is not valid; expected one of "
+                                 f"{EMBEDDINGS}.")
     _require_plot_libraries(embedding)
     data = (real_table if isinstance(real_table, HeldOut)
             else held_out_from_tables(bundle, real_table, train_table))

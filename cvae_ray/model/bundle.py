@@ -36,6 +36,7 @@ from pyarrow import fs as pafs
 
 from cvae_ray import __version__
 from cvae_ray.config import (
+    DEFAULT_SEED,
     SCALES,
     STANDARDISED,
     DataSpec,
@@ -574,7 +575,7 @@ class ModelBundle:
         return self.preprocessor.inverse(standardised, scale or self.sample_defaults.scale,
                                          gene_major=gene_major)
 
-    def sample(self, conditions: Conditions, n: int | None = None, *, seed: int = 0,
+    def sample(self, conditions: Conditions, n: int | None = None, *, seed: int = DEFAULT_SEED,
                scale: str | None = None, noise: bool | None = None,
                temperature: float | None = None,
                genes: Sequence[str] | None = None, allow_unseen: bool = False) -> pd.DataFrame:

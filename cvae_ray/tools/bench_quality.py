@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-from cvae_ray.config import DataSpec, ModelConfig, SampleConfig, TrainConfig
+from cvae_ray.config import (
+    DEFAULT_SEED,
+    EVALUATION_SEEDS,
+    DataSpec,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from cvae_ray.data.dataset import read_dataset
 from cvae_ray.evaluation.report import held_out_from_data
 from cvae_ray.metrics.registry import gamma
@@ -66,7 +73,7 @@ def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarra
 
 
 def measure_bundle(bundle_path: str, data: str,
-                   sample_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+                   sample_seeds: Sequence[int] = tuple(range(EVALUATION_SEEDS))) -> dict:
     """Score an existing bundle (e.g. the one ``jobs/tune.py`` exported) on its test split.
 
     The split is re-derived from the bundle's recorded settings and checked against
@@ -93,8 +100,10 @@ def measure_bundle(bundle_path: str, data: str,
 
 
 def measure(data: str, conditions: Sequence[str], *, genes_file: str | None = None,
-            log_transform: bool = True, nan_policy: str = "error", fit_seeds: Sequence[int] = (0,),
-            sample_seeds: Sequence[int] = (0, 1, 2), model_config: ModelConfig | None = None,
+            log_transform: bool = True, nan_policy: str = DataSpec.nan_policy,
+            fit_seeds: Sequence[int] = (DEFAULT_SEED,),
+            sample_seeds: Sequence[int] = tuple(range(EVALUATION_SEEDS)),
+            model_config: ModelConfig | None = None,
             train_config: TrainConfig | None = None,
             sample_config: SampleConfig | None = None) -> list[dict]:
     """Train per fit seed and measure test-split quality per sampling seed.

@@ -20,6 +20,12 @@ from typing import Sequence
 import yaml
 
 from cvae_ray.apps.cluster import free_port, init_ray, local_cluster
+from cvae_ray.config import (
+    DEFAULT_SEED,
+    DEMO_COHORT_SIZE,
+    DEMO_TRIALS,
+    EVALUATION_SEEDS,
+)
 from cvae_ray.errors import CvaeRayError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +99,8 @@ def _serve_and_request(address: str, bundle: Path, conditions: dict[str, str]) -
 
 
 def run_demo(out: str | Path, *, data: str | None = None,
-             conditions: Sequence[str] = ("tissue", "source"), num_trials: int = 4,
-             cohort_size: int = 20_000) -> DemoResult:
+             conditions: Sequence[str] = ("tissue", "source"), num_trials: int = DEMO_TRIALS,
+             cohort_size: int = DEMO_COHORT_SIZE) -> DemoResult:
     """Run the whole pipeline and return where its outputs are.
 
     Args:
@@ -143,10 +149,10 @@ def run_demo(out: str | Path, *, data: str | None = None,
         _say(f"serve: POST /v1/samples {json.dumps(first)} -> {result.served['n']} samples x "
              f"{result.served['genes']} genes")
         _run("generate", [python, "jobs/generate_cohort.py", "--bundle", result.bundle,
-                          "--n", cohort_size, "--out", result.cohort, "--seed", 0,
+                          "--n", cohort_size, "--out", result.cohort, "--seed", DEFAULT_SEED,
                           "--overwrite"], env, result.timings)
     _run("evaluate", [python, "jobs/evaluate.py", "--bundle", result.bundle, "--real", data,
-                      "--split", "test", "--seeds", 3, "--out", result.report], env,
+                      "--split", "test", "--seeds", EVALUATION_SEEDS, "--out", result.report], env,
          result.timings)
     return result
 
