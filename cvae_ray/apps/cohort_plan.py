@@ -1,8 +1,8 @@
 """Plan a synthetic cohort: parse the condition mix, resolve counts, cut seeded blocks.
 
-Pure Python/numpy (no Ray): everything here runs in the driver before any Ray
-work starts, so bad input fails fast with a message, and the plan can be tested
-on its own. :mod:`cvae_ray.apps.synthetic_cohort` turns the plan into a Ray Data pipeline.
+No Ray (the look-up of combinations seen in training is the model bundle's):
+everything here runs in the driver before any Ray work starts, so bad input fails
+fast with a message, and the plan can be tested on its own. :mod:`cvae_ray.apps.synthetic_cohort` turns the plan into a Ray Data pipeline.
 
 Mix syntax (``--mix``):
 
@@ -31,16 +31,20 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cvae_ray.data.conditions import Vocabulary
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
+from cvae_ray.model.bundle import (
+    describe_combinations,
+    recorded_seen,
+    seen_lookup,
+    unseen_in,
+)
 
-#: Seen combinations named in a refusal (the rest are counted).
-_LISTED_SEEN = 40
 #: Rows per generated block: big enough that per-block overhead vanishes, small
 #: enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
 BLOCK_ROWS = 10_000
@@ -224,17 +228,6 @@ def _weights_to_counts(weights: list[str], n: int, spec: str) -> list[int]:
         f"summing to 1 or integer counts summing to n={n}.")
 
 
-def training_mix(metadata: Mapping[str, Any], columns: Sequence[str]) -> pd.DataFrame | None:
-    """Condition counts of the training split recorded in a bundle (``None`` if absent)."""
-    records = (metadata.get("training") or {}).get("train_condition_counts")
-    if not records:
-        return None
-    table = pd.DataFrame(records)
-    if not set(columns) <= set(table.columns) or "count" not in table.columns:
-        return None
-    return table[list(columns) + ["count"]]
-
-
 def resolve_mix(mix: str, n: int, vocab: Mapping[str, Sequence[str]],
                 metadata: Mapping[str, Any]) -> tuple[list[tuple[str, ...]], list[int]]:
     """Turn a mix specification into counts per condition combination.
@@ -256,16 +249,14 @@ def resolve_mix(mix: str, n: int, vocab: Mapping[str, Sequence[str]],
     columns = list(vocab)
     spec = str(mix).strip()
     if spec in ("train", "balanced"):
-        table = training_mix(metadata, columns)
+        table = recorded_seen(metadata, Vocabulary(vocab))
         if table is None and spec == "train":
             raise InvalidConfigError(
                 "mix 'train' needs the training mix recorded in the bundle "
                 "(metadata['training']['train_condition_counts']); this bundle has none. Use "
                 "--mix balanced, --mix product or an explicit mix.")
         if table is not None:
-            combos = [tuple(str(v) for v in row) for row in table[columns].itertuples(index=False)]
-            for combo in combos:
-                _check_combo(dict(zip(columns, combo)), vocab, "training record")
+            combos = [tuple(row) for row in table[columns].itertuples(index=False)]
             weights = table["count"].astype(float).tolist() if spec == "train" else [1.0] * len(combos)
         else:
             spec = "product"
@@ -290,15 +281,20 @@ def resolve_mix(mix: str, n: int, vocab: Mapping[str, Sequence[str]],
     return [c for c, _ in kept], [k for _, k in kept]
 
 
-def check_unseen(combos: Sequence[tuple[str, ...]], columns: Sequence[str],
-                 seen: Collection[tuple[str, ...]] | None, allow_unseen: bool,
-                 mix: str) -> tuple[bool, ...]:
+def check_unseen(combos: Sequence[tuple[str, ...]], vocabulary: Vocabulary,
+                 seen: pd.DataFrame | None, allow_unseen: bool, mix: str) -> tuple[bool, ...]:
     """Which combinations of a mix were never seen in training; refuse them unless allowed.
 
+    The look-up and the list of seen combinations are the model bundle's
+    (:func:`~cvae_ray.model.bundle.seen_lookup`,
+    :func:`~cvae_ray.model.bundle.describe_combinations`).
+
     Args:
-        combos: The mix's combinations (values in column order).
-        columns: Condition column names.
-        seen: The combinations seen in training (``None``: unknown, nothing refused).
+        combos: The mix's combinations (trained values in column order).
+        vocabulary: The bundle's condition vocabularies.
+        seen: The combinations seen in training, in the order to name them (condition
+            columns, as :attr:`ModelBundle.seen_combinations`); ``None``: unknown,
+            nothing refused.
         allow_unseen: Accept unseen combinations.
         mix: The mix specification (for the message).
 
@@ -309,27 +305,25 @@ def check_unseen(combos: Sequence[tuple[str, ...]], columns: Sequence[str],
         UnknownConditionError: Unseen combinations without ``allow_unseen``; names them
             and lists the seen ones.
     """
-    if seen is None:
+    if seen is None or not combos:
         return (False,) * len(combos)
-    known = set(seen)
-    unseen = tuple(combo not in known for combo in combos)
+    columns = vocabulary.columns
+    codes = vocabulary.encode(pd.DataFrame(list(combos), columns=columns))
+    unseen = tuple(bool(flag) for flag in unseen_in(seen_lookup(vocabulary, seen), codes))
     if any(unseen) and not allow_unseen:
         missing = [dict(zip(columns, c)) for c, flag in zip(combos, unseen) if flag]
-        listed = ["|".join(c) for c in list(seen)[:_LISTED_SEEN]]
-        rest = len(known) - len(listed)
         raise UnknownConditionError(
             f"mix {mix!r} holds {len(missing)} condition combination(s) never seen in "
             f"training, e.g. {missing[:3]}; the model has no data for them. Generate them only "
             f"on purpose with --allow-unseen (allow_unseen=True; the manifest marks them), or "
             f"use --mix balanced (every seen combination). Seen combinations: "
-            f"{', '.join(listed)}{f' and {rest} more' if rest > 0 else ''}.")
+            f"{describe_combinations(seen, columns, counts=False)}.")
     return unseen
 
 
 def make_plan(n: int, seed: int, mix: str, vocab: Mapping[str, Sequence[str]],
               metadata: Mapping[str, Any], block_rows: int = BLOCK_ROWS, *,
-              seen: Collection[tuple[str, ...]] | None = None,
-              allow_unseen: bool = False) -> CohortPlan:
+              seen: pd.DataFrame | None = None, allow_unseen: bool = False) -> CohortPlan:
     """Resolve the mix and cut it into seeded blocks.
 
     Blocks are numbered in combination order, so the same arguments always give
@@ -342,8 +336,8 @@ def make_plan(n: int, seed: int, mix: str, vocab: Mapping[str, Sequence[str]],
         vocab: Condition column -> allowed values (the bundle's).
         metadata: The bundle's metadata (for the training mix).
         block_rows: Rows per block at most.
-        seen: Combinations seen in training (values in column order); default: those
-            of the training record in ``metadata`` (none recorded: unknown).
+        seen: Combinations seen in training (:attr:`ModelBundle.seen_combinations`);
+            default: those of the training record in ``metadata`` (none recorded: unknown).
         allow_unseen: Accept combinations never seen in training.
 
     Raises:
@@ -356,11 +350,10 @@ def make_plan(n: int, seed: int, mix: str, vocab: Mapping[str, Sequence[str]],
         raise InvalidConfigError(f"block_rows={block_rows!r} is not valid; expected a "
                                  f"positive integer.")
     combos, counts = resolve_mix(mix, n, vocab, metadata)
+    vocabulary = Vocabulary(vocab)
     if seen is None:
-        table = training_mix(metadata, list(vocab))
-        seen = (None if table is None else
-                [tuple(str(v) for v in row) for row in table[list(vocab)].itertuples(index=False)])
-    unseen = check_unseen(combos, list(vocab), seen, allow_unseen, str(mix))
+        seen = recorded_seen(metadata, vocabulary)
+    unseen = check_unseen(combos, vocabulary, seen, allow_unseen, str(mix))
     blocks = []
     for c, count in enumerate(counts):
         # Equal-sized blocks per combination rather than one small remainder block.

@@ -172,12 +172,8 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = COHORT_MIX,
     if rows_per_file is not None and (not isinstance(rows_per_file, int) or rows_per_file <= 0):
         raise InvalidConfigError(
             f"rows_per_file={rows_per_file!r} is not valid; expected a positive integer.")
-    seen = loaded.seen_combinations
     plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows,
-                     seen=None if seen is None else [
-                         tuple(row) for row in seen[loaded.condition_columns].itertuples(
-                             index=False)],
-                     allow_unseen=allow_unseen)
+                     seen=loaded.seen_combinations, allow_unseen=allow_unseen)
     staging = stage(out, overwrite=overwrite)
     return PreparedCohort(
         bundle_location=str(bundle) if is_uri(bundle) else str(local_path(bundle).resolve()),

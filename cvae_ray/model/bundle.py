@@ -133,7 +133,7 @@ class ModelBundle:
         self._gene_columns = pd.Index(self.genes, dtype=object)
         self.vocabulary = Vocabulary(self.vocab)
         self._seen, self._seen_source = self._read_seen()
-        self._seen_grid = self._seen_lookup()
+        self._seen_grid = seen_lookup(self.vocabulary, self._seen)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,35 +181,16 @@ class ModelBundle:
         return self._seen_source
 
     def _read_seen(self) -> tuple[pd.DataFrame | None, str | None]:
-        columns = self.condition_columns
-        records = (self.metadata.get("training") or {}).get("train_condition_counts")
-        if records:
-            table = pd.DataFrame(records)
-            if set(columns) <= set(table.columns) and "count" in table.columns:
-                # Written by the same fit as the vocabularies, so every value is known.
-                codes = self.vocabulary.encode(table, "training record of seen combinations")
-                seen = self.vocabulary.decode(codes)
-                seen["count"] = pd.array(table["count"].to_numpy(), dtype="Int64")
-                return seen.sort_values("count", ascending=False, kind="stable",
-                                        ignore_index=True), "training record"
+        seen = recorded_seen(self.metadata, self.vocabulary)
+        if seen is not None:
+            return seen.sort_values("count", ascending=False, kind="stable",
+                                    ignore_index=True), "training record"
         prior = self.model.latent_prior
         if prior is not None:
             seen = self.vocabulary.decode(prior.codes.cpu().numpy())
             seen["count"] = pd.array([None] * len(seen), dtype="Int64")
             return seen, "latent prior"
         return None, None
-
-    def _seen_lookup(self) -> np.ndarray | set[tuple[int, ...]] | None:
-        """Seen combinations as a boolean grid over code tuples (a set when the grid is huge)."""
-        if self._seen is None:
-            return None
-        codes = self.vocabulary.encode(self._seen)
-        sizes = self.vocabulary.sizes
-        if int(np.prod(sizes, dtype=np.float64)) > _GRID_LIMIT:
-            return {tuple(int(c) for c in row) for row in codes}
-        grid = np.zeros(sizes, dtype=bool)
-        grid[tuple(codes.T)] = True
-        return grid
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -417,12 +398,7 @@ class ModelBundle:
         Returns:
             ``(n,)`` bool; all False when the seen combinations are unknown.
         """
-        codes = np.asarray(codes)
-        if self._seen_grid is None or len(codes) == 0:
-            return np.zeros(len(codes), dtype=bool)
-        if isinstance(self._seen_grid, set):
-            return np.array([tuple(int(c) for c in row) not in self._seen_grid for row in codes])
-        return ~self._seen_grid[tuple(codes.T)]
+        return unseen_in(self._seen_grid, codes)
 
     def check_seen(self, codes: np.ndarray, allow_unseen: bool = False) -> np.ndarray:
         """Refuse combinations never seen in training unless ``allow_unseen``.
@@ -452,16 +428,7 @@ class ModelBundle:
 
     def describe_seen(self, limit: int = _LISTED_SEEN) -> str:
         """The seen combinations as ``value|value (count), ...`` (at most ``limit`` named)."""
-        if self._seen is None:
-            return "unknown"
-        columns = self.condition_columns
-        names = []
-        for row in self._seen.head(limit).itertuples(index=False):
-            values = dict(zip([*columns, "count"], row))
-            label = "|".join(str(values[c]) for c in columns)
-            names.append(label if pd.isna(values["count"]) else f"{label} ({values['count']})")
-        rest = len(self._seen) - len(names)
-        return ", ".join(names) + (f" and {rest} more" if rest > 0 else "")
+        return describe_combinations(self._seen, self.condition_columns, limit)
 
     def seen_records(self) -> list[dict[str, Any]] | None:
         """:attr:`seen_combinations` as JSON-ready records (``count`` ``None`` when unknown)."""
@@ -629,6 +596,100 @@ class ModelBundle:
             raise InvalidDataError(f"{len(missing)} of the bundle's genes are missing from the "
                                    f"real table, e.g. {missing[:5]}.")
         return self.preprocessor.transform(table[self.genes].to_numpy(np.float64))
+
+
+# ---------------------------------------------------------------------- seen combinations
+# Shared by ModelBundle and the synthetic-cohort plan (cvae_ray.apps.cohort_plan), which
+# checks a mix against a bundle's metadata before any sampling.
+def recorded_seen(metadata: Mapping[str, Any], vocabulary: Vocabulary) -> pd.DataFrame | None:
+    """The condition combinations a bundle records as seen in training, with their counts.
+
+    Read from ``training.train_condition_counts`` of the bundle's metadata (written by
+    every fit of this package, most samples first).
+
+    Args:
+        metadata: The bundle's metadata (:attr:`ModelBundle.metadata`).
+        vocabulary: The bundle's condition vocabularies.
+
+    Returns:
+        One row per combination, in record order: the condition columns (trained
+        spellings) and ``count`` (Int64); ``None`` when the record is absent or lacks a
+        column.
+
+    Raises:
+        UnknownConditionError: A recorded value the vocabularies do not hold.
+    """
+    records = (metadata.get("training") or {}).get("train_condition_counts")
+    if not records:
+        return None
+    table = pd.DataFrame(records)
+    if not set(vocabulary.columns) <= set(table.columns) or "count" not in table.columns:
+        return None
+    # Written by the same fit as the vocabularies, so every value is known.
+    seen = vocabulary.decode(vocabulary.encode(table, "training record of seen combinations"))
+    seen["count"] = pd.array(table["count"].to_numpy(), dtype="Int64")
+    return seen
+
+
+def seen_lookup(vocabulary: Vocabulary, seen: pd.DataFrame | None
+                ) -> np.ndarray | set[tuple[int, ...]] | None:
+    """Seen combinations as a boolean grid over code tuples (a set when the grid is huge).
+
+    Args:
+        vocabulary: The condition vocabularies.
+        seen: The seen combinations (condition columns; ``None``: unknown).
+
+    Returns:
+        The lookup for :func:`unseen_in`, or ``None`` when ``seen`` is.
+    """
+    if seen is None:
+        return None
+    codes = vocabulary.encode(seen)
+    sizes = vocabulary.sizes
+    if int(np.prod(sizes, dtype=np.float64)) > _GRID_LIMIT:
+        return {tuple(int(c) for c in row) for row in codes}
+    grid = np.zeros(sizes, dtype=bool)
+    grid[tuple(codes.T)] = True
+    return grid
+
+
+def unseen_in(lookup: np.ndarray | set[tuple[int, ...]] | None, codes: np.ndarray) -> np.ndarray:
+    """Which rows of ``(n, n_conditions)`` codes are not in a :func:`seen_lookup`.
+
+    Returns:
+        ``(n,)`` bool; all False when the lookup is ``None`` (seen combinations unknown).
+    """
+    codes = np.asarray(codes)
+    if lookup is None or len(codes) == 0:
+        return np.zeros(len(codes), dtype=bool)
+    if isinstance(lookup, set):
+        return np.array([tuple(int(c) for c in row) not in lookup for row in codes])
+    return ~lookup[tuple(codes.T)]
+
+
+def describe_combinations(seen: pd.DataFrame | None, columns: Sequence[str],
+                          limit: int = _LISTED_SEEN, *, counts: bool = True) -> str:
+    """Seen combinations as ``value|value (count), ...`` for a message.
+
+    Args:
+        seen: The combinations (condition columns and ``count``), in the order to name them.
+        columns: The condition columns, in model order.
+        limit: Most combinations named; the rest are counted (``and 3 more``).
+        counts: Name each known count in brackets.
+
+    Returns:
+        The text, or ``unknown`` when ``seen`` is ``None``.
+    """
+    if seen is None:
+        return "unknown"
+    names = []
+    for row in seen.head(limit).to_dict(orient="records"):
+        label = "|".join(str(row[c]) for c in columns)
+        count = row.get("count")
+        names.append(label if not counts or count is None or pd.isna(count)
+                     else f"{label} ({count})")
+    rest = len(seen) - len(names)
+    return ", ".join(names) + (f" and {rest} more" if rest > 0 else "")
 
 
 def _check_replaceable(path: str | Path) -> None:

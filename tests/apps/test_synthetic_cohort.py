@@ -250,6 +250,34 @@ def test_plan_refuses_unseen_combinations_unless_allowed(unseen_bundle_dir):
     assert not any(make_plan(36, 0, "balanced", bundle.vocab, bundle.metadata).unseen)
 
 
+def test_plan_reads_seen_combinations_as_the_bundle_does(unseen_bundle_dir, tmp_path):
+    # Setup: the bundle as one fitted before condition values were trimmed (its
+    # vocabulary says ' kidney'; its training record says 'kidney').
+    import shutil
+
+    from cvae_ray.model.bundle import ModelBundle
+
+    old = tmp_path / "old"
+    shutil.copytree(unseen_bundle_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    config["conditions"]["tissue"] = [f" {v}" for v in config["conditions"]["tissue"]]
+    (old / "config.json").write_text(json.dumps(config))
+    legacy = ModelBundle.load(old)
+    columns = legacy.condition_columns
+    # Run / Assert: the training mix holds only seen combinations, in the bundle's spellings,
+    # whether the seen ones are read from the metadata or given as the cohort job gives them.
+    for seen in (None, legacy.seen_combinations):
+        plan = make_plan(36, 0, "train", legacy.vocab, legacy.metadata, seen=seen)
+        assert not any(plan.unseen) and all(tissue.startswith(" ") for tissue, _ in plan.combos)
+    # A refusal names the unseen combination and the seen ones in the bundle's spellings.
+    listed = ", ".join("|".join(row) for row in
+                       legacy.seen_combinations[columns].itertuples(index=False))
+    with pytest.raises(UnknownConditionError) as refused:
+        make_plan(36, 0, "product", legacy.vocab, legacy.metadata)
+    assert "e.g. [{'tissue': ' kidney', 'source': 'GTEx'}]" in str(refused.value)
+    assert str(refused.value).endswith(f"Seen combinations: {listed}.")
+
+
 def test_cohort_job_unseen_mix_refused_before_ray_and_marked_with_allow_unseen(
         ray_cluster, unseen_bundle_dir, tmp_path, capsys):
     common = ["--bundle", unseen_bundle_dir, "--n", 36, "--mix", "product", "--workers", 1]
