@@ -4,9 +4,10 @@ For every combination of the two condition columns (``tissue x source``) with at
 least ``min_samples`` samples whose first-column level (tissue) also has another
 second-column level (source) in the data, all of its samples are removed, the
 rest is split and preprocessed as ``spec`` says (:func:`cvae_ray.data.model_inputs.prepare`:
-the removed samples inform no gene ranking, imputation or standardisation), each
-generator is fitted on the training split (model selection on the validation
-split), and as many samples as the real group has are drawn for the unseen
+the removed samples inform no gene ranking, imputation or standardisation; the
+test rows of the other combinations stay unused unless ``spec.test_fraction`` is
+0), each generator is fitted on the training split (model selection on the
+validation split), and as many samples as the real group has are drawn for the unseen
 combination and scored against the real group (all of its samples):
 
 - ``change_r2`` and ``change_slope``: the squared Pearson r over genes, and the
@@ -367,8 +368,9 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
     Returns:
         ``combinations``: one entry per held-out combination (``combination``,
         ``half``, ``n``, ``n_train``, ``n_val``, ``n_reference``, ``rows``: row name ->
-        ``metrics`` (score -> mean, sd), ``per_seed`` scores, ``fit_seconds``, and
-        ``error`` when it failed there); ``summary``: half -> row name ->
+        ``metrics`` (score -> mean, sd), ``per_seed`` scores, ``fit_seconds``,
+        ``fit_info`` (per seed: what the fit did, e.g. epochs run), and ``error``
+        when it failed there); ``summary``: half -> row name ->
         ``combinations`` (how many entered) and ``metrics`` (score -> mean, sd over
         seeds of the mean over the half's combinations); ``skipped``: generator ->
         reason; ``rows``: the row names in table order.
@@ -411,13 +413,14 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
         c_val = left.prepared.condition_frame("val")
         wanted = left.group_conditions()
         for name in names:
-            per_seed, fit_s = [], []
+            per_seed, fit_s, infos = [], [], []
             try:
                 for s in range(seeds):
                     generator = _build(name, options, time_budget_s)
                     started = time.perf_counter()
                     generator.fit(x_train, c_train, x_val, c_val, seed=s)
                     fit_s.append(time.perf_counter() - started)
+                    infos.append(_clean(dict(generator.info)))
                     synthetic = generator.sample(wanted, seed=SAMPLE_SEED_OFFSET + s)
                     per_seed.append(score_group(left.group, synthetic, left.group_log,
                                                 left.to_log(synthetic), left.reference_log,
@@ -428,12 +431,13 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
                              f"{v[f'change_r2_top{TOP_GENES}']:.3f}), slope "
                              f"{v['change_slope']:.3f}, detection AUC {v['detection_auc']:.3f}")
                 rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
-                              "fit_seconds": summarise(fit_s)}
+                              "fit_seconds": summarise(fit_s), "fit_info": infos}
             except Exception as exc:  # noqa: BLE001 - one failing generator must not lose the others
                 reason = f"{type(exc).__name__}: {exc}"
                 progress(f"{label} {name} FAILED: {reason}")
                 rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
-                              "fit_seconds": summarise(fit_s), "error": reason,
+                              "fit_seconds": summarise(fit_s), "fit_info": infos,
+                              "error": reason,
                               "traceback": (None if isinstance(exc, UnknownConditionError)
                                             else traceback.format_exc(limit=5))}
         entries.append({"combination": label, "values": list(combination),
