@@ -123,16 +123,23 @@ def test_additive_baseline_recovers_a_planted_additive_effect():
     assert no_change["change_r2"] < 0.2 and abs(no_change["change_slope"]) < 0.2
 
 
-def test_no_change_redraws_the_same_tissues_other_sources():
+def test_no_change_is_the_other_sources_mean_plus_within_combination_deviations():
+    # Setup
     x, cond, _ = additive_data(seed=1, n_per_group=10)
     generator = NoChangeGenerator()
     generator.fit(x, cond, x[:5], cond[:5], seed=0)
 
+    # Run
     drawn = generator.sample(pd.DataFrame({"tissue": ["liver"] * 30, "source": ["GTEx"] * 30}),
                              seed=3)
 
-    allowed = x[((cond["tissue"] == "liver") & (cond["source"] != "GTEx")).to_numpy()]
-    assert all(np.any(np.all(np.isclose(allowed, row), axis=1)) for row in drawn)
+    # Assert: every row is the pool mean plus one pool row's deviation from its source mean.
+    pool = ((cond["tissue"] == "liver") & (cond["source"] != "GTEx")).to_numpy()
+    deviations = x[pool] - np.vstack([
+        x[pool & (cond["source"] == s).to_numpy()].mean(axis=0)
+        for s in cond["source"][pool]])
+    allowed = x[pool].mean(axis=0) + deviations
+    assert all(np.any(np.all(np.isclose(allowed, row, atol=1e-5), axis=1)) for row in drawn)
 
 
 def test_change_scores_of_a_halved_change_give_slope_one_half():

@@ -8,8 +8,9 @@ samples and scores them exactly as it does the CVAE. They are not in
 combinations the training data lack.
 
 - :class:`NoChangeGenerator` predicts that the requested second-column level
-  changes nothing: it redraws real training samples of the same first-column
-  level (tissue) with the other second-column levels (sources).
+  changes nothing: the mean of the training samples of the same first-column
+  level (tissue) with the other second-column levels (sources), plus the
+  within-combination deviations of redrawn samples.
 - :class:`AdditiveGenerator` predicts each gene's mean as an intercept plus one
   effect per condition value (``mean(t, s) = mu + a_t + b_s``), fitted by least
   squares on the seen combinations' means, and draws around it with the pooled
@@ -51,12 +52,17 @@ def additive_design(codes: np.ndarray, sizes: list[int]) -> np.ndarray:
 
 
 class NoChangeGenerator:
-    """Real training samples of the same tissue from its other sources, redrawn.
+    """The mean of the same tissue's other sources, with real within-combination spread.
 
-    A requested row ``(t, s, ...)`` is drawn with replacement from the training
-    rows whose first condition column is ``t`` and second is not ``s`` (all
-    rows of ``t`` when it has no other level). Its predicted change from the
-    tissue's other sources is therefore zero up to redrawing noise.
+    A requested row ``(t, s, ...)`` gets the mean of the pool: the training rows
+    whose first condition column is ``t`` and second is not ``s`` (all rows of
+    ``t`` when it has no other level); plus the deviation of a pool row, drawn
+    with replacement, from its own combination's training mean. Its predicted
+    change from the tissue's other sources is therefore zero up to the noise of
+    those deviations. Redrawing pool rows as they are would not do: their mean
+    moves with the share of each source drawn, along the direction between the
+    sources, which the observed change often shares (a squared r does not see
+    the sign).
 
     Args:
         time_budget_s: Ignored (nothing is fitted); accepted for a uniform interface.
@@ -67,22 +73,28 @@ class NoChangeGenerator:
     def __init__(self, *, time_budget_s: float | None = None) -> None:
         self.info: dict[str, Any] = {}
         self._x: np.ndarray | None = None
+        self._residual: np.ndarray | None = None
         self._first = self._second = np.array([], dtype=object)
         self._columns: list[str] = []
 
     def fit(self, x_train: np.ndarray, cond_train: pd.DataFrame, x_val: np.ndarray,
             cond_val: pd.DataFrame, seed: int) -> None:
         """Keep the training rows (the validation split is only checked; seed unused)."""
-        self._x = check_fit_inputs(x_train, cond_train, "x_train")
+        self._x = check_fit_inputs(x_train, cond_train, "x_train").astype(np.float64)
         check_fit_inputs(x_val, cond_val, "x_val")
         self._columns = [str(c) for c in cond_train.columns]
         values = cond_train.astype(str).to_numpy(dtype=object)
         self._first = values[:, 0]
         self._second = values[:, 1] if values.shape[1] > 1 else np.full(len(values), "")
+        labels = joint_labels(cond_train)
+        self._residual = self._x.copy()
+        for label in set(labels):
+            rows = np.flatnonzero(labels == label)
+            self._residual[rows] -= self._x[rows].mean(axis=0)
         self.info = {"rows": len(self._x)}
 
     def sample(self, cond: pd.DataFrame, seed: int) -> np.ndarray:
-        """One standardised row per condition row, redrawn from the training rows."""
+        """One standardised row per condition row: pool mean plus a redrawn deviation."""
         if self._x is None:
             raise RuntimeError("fit the generator before sampling.")
         rng = np.random.default_rng(int(seed))
@@ -98,7 +110,8 @@ class NoChangeGenerator:
                 raise UnknownConditionError(
                     f"{self._columns[0]}={key[0]!r} has no training samples; the no-change "
                     "baseline has nothing to redraw.")
-            out[rows] = self._x[rng.choice(pool, size=len(rows), replace=True)]
+            drawn = rng.choice(pool, size=len(rows), replace=True)
+            out[rows] = self._x[pool].mean(axis=0) + self._residual[drawn]
         return out
 
 
