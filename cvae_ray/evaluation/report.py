@@ -205,13 +205,21 @@ def _scores(bundle: ModelBundle, data: HeldOut, seed: int, wanted: list[str]
     # The membership audit attacks that copy of the training set, as a released cohort.
     synthetic_fit = _draw(bundle, fit_c.reset_index(drop=True), TSTR_SEED_OFFSET + seed)
     train = data.x_train if data.x_train is not None else data.x
+    # The contrasts judge the synthetic copy of the fitting set against the held-out
+    # set, in log units (the data here are standardised).
+    scale = bundle.preprocessor.std
     values = evaluate_all(train, data.x, synthetic, y, y, metrics=wanted, seed=seed,
-                          released=synthetic_fit)
+                          released=synthetic_fit, conditions_test=data.conditions,
+                          conditions_released=fit_c, log2_per_unit=scale)
     if data.x_train is not None:
         y_train = joint_labels(data.train_conditions)
-        reference = real_vs_real(data.x_train, data.x, y_train, y, metrics=wanted, seed=seed)
+        reference = real_vs_real(data.x_train, data.x, y_train, y, metrics=wanted, seed=seed,
+                                 conditions_train=data.train_conditions,
+                                 conditions_test=data.conditions, log2_per_unit=scale)
     else:
-        reference = real_vs_real(data.x[a], data.x[b], y[a], y[b], metrics=wanted, seed=seed)
+        reference = real_vs_real(data.x[a], data.x[b], y[a], y[b], metrics=wanted, seed=seed,
+                                 conditions_train=fit_c, conditions_test=test_c,
+                                 log2_per_unit=scale)
     for c in conds:
         scored = tstr(synthetic_fit, fit_c[c].to_numpy(), test_x, test_c[c].to_numpy(), seed=seed)
         values[f"tstr_accuracy[{c}]"], values[f"tstr_macro_f1[{c}]"] = (
@@ -340,10 +348,12 @@ def evaluate_bundle(bundle: ModelBundle, real_table: pd.DataFrame | HeldOut,
         "reference": ("real training samples with the held-out size and label mix vs the "
                       "held-out set (real_vs_real); privacy reference: held-out halves "
                       "(membership audit: one half released, the other the non-members); "
-                      "per-column TSTR reference: TRTR on the full training set")
+                      "per-column TSTR reference: TRTR on the full training set; contrasts "
+                      "reference: the training split's differential expression")
                      if has_train else
                      ("two random halves of the held-out set (no training set given); "
-                      "per-column TSTR reference: TRTR from one half to the other"),
+                      "per-column TSTR reference: TRTR from one half to the other; contrasts "
+                      "reference: one half's differential expression against the other's"),
         "membership_audit": ("run" if has_train and audit_note is None
                              else audit_note or "left out: no training set given"),
         "metrics": metrics, "augmentation": augmentation,

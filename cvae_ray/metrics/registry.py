@@ -6,7 +6,8 @@ selection and reports cannot disagree about which way is better.
 
 The metrics live in groups -- :mod:`cvae_ray.metrics.fidelity`,
 :mod:`cvae_ray.metrics.utility`, :mod:`cvae_ray.metrics.privacy`,
-:mod:`cvae_ray.metrics.membership` -- and are registered here with gamma. :func:`evaluate_all` computes them for one
+:mod:`cvae_ray.metrics.membership`, :mod:`cvae_ray.metrics.contrasts` -- and are
+registered here with gamma. :func:`evaluate_all` computes them for one
 synthetic set and :func:`real_vs_real` gives the reference a real set scores.
 """
 
@@ -18,6 +19,7 @@ from typing import Callable, Collection, Sequence
 import numpy as np
 
 from cvae_ray.errors import InvalidDataError
+from cvae_ray.metrics.contrasts import check_conditions, contrasts
 from cvae_ray.metrics.fidelity import (
     check_labels,
     check_matrix,
@@ -34,8 +36,8 @@ from cvae_ray.metrics.privacy import aa_ts, aa_ts_detail, dcr
 from cvae_ray.metrics.utility import augmentation_gain, trtr, tstr
 
 __all__ = [
-    "MEMBERSHIP_METRICS", "MEMBERSHIP_MIN_HELD_OUT", "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail",
-    "augmentation_gain", "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma",
+    "CONTRAST_METRICS", "MEMBERSHIP_METRICS", "MEMBERSHIP_MIN_HELD_OUT", "METRICS", "GammaResult", "MetricInfo", "aa_ts", "aa_ts_detail",
+    "augmentation_gain", "contrasts", "correlation_distance", "dcr", "detection_auc", "evaluate_all", "gamma",
     "gamma_detail", "marginal_agreement", "membership_audit", "metric_info", "mmd", "prdc",
     "real_vs_real", "summary_metrics", "trtr", "tstr"]
 
@@ -172,10 +174,38 @@ def _membership_entries() -> dict[str, tuple[MetricInfo, Callable[..., float]]]:
     return entries
 
 
+_CONTRAST_WHAT = ("differentially expressed genes (Welch t, BH 5%, |log2FC| >= 0.5) per "
+                  "pair of second-condition levels within each first-condition level")
+
+
+def _contrast_entries() -> dict[str, tuple[MetricInfo, Callable[..., float]]]:
+    """Differential-expression contrasts of the judged set against the real test split."""
+    specs = (
+        ("tpr", True, 0.0, 1.0, None, None,
+         f"share of the real test split's {_CONTRAST_WHAT} also called, same direction"),
+        ("fpr", False, 0.0, 1.0, None, None,
+         "share of genes the real test split does not call that are called (same contrasts)"),
+        ("lfc_r", True, -1.0, 1.0, None, None,
+         "Pearson r of log2 fold changes with the real test split's, genes x contrasts pooled"),
+        ("lfc_slope", True, -_INF, _INF, 1.0, None,
+         "slope of log2 fold changes regressed on the real test split's; below 1 = shrunk"),
+        ("pairs", True, 0.0, _INF, None, "contrast_tpr", "contrasts scored"),
+        ("pairs_skipped", False, 0.0, _INF, None, "contrast_tpr",
+         "contrasts skipped: fewer than 3 samples on a side in either set"),
+        ("truth_calls", True, 0.0, _INF, None, "contrast_tpr",
+         "genes x contrasts the real test split calls (the TPR's denominator)"),
+    )
+    return {f"contrast_{key}": (MetricInfo(f"contrast_{key}", higher, low, high, what,
+                                           ideal=ideal, detail_of=detail),
+                                _field(contrasts, key))
+            for key, higher, low, high, ideal, detail, what in specs}
+
+
 # Callables take the arguments of the function they come from: (real, synthetic)
 # for fidelity and aa_ts, (x_syn, y_syn, x_test, y_test) for TSTR,
 # (x_train, x_holdout, x_syn) for DCR, (members, non_members, synthetic) for the
-# membership audit. evaluate_all is the uniform entry point.
+# membership audit, (truth, compared, truth conditions, compared conditions) for
+# the contrasts. evaluate_all is the uniform entry point.
 METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
     "gamma": (MetricInfo("gamma", True, -1.0, 1.0,
                          "correlation of gene-gene correlation distances (Viñas et al. 2022)"),
@@ -243,10 +273,13 @@ METRICS: dict[str, tuple[MetricInfo, Callable[..., float]]] = {
                               "0.5 is ideal, towards 1 flags poor fidelity", ideal=0.5),
                    aa_ts),
     **_membership_entries(),
+    **_contrast_entries(),
 }
 
 #: The membership-inference audit's metrics (they need the training set).
 MEMBERSHIP_METRICS = tuple(name for name in METRICS if name.startswith("mia_"))
+#: The differential-expression contrast metrics (they need condition tables).
+CONTRAST_METRICS = tuple(name for name in METRICS if name.startswith("contrast_"))
 #: Fewest held-out samples for the audit in both evaluate_all and real_vs_real
 #: (which gives half of them to the audit as non-members).
 MEMBERSHIP_MIN_HELD_OUT = 2 * MIN_NON_MEMBERS
@@ -270,6 +303,11 @@ class _Sets:
     private_synthetic: np.ndarray    # set checked for copies of the training set
     released: np.ndarray             # set the membership audit attacks
     seed: int
+    # Contrasts: truth = `real` with these conditions; judged = `contrasted`.
+    real_conditions: np.ndarray | None = None
+    contrasted: np.ndarray | None = None
+    contrasted_conditions: np.ndarray | None = None
+    log2_per_unit: np.ndarray | None = None
 
 
 def _tstr_group(s: _Sets) -> dict[str, float]:
@@ -304,14 +342,19 @@ _GROUPS: tuple[tuple[tuple[str, ...], Callable[[_Sets], dict[str, float]]], ...]
     (("aa_ts",), lambda s: {"aa_ts": aa_ts(s.train, s.private_synthetic, seed=s.seed)}),
     (("aa_ts_test",), lambda s: {"aa_ts_test": aa_ts(s.real, s.synthetic, seed=s.seed)}),
     (MEMBERSHIP_METRICS, lambda s: _membership_group(s)),
+    (CONTRAST_METRICS, lambda s: {f"contrast_{k}": v for k, v in contrasts(
+        s.real, s.contrasted, s.real_conditions, s.contrasted_conditions,
+        log2_per_unit=s.log2_per_unit).items()}),
 )
 
 _LABELLED = frozenset({"tstr_accuracy", "tstr_macro_f1"})
 
 
-def _wanted(metrics: Collection[str] | None, labelled: bool) -> list[str]:
+def _wanted(metrics: Collection[str] | None, labelled: bool, contrasted: bool = False
+            ) -> list[str]:
     if metrics is None:
-        return [m for m in METRICS if labelled or m not in _LABELLED]
+        return [m for m in METRICS if (labelled or m not in _LABELLED)
+                and (contrasted or m not in CONTRAST_METRICS)]
     if isinstance(metrics, str):
         metrics = [metrics]
     for name in metrics:
@@ -319,7 +362,29 @@ def _wanted(metrics: Collection[str] | None, labelled: bool) -> list[str]:
     if not labelled and _LABELLED & set(metrics):
         raise InvalidDataError(f"metrics {sorted(_LABELLED & set(metrics))} need labels for "
                                "the real and synthetic sets.")
+    if not contrasted and set(CONTRAST_METRICS) & set(metrics):
+        raise InvalidDataError(f"metrics {sorted(set(CONTRAST_METRICS) & set(metrics))} need "
+                               "condition tables for both sets they compare (conditions_test "
+                               "and conditions_released / conditions_train).")
     return [m for m in METRICS if m in set(metrics)]
+
+
+def _contrast_inputs(conditions: dict[str, tuple[object, np.ndarray, str]],
+                     log2_per_unit: Sequence[float] | np.ndarray | None, n_genes: int
+                     ) -> tuple[dict[str, np.ndarray | None], np.ndarray | None]:
+    """Checked condition tables ``{name: (table, rows, rows name)}`` and the per-gene scale."""
+    given = {name: None if table is None else check_conditions(table, len(rows), name, rows_name)
+             for name, (table, rows, rows_name) in conditions.items()}
+    present = [name for name, table in given.items() if table is not None]
+    if present and len(present) != len(given):
+        raise InvalidDataError(f"give {' and '.join(given)} together, or neither.")
+    scale = None
+    if log2_per_unit is not None:
+        scale = np.asarray(log2_per_unit, dtype=np.float64)
+        if scale.shape != (n_genes,):
+            raise InvalidDataError(f"log2_per_unit must hold one number per gene ({n_genes}), "
+                                   f"got shape {scale.shape}.")
+    return given, scale
 
 
 def _compute(sets: _Sets, wanted: list[str]) -> dict[str, float]:
@@ -343,7 +408,10 @@ def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.nd
                  y_test: Sequence | np.ndarray | None = None,
                  y_synthetic: Sequence | np.ndarray | None = None, *,
                  metrics: Collection[str] | None = None, seed: int = 0,
-                 released: np.ndarray | None = None) -> dict[str, float]:
+                 released: np.ndarray | None = None,
+                 conditions_test: object | None = None,
+                 conditions_released: object | None = None,
+                 log2_per_unit: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
     """Compute registered metrics for one synthetic set.
 
     Fidelity metrics and ``aa_ts_test`` compare ``synthetic`` with ``real_test``
@@ -354,7 +422,11 @@ def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.nd
     membership audit (``mia_*``, :func:`cvae_ray.metrics.membership.membership_audit`)
     attacks ``released`` (default ``synthetic``) with ``real_train`` as the
     members and ``real_test`` as the non-members, half of them the attacker's
-    reference data.
+    reference data. The contrasts (``contrast_*``,
+    :func:`cvae_ray.metrics.contrasts.contrasts`) call differentially expressed
+    genes in ``real_test`` (the truth) and in ``released`` (default
+    ``synthetic``): give it the training split's condition mix, as the
+    real-training ceiling of :func:`real_vs_real` has.
     :func:`cvae_ray.metrics.utility.augmentation_gain` returns a curve, not one
     number, and is not included.
 
@@ -368,17 +440,27 @@ def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.nd
         metrics: Names to compute; None computes every registered metric (the
             TSTR ones only when labels are given).
         seed: Seed passed to every metric that samples or fits.
-        released: The synthetic set the membership audit attacks: give one with
-            the training set's size and condition mix, as a shared cohort would
-            be; None attacks ``synthetic``.
+        released: The synthetic set the membership audit attacks and the contrasts
+            judge: give one with the training set's size and condition mix, as a
+            shared cohort would be; None uses ``synthetic``.
+        conditions_test: Condition table of ``real_test`` (DataFrame or 2-D array,
+            one column per condition, the first the stratum and the second the
+            contrasted factor); with ``conditions_released`` it enables the contrasts.
+        conditions_released: Condition table of ``released`` (of ``synthetic``
+            when ``released`` is None).
+        log2_per_unit: Per-gene log2 units per data unit, to compute fold changes
+            in log2 units: the preprocessing's per-gene standard deviation
+            (``Preprocessor.std``) for standardised data; None when the data are
+            in log2 units.
 
     Returns:
         ``{metric_name: value}`` in registry order; see :func:`metric_info`.
 
     Raises:
         InvalidDataError: Bad shapes, values or labels, labels given for only one
-            set, labels missing for a requested TSTR metric, or too few samples
-            for the membership audit (fewer than 20 test samples).
+            set, labels missing for a requested TSTR metric, condition tables
+            missing for a requested contrast metric, or too few samples for the
+            membership audit (fewer than 20 test samples).
         InvalidConfigError: An unknown metric name.
     """
     if (y_test is None) != (y_synthetic is None):
@@ -388,11 +470,19 @@ def evaluate_all(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.nd
         matrices["released"] = released
     x, y = _check_inputs(
         matrices, {"y_test": (y_test, "real_test"), "y_synthetic": (y_synthetic, "synthetic")})
-    wanted = _wanted(metrics, labelled=y_test is not None)
+    released = x.get("released", x["synthetic"])
+    c, scale = _contrast_inputs(
+        {"conditions_test": (conditions_test, x["real_test"], "real_test"),
+         "conditions_released": (conditions_released, released,
+                                 "released" if "released" in x else "synthetic")},
+        log2_per_unit, x["real_test"].shape[1])
+    wanted = _wanted(metrics, labelled=y_test is not None,
+                     contrasted=c["conditions_test"] is not None)
     sets = _Sets(real=x["real_test"], synthetic=x["synthetic"], y_real=y["y_test"],
                  y_synthetic=y["y_synthetic"], train=x["real_train"], holdout=x["real_test"],
-                 private_synthetic=x["synthetic"], released=x.get("released", x["synthetic"]),
-                 seed=seed)
+                 private_synthetic=x["synthetic"], released=released, seed=seed,
+                 real_conditions=c["conditions_test"], contrasted=released,
+                 contrasted_conditions=c["conditions_released"], log2_per_unit=scale)
     return _compute(sets, wanted)
 
 
@@ -412,7 +502,9 @@ def _stand_in(train: np.ndarray, y_train: np.ndarray | None, y_test: np.ndarray 
 def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
                  y_train: Sequence | np.ndarray | None = None,
                  y_test: Sequence | np.ndarray | None = None, *,
-                 metrics: Collection[str] | None = None, seed: int = 0) -> dict[str, float]:
+                 metrics: Collection[str] | None = None, seed: int = 0,
+                 conditions_train: object | None = None, conditions_test: object | None = None,
+                 log2_per_unit: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
     """The scores of real data in place of synthetic: the reference for :func:`evaluate_all`.
 
     Same keys, same comparisons, with the synthetic set replaced by real samples
@@ -429,7 +521,10 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
     - membership audit (``mia_*``): the same first half is the released set,
       the second half the non-members (a quarter of the test set is the
       attacker's reference, a quarter is scored), ``real_train`` the members:
-      the chance level of the audit at this size, worst-case maximum included.
+      the chance level of the audit at this size, worst-case maximum included;
+    - contrasts (``contrast_*``): the whole of ``real_train`` is the judged set
+      against ``real_test`` as the truth: the ceiling for a synthetic set with
+      the training split's mix.
 
     Args:
         real_train: Real training samples x genes.
@@ -440,13 +535,18 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
         y_test: Label of each test sample.
         metrics: Names to compute; None as in :func:`evaluate_all`.
         seed: Seed of the draws and of every metric.
+        conditions_train: Condition table of ``real_train``; with
+            ``conditions_test`` it enables the contrasts (see :func:`evaluate_all`).
+        conditions_test: Condition table of ``real_test``.
+        log2_per_unit: As in :func:`evaluate_all`.
 
     Returns:
         ``{metric_name: value}`` in registry order.
 
     Raises:
-        InvalidDataError: Bad shapes, values or labels, labels for one set only, or
-            fewer than 40 test samples for the membership audit.
+        InvalidDataError: Bad shapes, values, labels or condition tables, labels or
+            condition tables for one set only, or fewer than 40 test samples for
+            the membership audit.
         InvalidConfigError: An unknown metric name.
     """
     if (y_train is None) != (y_test is None):
@@ -456,7 +556,12 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
     if len(x["real_test"]) < 6:
         raise InvalidDataError(
             f"real_vs_real needs at least 6 test samples to halve, got {len(x['real_test'])}.")
-    wanted = _wanted(metrics, labelled=y_test is not None)
+    c, scale = _contrast_inputs(
+        {"conditions_train": (conditions_train, x["real_train"], "real_train"),
+         "conditions_test": (conditions_test, x["real_test"], "real_test")},
+        log2_per_unit, x["real_test"].shape[1])
+    wanted = _wanted(metrics, labelled=y_test is not None,
+                     contrasted=c["conditions_test"] is not None)
     rng = np.random.default_rng(seed)
     stand_in, y_stand_in = _stand_in(x["real_train"], y["y_train"], y["y_test"],
                                      len(x["real_test"]), rng)
@@ -465,7 +570,9 @@ def real_vs_real(real_train: np.ndarray, real_test: np.ndarray,
                  y_synthetic=y_stand_in, train=x["real_train"],
                  holdout=x["real_test"][np.sort(halves[1])],
                  private_synthetic=x["real_test"][np.sort(halves[0])],
-                 released=x["real_test"][np.sort(halves[0])], seed=seed)
+                 released=x["real_test"][np.sort(halves[0])], seed=seed,
+                 real_conditions=c["conditions_test"], contrasted=x["real_train"],
+                 contrasted_conditions=c["conditions_train"], log2_per_unit=scale)
     return _compute(sets, wanted)
 
 

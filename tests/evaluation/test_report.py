@@ -168,6 +168,9 @@ def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
     assert "tstr_accuracy[tissue]" in markdown and "closer to 0.5" in markdown
     assert "copy check (DCR ratio >= 1)" in markdown
     assert "| mia_auc | mia_tpr_1pct |" in markdown and "mia_auc_logan" not in markdown
+    assert ("| contrast_tpr | contrast_fpr | contrast_lfc_r | contrast_lfc_slope |" in markdown
+            and "contrast_pairs" not in markdown)
+    assert all(row["metrics"]["contrast_pairs"]["mean"] > 0 for row in rows)
     assert rows[1]["metrics"]["mia_auc"]["better"] == "closer to 0.5"
     assert isinstance(rows[1]["metrics"]["mia_auc_logan"]["mean"], float)
     assert "| gaussian |" in capsys.readouterr().out

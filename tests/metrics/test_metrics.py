@@ -385,8 +385,9 @@ def test_evaluate_all_computes_every_registered_metric_within_its_range(cohort):
     # Setup
     x_train, _, x_test, y_test, x_syn, y_syn = cohort
 
-    # Run
-    values = evaluate_all(x_train, x_test, x_syn, y_test, y_syn, seed=0)
+    # Run: the labels double as one-column condition tables for the contrasts.
+    values = evaluate_all(x_train, x_test, x_syn, y_test, y_syn, seed=0,
+                          conditions_test=y_test, conditions_released=y_syn)
 
     # Assert
     assert list(values) == list(METRICS)
@@ -395,7 +396,9 @@ def test_evaluate_all_computes_every_registered_metric_within_its_range(cohort):
         assert info.low <= value <= info.high, (name, value)
     assert values["tstr_accuracy"] > 0.95
     assert values["copy_fraction"] < 0.1
-    assert evaluate_all(x_train, x_test, x_syn, y_test, y_syn, seed=0) == values
+    assert values["contrast_pairs"] == 3 and values["contrast_tpr"] > 0.9
+    assert evaluate_all(x_train, x_test, x_syn, y_test, y_syn, seed=0,
+                        conditions_test=y_test, conditions_released=y_syn) == values
 
 
 def test_evaluate_all_flags_a_copied_training_set(cohort):
@@ -414,6 +417,7 @@ def test_evaluate_all_without_labels_leaves_out_tstr(cohort):
     x_train, _, x_test, _, x_syn, _ = cohort
     values = evaluate_all(x_train, x_test, x_syn, metrics=None)
     assert "tstr_accuracy" not in values and "gamma" in values
+    assert not [name for name in values if name.startswith("contrast_")]
 
 
 def test_evaluate_all_refuses_tstr_without_labels_and_unknown_names(cohort):
@@ -431,10 +435,12 @@ def test_real_vs_real_scores_like_a_perfect_generator(cohort):
     x_train, y_train, x_test, y_test, _, _ = cohort
 
     # Run
-    values = real_vs_real(x_train, x_test, y_train, y_test, seed=0)
+    values = real_vs_real(x_train, x_test, y_train, y_test, seed=0,
+                          conditions_train=y_train, conditions_test=y_test)
 
     # Assert
     assert list(values) == list(METRICS)
+    assert values["contrast_lfc_r"] > 0.9
     assert values["tstr_accuracy"] > 0.95
     assert values["detection_auc"] == pytest.approx(0.5, abs=0.15)
     assert values["dcr_ratio"] == pytest.approx(1.0, abs=0.3)
