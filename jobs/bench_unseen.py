@@ -3,7 +3,7 @@
     python jobs/bench_unseen.py --data FILE --condition tissue --condition source
         [--min-samples 15] [--seeds 3] [--generators cvae,wgan-gp]
         [--combinations 'kidney|GTEx,uterus|TCGA-tumor'] [--half design|holdout|all]
-        [--time-budget SECONDS] [--options OPTIONS.json] --out DIR
+        [--shots 0,3,5,10,20] [--time-budget SECONDS] [--options OPTIONS.json] --out DIR
 
 Run it with OMP_NUM_THREADS=1 on a shared machine (torch and the detection
 classifier otherwise start a thread per core).
@@ -16,6 +16,12 @@ halves. --half picks a fixed half of the eligible combinations (sorted by name,
 alternate ones: design = 1st, 3rd, ...; holdout = 2nd, 4th, ...). Prints the
 tables and writes DIR/results.md, DIR/results.json and DIR/run.json. The protocol
 is in cvae_ray/evaluation/unseen.py.
+
+--shots 0,3,5,10,20 runs the few-shot curve instead: for each k, k of the
+combination's samples (seeded by --seed) join the training split and the rest
+of its samples are what every row is scored against; k = 0 is the unseen case
+above, and per-class generators (gaussian) run from k = 3. Curve tables per half
+(cvae_ray/evaluation/fewshot.py).
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--half", choices=HALVES, default="all",
                         help="design: 1st, 3rd, ... eligible combination sorted by name; "
                              "holdout: 2nd, 4th, ...; all: both")
+    parser.add_argument("--shots", default="0", metavar="LIST",
+                        help="comma-separated numbers of the combination's samples kept in "
+                             "training, e.g. 0,3,5,10,20 (the few-shot curve); 0 alone: the "
+                             "unseen case")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="wall-clock budget of each fit")
     parser.add_argument("--options", metavar="JSON_FILE",
@@ -61,10 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shots(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise InvalidConfigError(
+            f"--shots {text!r} is not valid; expected comma-separated integers >= 0, e.g. "
+            "0,3,5,10,20.") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every row ran, 1 when one failed somewhere, 2 on bad input."""
     args = build_parser().parse_args(argv)
+    from cvae_ray.evaluation.fewshot import (
+        curve_halves,
+        format_curve,
+        run_fewshot_benchmark,
+        write_fewshot_results,
+    )
     from cvae_ray.evaluation.unseen import (
+        check_shots,
         format_summary,
         halves_run,
         run_unseen_benchmark,
@@ -75,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [g.strip() for g in args.generators.split(",") if g.strip()]
         if args.seeds < 1:
             raise InvalidConfigError(f"--seeds {args.seeds} must be at least 1.")
+        shots = list(check_shots(_shots(args.shots)))
         combinations = ([c.strip() for c in args.combinations.split(",") if c.strip()]
                         if args.combinations else None)
         options = json.loads(Path(args.options).read_text()) if args.options else {}
@@ -83,25 +110,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(dataset.expression)} samples x {dataset.expression.shape[1]} genes; "
               f"conditions {list(spec.conditions)}", flush=True)
         started = time.perf_counter()
-        results = run_unseen_benchmark(
-            dataset, spec, names, seeds=args.seeds, min_samples=args.min_samples,
-            half=args.half, combinations=combinations, time_budget_s=args.time_budget,
-            options=options, progress=lambda line: print(line, flush=True))
+        settings = dict(seeds=args.seeds, min_samples=args.min_samples, half=args.half,
+                        combinations=combinations, time_budget_s=args.time_budget,
+                        options=options, progress=lambda line: print(line, flush=True))
+        curve = shots != [0]
+        if curve:
+            results = run_fewshot_benchmark(dataset, spec, names, shots=shots, **settings)
+            ran = [e["combination"] for r in results["by_shot"].values()
+                   for e in r["combinations"]]
+        else:
+            results = run_unseen_benchmark(dataset, spec, names, **settings)
+            ran = [e["combination"] for e in results["combinations"]]
         run = {"data": args.data, "conditions": list(spec.conditions),
                "samples": len(dataset.expression), "min_samples": args.min_samples,
-               "half": args.half, "combinations": [e["combination"] for e in
-                                                   results["combinations"]],
+               "half": args.half, "combinations": list(dict.fromkeys(ran)),
                "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
                "options": options, "data_spec": spec.to_dict(),
                "minutes": round((time.perf_counter() - started) / 60, 1)}
-        path = write_unseen_results(results, args.out, run)
+        if curve:
+            run = {**run, "shots": shots}
+            path = write_fewshot_results(results, args.out, run)
+        else:
+            path = write_unseen_results(results, args.out, run)
     except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for half in halves_run(results):
-        print(f"\n{half}:\n{format_summary(results, half)}")
+    if curve:
+        for half in curve_halves(results):
+            print(f"\n{half} (combinations scored at every k):\n{format_curve(results, half)}")
+        parts = [r["combinations"] for r in results["by_shot"].values()]
+    else:
+        for half in halves_run(results):
+            print(f"\n{half}:\n{format_summary(results, half)}")
+        parts = [results["combinations"]]
     print(f"wrote {path} and results.json")
-    failed = any(row.get("error") for e in results["combinations"] for row in e["rows"].values())
+    failed = any(row.get("error") for entries in parts for e in entries
+                 for row in e["rows"].values())
     return 1 if failed else 0
 
 

@@ -1,4 +1,4 @@
-"""Fixtures shared across the test suite: the simulated dataset and a tiny bundle.
+"""Fixtures shared across the test suite: the simulated dataset, a tiny bundle, one thread.
 
 Paths and tiny configurations are in ``support.py``; nothing imports this file.
 """
@@ -56,3 +56,16 @@ def unseen_bundle_dir(demo_path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "unseen"
     bundle.save(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch and the BLAS/OpenMP pools on one thread for a module (the machine is shared)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)

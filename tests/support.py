@@ -18,6 +18,9 @@ L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
 
 TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)
 TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5)
+#: ``--options`` of the benchmark jobs for a CVAE of a few seconds on the simulated cohort.
+TINY_CVAE_OPTIONS = {"cvae": {"model": {"hidden": [16, 8], "latent_dim": 4},
+                              "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1}}}
 #: The combination left out of the ``unseen_bundle_dir`` fixture's training data.
 UNSEEN = {"tissue": "kidney", "source": "GTEx"}
 

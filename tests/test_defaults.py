@@ -27,6 +27,7 @@ DEFAULTS = {
     ("jobs/evaluate.py", None, "--seeds"): config.EVALUATION_SEEDS,
     ("jobs/evaluate.py", None, "--embedding"): config.REPORT_EMBEDDING,
     ("jobs/benchmark.py", None, "--seeds"): config.EVALUATION_SEEDS,
+    ("jobs/bench_augment.py", None, "--seeds"): config.EVALUATION_SEEDS,
     ("jobs/benchmark.py", None, "--seed"): config.DEFAULT_SEED,
     ("jobs/tune.py", None, "--seed"): config.DEFAULT_SEED,
     ("jobs/demo.py", None, "--num-trials"): config.DEMO_TRIALS,

@@ -70,7 +70,8 @@ def fingerprint(expression: pd.DataFrame, conditions: pd.DataFrame) -> str:
 
 
 def prepare(dataset: Dataset, spec: DataSpec, *, private: bool = False,
-            max_train_per_combination: int | None = None) -> Prepared:
+            max_train_per_combination: int | None = None,
+            cap_seed: int | None = None) -> Prepared:
     """Split, select genes, impute and standardise a dataset as ``spec`` says.
 
     Args:
@@ -80,9 +81,11 @@ def prepare(dataset: Dataset, spec: DataSpec, *, private: bool = False,
             split here (:meth:`Preprocessor.public`), so ``top_genes`` and
             ``nan_policy='impute_mean'`` are refused.
         max_train_per_combination: Keep at most this many training rows per
-            condition combination (:func:`cvae_ray.data.splits.cap_training`,
-            seeded by ``spec.seed``), before anything is fitted; validation and
-            test rows stay the same. None keeps the whole training split.
+            condition combination (:func:`cvae_ray.data.splits.cap_training`),
+            before anything is fitted; validation and test rows stay the same.
+            None keeps the whole training split.
+        cap_seed: Seed of that draw (None: ``spec.seed``), so that several draws
+            can share one split.
 
     Returns:
         The prepared arrays and the fitted preprocessing.
@@ -105,7 +108,8 @@ def prepare(dataset: Dataset, spec: DataSpec, *, private: bool = False,
     if max_train_per_combination is not None:
         # Before imputation, gene ranking and scaling: the rows left out must not
         # inform anything a generator sees.
-        split = cap_training(split, conditions, max_train_per_combination, seed=spec.seed)
+        split = cap_training(split, conditions, max_train_per_combination,
+                             seed=spec.seed if cap_seed is None else cap_seed)
     expression = dataset.expression
     not_found: list[str] = []
     if spec.genes_file is not None:

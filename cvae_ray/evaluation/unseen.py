@@ -41,6 +41,14 @@ Generators are fitted with seed ``s`` and sampled with seed
 over seeds (the ceiling: over its splits). A half's summary averages the
 combinations of that half within each seed first.
 
+**Few-shot.** :func:`run_shots` keeps ``k`` of the combination's samples in
+training (a seeded choice, the same for every fit seed; a smaller ``k`` keeps a
+subset of a larger one's) and scores against the rest of the group; ``k = 0``
+is the unseen case above. The preprocessing is the one fitted without the
+group, so every ``k`` shares its genes and scale. Per-class generators (the
+Gaussian, TVAE, CTGAN) run from ``k = 3`` (:data:`PER_CLASS_MIN_SHOTS`). The
+curve over ``k`` is :mod:`cvae_ray.evaluation.fewshot`.
+
 **Halves.** To choose a design on some combinations and report on others, the
 eligible combinations are sorted by their joint label (``kidney|GTEx``) and
 alternate ones form the *design* half (1st, 3rd, ...) and the *holdout* half
@@ -49,6 +57,7 @@ alternate ones form the *design* half (1st, 3rd, ...) and the *holdout* half
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -70,10 +79,12 @@ from cvae_ray.evaluation.generators import GENERATORS, make_generator
 from cvae_ray.evaluation.generators.additive import AdditiveGenerator, NoChangeGenerator
 from cvae_ray.metrics.fidelity import detection_auc, marginal_agreement
 
-__all__ = ["BASELINES", "CEILING_ROW", "CEILING_SPLITS", "HALVES", "NOT_FOR_UNSEEN", "SCORES",
-           "LeftOut", "ceiling_scores", "change_scores", "combination_halves",
-           "eligible_combinations", "format_combinations", "format_summary", "halves_run",
-           "leave_out", "run_unseen_benchmark", "score_group", "select_combinations",
+__all__ = ["BASELINES", "CEILING_ROW", "CEILING_SPLITS", "HALVES", "MIN_GROUP", "NOT_FOR_UNSEEN",
+           "PER_CLASS_MIN_SHOTS", "SCORES", "LeftOut", "ceiling_scores", "change_scores",
+           "check_shots", "combination_halves", "eligible_combinations", "format_cell",
+           "format_combinations", "format_summary", "half_summary", "halves_run", "json_ready",
+           "kept_samples", "leave_out", "run_shots", "run_unseen_benchmark", "score_group",
+           "select_combinations", "table_header", "write_json_results",
            "write_unseen_results"]
 
 CEILING_ROW = "ceiling (real halves)"
@@ -84,6 +95,9 @@ TOP_GENES = 100
 #: Fewest samples of a group: each half of the ceiling needs 5 for the 5-fold detection.
 MIN_GROUP = 10
 HALVES = ("design", "holdout", "all")
+#: Fewest samples of the combination in training for a per-class generator
+#: (:data:`NOT_FOR_UNSEEN`) to run: its class covariance needs a few of them.
+PER_CLASS_MIN_SHOTS = 3
 #: The baselines, fitted and scored through the generator interface before the generators.
 BASELINES: dict[str, type] = {"no-change": NoChangeGenerator, "additive": AdditiveGenerator}
 #: Generators that cannot sample a combination they never saw, with the reason.
@@ -358,6 +372,8 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
                          progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Hold out each chosen combination in turn, fit, sample it, and score it.
 
+    The ``k = 0`` case of :func:`run_shots` (no sample of the combination in training).
+
     Args:
         dataset: The whole dataset.
         spec: Data settings (split fractions and seed, genes, log); exactly two
@@ -375,19 +391,156 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
 
     Returns:
         ``combinations``: one entry per held-out combination (``combination``,
-        ``half``, ``n``, ``n_train``, ``n_val``, ``n_reference``, ``rows``: row name ->
-        ``metrics`` (score -> mean, sd), ``per_seed`` scores, ``fit_seconds``,
-        ``fit_info`` (per seed: what the fit did, e.g. epochs run), and ``error``
-        when it failed there); ``summary``: half -> row name ->
-        ``combinations`` (how many entered) and ``metrics`` (score -> mean, sd over
-        seeds of the mean over the half's combinations); ``skipped``: generator ->
-        reason; ``rows``: the row names in table order.
+        ``half``, ``n`` (samples scored against), ``kept`` (0 here), ``n_train``,
+        ``n_val``, ``n_reference``, ``rows``: row name -> ``metrics`` (score -> mean,
+        sd), ``per_seed`` scores, ``fit_seconds``, ``fit_info`` (per seed: what the
+        fit did, e.g. epochs run), and ``error`` when it failed there); ``summary``:
+        half -> row name -> ``combinations`` (how many entered) and ``metrics``
+        (score -> mean, sd over seeds of the mean over the half's combinations);
+        ``skipped``: generator -> reason; ``rows``: the row names in table order.
+
+    Raises:
+        InvalidConfigError: Bad settings, not two condition columns, or no combination.
+        InvalidDataError: Data that cannot be prepared.
+    """
+    return run_shots(dataset, spec, generators, shots=(0,), seeds=seeds,
+                     min_samples=min_samples, half=half, combinations=combinations,
+                     time_budget_s=time_budget_s, options=options, progress=progress)[0]
+
+
+def check_shots(shots: Sequence[int]) -> tuple[int, ...]:
+    """Validate the numbers of a combination's samples kept in training.
+
+    Returns:
+        The shots, sorted.
+
+    Raises:
+        InvalidConfigError: Empty, repeated, or not integers >= 0.
+    """
+    bad = [k for k in shots if isinstance(k, bool) or not isinstance(k, (int, np.integer))
+           or k < 0]
+    if bad or not shots or len(set(shots)) != len(shots):
+        raise InvalidConfigError(
+            f"shots={list(shots)!r} is not valid; expected distinct integers >= 0 (samples of the "
+            "held-out combination kept in training, e.g. 0,3,5,10,20).")
+    return tuple(sorted(int(k) for k in shots))
+
+
+def kept_samples(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a group's samples are kept in training, and which are scored against.
+
+    The kept ones are the first ``k`` of a permutation seeded by ``seed``, so a
+    smaller ``k`` keeps a subset of a larger one's samples.
+
+    Args:
+        n: Size of the group.
+        k: Samples kept (``0 <= k <= n``).
+        seed: Seed of the permutation.
+
+    Returns:
+        ``(kept, scored)``: sorted positions in the group.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:k]), np.sort(order[k:])
+
+
+def _skipped_at(generators: Sequence[str], k: int) -> dict[str, str]:
+    """The generators that cannot run with ``k`` of the combination's samples in training."""
+    if k == 0:
+        return {g: NOT_FOR_UNSEEN[g] for g in generators if g in NOT_FOR_UNSEEN}
+    return {g: f"fits one class per joint label: it needs at least {PER_CLASS_MIN_SHOTS} of "
+               f"the combination's samples in training, got {k}"
+            for g in generators if g in NOT_FOR_UNSEEN and k < PER_CLASS_MIN_SHOTS}
+
+
+def _fit_and_score(left: LeftOut, train: tuple[np.ndarray, pd.DataFrame],
+                   val: tuple[np.ndarray, pd.DataFrame], names: Sequence[str], seeds: int,
+                   options: Mapping[str, Mapping[str, Any]], time_budget_s: float | None,
+                   progress: Callable[[str], None], tag: str) -> dict[str, dict[str, Any]]:
+    """The ceiling, then every row fitted on ``train`` and scored against ``left.group``."""
+    rows: dict[str, dict[str, Any]] = {}
+    ceiling = ceiling_scores(left)
+    rows[CEILING_ROW] = {"metrics": _summary(ceiling), "per_seed": ceiling,
+                         "fit_seconds": summarise([])}
+    (x_train, c_train), (x_val, c_val) = train, val
+    wanted = left.group_conditions()
+    for name in names:
+        per_seed, fit_s, infos = [], [], []
+        try:
+            for s in range(seeds):
+                generator = _build(name, options, time_budget_s)
+                started = time.perf_counter()
+                generator.fit(x_train, c_train, x_val, c_val, seed=s)
+                fit_s.append(time.perf_counter() - started)
+                infos.append(json_ready(dict(generator.info)))
+                synthetic = generator.sample(wanted, seed=SAMPLE_SEED_OFFSET + s)
+                per_seed.append(score_group(left.group, synthetic, left.group_log,
+                                            left.to_log(synthetic), left.reference_log,
+                                            seed=s))
+                v = per_seed[-1]
+                progress(f"{tag} {name} seed {s}: fit {fit_s[-1]:.1f} s, change R^2 "
+                         f"{v['change_r2']:.3f} (top {TOP_GENES}: "
+                         f"{v[f'change_r2_top{TOP_GENES}']:.3f}), slope "
+                         f"{v['change_slope']:.3f}, detection AUC {v['detection_auc']:.3f}")
+            rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
+                          "fit_seconds": summarise(fit_s), "fit_info": infos}
+        except Exception as exc:  # noqa: BLE001 - one failing generator must not lose the others
+            reason = f"{type(exc).__name__}: {exc}"
+            progress(f"{tag} {name} FAILED: {reason}")
+            rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
+                          "fit_seconds": summarise(fit_s), "fit_info": infos,
+                          "error": reason,
+                          "traceback": (None if isinstance(exc, UnknownConditionError)
+                                        else traceback.format_exc(limit=5))}
+    return rows
+
+
+def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
+              shots: Sequence[int] = (0,), seeds: int = 3, min_samples: int = 15,
+              half: str = "all", combinations: Sequence[str] | None = None,
+              time_budget_s: float | None = None,
+              options: Mapping[str, Mapping[str, Any]] | None = None,
+              progress: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
+    """Hold out each combination in turn, keep ``k`` of its samples in training, score the rest.
+
+    For each combination, its samples are removed and the rest is prepared once
+    (:func:`leave_out`: the preprocessing never sees the group, whatever ``k``).
+    For each ``k`` in ``shots``, :func:`kept_samples` (seeded by ``spec.seed``)
+    picks ``k`` of the group's samples; they are added to the training split
+    (standardised with that preprocessing), and every row draws as many samples
+    as the rest of the group has and is scored against it; the ceiling halves
+    that rest. ``k = 0`` is the unseen case, and the one
+    :func:`run_unseen_benchmark` runs. A combination whose rest would have fewer
+    than :data:`MIN_GROUP` samples is not scored at that ``k`` (said in
+    ``not_scored``). Per-class generators (:data:`NOT_FOR_UNSEEN`) run only when
+    ``k >= PER_CLASS_MIN_SHOTS``.
+
+    Args:
+        dataset: The whole dataset.
+        spec: Data settings; exactly two condition columns, the first the tissue-like
+            one. ``spec.seed`` also seeds which samples are kept.
+        generators: As in :func:`run_unseen_benchmark`; per-class ones are skipped
+            (with the reason) where ``k < PER_CLASS_MIN_SHOTS``.
+        shots: Samples of the combination kept in training (:func:`check_shots`).
+        seeds: Fit/sampling seed pairs.
+        min_samples: Fewest samples of an eligible combination (at least 10).
+        half: ``design``, ``holdout`` or ``all`` (module docstring).
+        combinations: Joint labels to restrict to (each must be eligible).
+        time_budget_s: Wall-clock budget of each fit (None: each generator's epochs).
+        options: Per-generator constructor options, by name.
+        progress: Called with one line per step.
+
+    Returns:
+        ``{k: result}``, each result shaped as :func:`run_unseen_benchmark`'s, its
+        entries with ``kept`` = ``k`` and ``n`` = the samples scored against, plus
+        ``not_scored``: ``[{"combination", "kept", "reason"}]``.
 
     Raises:
         InvalidConfigError: Bad settings, not two condition columns, or no combination.
         InvalidDataError: Data that cannot be prepared.
     """
     _check_settings(generators, seeds, min_samples, half)
+    shots = check_shots(shots)
     if len(spec.conditions) != 2:
         raise InvalidConfigError(
             f"the unseen-combination benchmark needs exactly two condition columns (e.g. tissue "
@@ -395,15 +548,18 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
     options = dict(options or {})
     chosen, half_of = select_combinations(dataset.conditions[list(spec.conditions)],
                                           min_samples, half, combinations)
-    skipped = {g: NOT_FOR_UNSEEN[g] for g in generators if g in NOT_FOR_UNSEEN}
-    for name, reason in skipped.items():
-        progress(f"{name} skipped: {reason}")
-    runnable = [g for g in generators if g not in skipped]
-    names = list(BASELINES) + runnable
+    skipped = {k: _skipped_at(generators, k) for k in shots}
+    names = {k: list(BASELINES) + [g for g in generators if g not in skipped[k]] for k in shots}
+    for k in shots:
+        for name, reason in skipped[k].items():
+            progress(f"{name} skipped{'' if shots == (0,) else f' at k={k}'}: {reason}")
+    every = list(dict.fromkeys(n for k in shots for n in names[k]))
     progress(f"{len(chosen)} combination(s) held out one at a time: "
-             f"{', '.join(_label(c) for c in chosen)}; rows: {CEILING_ROW}, {', '.join(names)}; "
-             f"{seeds} seed(s)")
-    entries = []
+             f"{', '.join(_label(c) for c in chosen)}; rows: {CEILING_ROW}, {', '.join(every)}; "
+             f"{seeds} seed(s)" + ("" if shots == (0,) else
+                                    f"; kept in training: k = {', '.join(map(str, shots))}"))
+    entries: dict[int, list[dict[str, Any]]] = {k: [] for k in shots}
+    not_scored: dict[int, list[dict[str, Any]]] = {k: [] for k in shots}
     for combination in chosen:
         label = _label(combination)
         left = leave_out(dataset, spec, combination)
@@ -411,54 +567,45 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
         progress(f"{label}: {len(left.group)} samples held out; training on {len(split.train)}, "
                  f"validation {len(split.val)}; change measured from {left.n_reference} training "
                  f"samples of {combination[0]}")
-        rows: dict[str, dict[str, Any]] = {}
-        ceiling = ceiling_scores(left)
-        rows[CEILING_ROW] = {"metrics": _summary(ceiling), "per_seed": ceiling,
-                             "fit_seconds": summarise([])}
         x_train, _ = left.prepared.part("train")
         x_val, _ = left.prepared.part("val")
         c_train = left.prepared.condition_frame("train")
-        c_val = left.prepared.condition_frame("val")
-        wanted = left.group_conditions()
-        for name in names:
-            per_seed, fit_s, infos = [], [], []
-            try:
-                for s in range(seeds):
-                    generator = _build(name, options, time_budget_s)
-                    started = time.perf_counter()
-                    generator.fit(x_train, c_train, x_val, c_val, seed=s)
-                    fit_s.append(time.perf_counter() - started)
-                    infos.append(_clean(dict(generator.info)))
-                    synthetic = generator.sample(wanted, seed=SAMPLE_SEED_OFFSET + s)
-                    per_seed.append(score_group(left.group, synthetic, left.group_log,
-                                                left.to_log(synthetic), left.reference_log,
-                                                seed=s))
-                    v = per_seed[-1]
-                    progress(f"{label} {name} seed {s}: fit {fit_s[-1]:.1f} s, change R^2 "
-                             f"{v['change_r2']:.3f} (top {TOP_GENES}: "
-                             f"{v[f'change_r2_top{TOP_GENES}']:.3f}), slope "
-                             f"{v['change_slope']:.3f}, detection AUC {v['detection_auc']:.3f}")
-                rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
-                              "fit_seconds": summarise(fit_s), "fit_info": infos}
-            except Exception as exc:  # noqa: BLE001 - one failing generator must not lose the others
-                reason = f"{type(exc).__name__}: {exc}"
-                progress(f"{label} {name} FAILED: {reason}")
-                rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
-                              "fit_seconds": summarise(fit_s), "fit_info": infos,
-                              "error": reason,
-                              "traceback": (None if isinstance(exc, UnknownConditionError)
-                                            else traceback.format_exc(limit=5))}
-        entries.append({"combination": label, "values": list(combination),
-                        "half": half_of[label], "n": len(left.group),
-                        "n_train": int(len(split.train)), "n_val": int(len(split.val)),
-                        "n_reference": left.n_reference, "rows": rows})
-    row_names = [CEILING_ROW] + names
-    summary = {h: _half_summary([e for e in entries if h == "all" or e["half"] == h], row_names)
-               for h in HALVES}
-    return {"combinations": entries, "summary": summary, "skipped": skipped, "rows": row_names}
+        val = (x_val, left.prepared.condition_frame("val"))
+        for k in shots:
+            if len(left.group) - k < MIN_GROUP:
+                reason = (f"{len(left.group)} samples: keeping {k} in training leaves "
+                          f"{max(len(left.group) - k, 0)} to score against, fewer than "
+                          f"{MIN_GROUP}")
+                progress(f"{label} k={k} not scored: {reason}")
+                not_scored[k].append({"combination": label, "kept": k, "reason": reason})
+                continue
+            kept, scored = kept_samples(len(left.group), k, spec.seed)
+            rest = dataclasses.replace(left, group=left.group[scored],
+                                       group_log=left.group_log[scored])
+            train = (x_train, c_train) if k == 0 else (
+                np.vstack([x_train, left.group[kept].astype(np.float32)]),
+                pd.concat([c_train, left.group_conditions().iloc[:k]], ignore_index=True))
+            tag = label if shots == (0,) else f"{label} k={k}"
+            if k:
+                progress(f"{tag}: {k} kept in training, scored against {len(scored)}")
+            rows = _fit_and_score(rest, train, val, names[k], seeds, options, time_budget_s,
+                                  progress, tag)
+            entries[k].append({"combination": label, "values": list(combination),
+                               "half": half_of[label], "n": len(scored), "kept": k,
+                               "n_train": len(train[0]), "n_val": int(len(split.val)),
+                               "n_reference": left.n_reference, "rows": rows})
+    out = {}
+    for k in shots:
+        row_names = [CEILING_ROW] + names[k]
+        summary = {h: half_summary([e for e in entries[k] if h == "all" or e["half"] == h],
+                                   row_names)
+                   for h in HALVES}
+        out[k] = {"combinations": entries[k], "summary": summary, "skipped": skipped[k],
+                  "rows": row_names, "not_scored": not_scored[k]}
+    return out
 
 
-def _half_summary(entries: list[dict[str, Any]], row_names: list[str]) -> dict[str, Any]:
+def half_summary(entries: list[dict[str, Any]], row_names: list[str]) -> dict[str, Any]:
     """Per row: per seed (ceiling: per split) the mean over combinations, then mean ± sd."""
     out: dict[str, Any] = {}
     for name in row_names:
@@ -477,13 +624,15 @@ def _half_summary(entries: list[dict[str, Any]], row_names: list[str]) -> dict[s
     return out
 
 
-def _cell(stats: Mapping[str, Any]) -> str:
+def format_cell(stats: Mapping[str, Any]) -> str:
+    """``mean ± sd`` with 3 decimals, or ``-`` when there is no value."""
     if stats.get("mean") is None:
         return "-"
     return f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
-def _header(first: list[str]) -> list[str]:
+def table_header(first: list[str]) -> list[str]:
+    """Markdown header of a score table: ``first``, then :data:`SCORES`, and a ``better:`` line."""
     head = first + list(SCORES)
     better = ["better:"] + [""] * (len(first) - 1) + [SCORES[s][0] for s in SCORES]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
@@ -492,23 +641,23 @@ def _header(first: list[str]) -> list[str]:
 
 def format_summary(results: Mapping[str, Any], half: str) -> str:
     """One half's table: a row per generator, baseline and the ceiling (Markdown)."""
-    lines = _header(["row", "combinations"])
+    lines = table_header(["row", "combinations"])
     for name in results["rows"]:
         row = results["summary"][half][name]
         lines.append("| " + " | ".join([name, str(row["combinations"])]
-                                       + [_cell(row["metrics"][s]) for s in SCORES]) + " |")
+                                       + [format_cell(row["metrics"][s]) for s in SCORES]) + " |")
     return "\n".join(lines)
 
 
 def format_combinations(results: Mapping[str, Any]) -> str:
     """Every held-out combination's rows (Markdown)."""
-    lines = _header(["combination", "half", "n", "row"])
+    lines = table_header(["combination", "half", "n", "row"])
     for entry in results["combinations"]:
         for name in results["rows"]:
             row = entry["rows"].get(name)
             if row is None:
                 continue
-            cells = ([_cell(row["metrics"][s]) for s in SCORES] if not row.get("error")
+            cells = ([format_cell(row["metrics"][s]) for s in SCORES] if not row.get("error")
                      else [f"FAILED: {row['error'][:60]}"] + ["-"] * (len(SCORES) - 1))
             # A joint label holds "|", which would end the Markdown cell.
             label = entry["combination"].replace("|", "\\|")
@@ -517,11 +666,12 @@ def format_combinations(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars as Python ones, keys as text, NaN and inf as None."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.integer, np.floating)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -535,6 +685,20 @@ def halves_run(results: Mapping[str, Any]) -> list[str]:
     return [h for h in HALVES if h == "all" or h in present]
 
 
+def write_json_results(results: Mapping[str, Any], out_dir: str | Path,
+                       run: Mapping[str, Any]) -> tuple[Path, str]:
+    """Create ``out_dir`` and write ``results.json`` and ``run.json`` (NaN as null).
+
+    Returns:
+        ``(out_dir, settings)``: the directory, and ``run`` as a Markdown list.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_ready(dict(results)), indent=1))
+    (out / "run.json").write_text(json.dumps(json_ready(dict(run)), indent=1))
+    return out, "\n".join(f"- {k}: {v}" for k, v in run.items())
+
+
 def write_unseen_results(results: Mapping[str, Any], out_dir: str | Path,
                          run: Mapping[str, Any]) -> Path:
     """Write ``results.json``, ``run.json`` and ``results.md`` (settings, tables).
@@ -542,11 +706,7 @@ def write_unseen_results(results: Mapping[str, Any], out_dir: str | Path,
     Returns:
         The path of ``results.md``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_clean(dict(results)), indent=1))
-    (out / "run.json").write_text(json.dumps(_clean(dict(run)), indent=1))
-    settings = "\n".join(f"- {k}: {v}" for k, v in run.items())
+    out, settings = write_json_results(results, out_dir, run)
     first, second = (list(run.get("conditions") or []) + ["first condition", "second condition"])[:2]
     text = [f"# Unseen combinations: leave-one-combination-out\n\n{settings}\n",
             "Each combination's samples are removed from training and validation; each row "
