@@ -45,7 +45,8 @@ class EpochMetrics:
         epoch: 1-based epoch number.
         train_loss: Mean training loss over the epoch's batches.
         val_loss: Validation loss (posterior mean codes, no dropout).
-        val_gamma: Validation gamma, or ``None`` on epochs without evaluation.
+        val_gamma: Validation gamma (on the genes of :func:`gamma_genes`), or ``None`` on
+            epochs without evaluation.
         kl_weight: KL weight used this epoch.
         seconds: Wall time of the epoch.
         val_dcr_ratio: Median distance of synthetic samples to their nearest training
