@@ -239,7 +239,13 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"trained {record['epochs_run']} epochs in {time.perf_counter() - started:.1f} s; best "
           f"epoch {record['best_epoch']} with validation gamma {record['val_gamma']:.4f}; "
           f"split train/val/test = {record['n_train']}/{record['n_val']}/{record['n_test']}; "
-          f"{len(bundle.genes)} genes ({len(constant)} constant)")
+          f"{len(bundle.genes)} genes ({len(constant)} constant); peak memory (RSS) "
+          f"{_mib(record.get('peak_rss_mib'))}")
+    subset = record["val_gamma_genes"]
+    if subset["seed"] is not None:
+        print(f"validation gamma computed on {subset['n_genes']} of {subset['of_genes']} genes "
+              f"(seeded subset, seed {subset['seed']}; listed in the bundle's "
+              "training.val_gamma_genes)")
     dp = record.get("privacy")
     if dp is not None:
         print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "
@@ -248,6 +254,10 @@ def run_fit(args: argparse.Namespace) -> int:
               f"{dp['accountant']} accountant; covers {dp['covers']}")
     print(f"bundle {bundle.bundle_id} written to {location}")
     return 0
+
+
+def _mib(value: float | None) -> str:
+    return "not measured on this system" if value is None else f"{value:,.0f} MiB"
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, str]:

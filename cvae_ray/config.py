@@ -30,6 +30,10 @@ DRAWS = ("centred", "independent")
 #: (:class:`DataSpec`, :class:`TrainConfig`), sampling (``ModelBundle.sample``,
 #: ``cvae-ray sample``, the synthetic-cohort job) and the simulated demo dataset.
 DEFAULT_SEED = 0
+#: Seed of the gene subset that validation gamma uses when the data have more than
+#: ``TrainConfig.val_gamma_genes`` genes. Fixed, not the training seed, so that fits with
+#: different seeds (and every trial of a search) are scored on the same genes.
+VAL_GAMMA_GENES_SEED = 0
 #: Sampling seeds a quality report (``jobs/evaluate.py``) or the generator benchmark
 #: (``jobs/benchmark.py``) averages over; the quality benchmark samples seeds 0 to 2.
 EVALUATION_SEEDS = 3
@@ -153,6 +157,13 @@ class TrainConfig(FromDictMixin):
         max_time_s: Wall-clock budget for training in seconds (``None``: no budget).
         seed: Seed for weight initialisation and batch order.
         device: torch device string (``cpu``, ``cuda``, ``cuda:1``...).
+        val_gamma_genes: Largest number of genes the validation gamma (checkpoint
+            selection, early stopping, a search's trial ranking) is computed on. With more
+            genes it uses this many, drawn once per fit with
+            :data:`VAL_GAMMA_GENES_SEED` (the same genes at every evaluation, recorded in
+            the bundle's training record): gamma compares all gene pairs, so its cost and
+            memory grow with the square of the genes (about 47 s of CPU and 10 GB per
+            evaluation draw at 18,154 genes). ``None``: always all genes.
     """
 
     epochs: int = 300
@@ -166,6 +177,7 @@ class TrainConfig(FromDictMixin):
     max_time_s: float | None = None
     seed: int = DEFAULT_SEED
     device: str = "cpu"
+    val_gamma_genes: int | None = 2000
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
@@ -187,6 +199,11 @@ class TrainConfig(FromDictMixin):
                "an integer >= 0")
         check_value(isinstance(self.device, str) and bool(self.device), "device", self.device,
                "a torch device string such as 'cpu' or 'cuda'")
+        # gamma needs at least 3 genes that vary.
+        check_value(self.val_gamma_genes is None or (
+            isinstance(self.val_gamma_genes, int) and not isinstance(self.val_gamma_genes, bool)
+            and self.val_gamma_genes >= 3), "val_gamma_genes", self.val_gamma_genes,
+            "an integer >= 3 or None (all genes)")
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,14 @@ from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.cvae import CVAE, cpu_state
-from cvae_ray.model.fitting import data_record, training_record
+from cvae_ray.model.fitting import (
+    data_record,
+    gamma_genes_record,
+    peak_rss_mib,
+    training_record,
+)
 from cvae_ray.model.loop import (
+    gamma_genes,
     kl_weight,
     make_optimizer,
     train_epoch,
@@ -149,6 +155,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # DDP averages gradients over ranks: a per-rank batch of batch_size / world keeps
     # the effective batch (and so the optimisation) of the single-process loop.
     batch_size = max(2, train_config.batch_size // world)
+    # The same seeded genes as a single-process fit of this data (and every trial).
+    genes = gamma_genes(xt.shape[1], train_config)
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
         tick = time.perf_counter()
@@ -163,7 +171,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_loss = val_g = ratio = float("nan")
         if rank == 0:
             val_loss = validation_loss(model, xv, cv, weight)
-            val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config)
+            val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config,
+                                              genes=genes)
         elapsed = time.perf_counter() - started
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
         val_loss, val_g, ratio, over_time = _broadcast(
@@ -186,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 _write_checkpoint(folder, model, optimizer, state, data, model_config,
-                                  train_config, sample_config, figures)
+                                  train_config, sample_config, figures, genes)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
@@ -206,11 +215,16 @@ def _run_had_ended(state: dict[str, Any], train_config: TrainConfig) -> bool:
 def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer,
                       state: dict[str, Any], data: dict[str, Any], model_config: ModelConfig,
                       train_config: TrainConfig, sample_config: SampleConfig,
-                      figures: dict[str, Any]) -> None:
-    """A model bundle of the current weights, plus the state needed to resume."""
+                      figures: dict[str, Any], genes: Any) -> None:
+    """A model bundle of the current weights, plus the state needed to resume.
+
+    ``genes`` are the column indices validation gamma used (``None``: all genes).
+    """
     record = training_record(data["record"], best_epoch=figures["epoch"],
                              val_gamma=figures[METRIC], val_loss=figures["val_loss"],
-                             epochs_run=figures["epoch"], history=state["history"])
+                             epochs_run=figures["epoch"], history=state["history"],
+                             gamma_genes=gamma_genes_record(data["genes"], genes),
+                             peak_rss_mib=peak_rss_mib())
     bundle = ModelBundle.create(
         state_dict=cpu_state(model),
         genes=data["genes"], vocab=data["vocab"],

@@ -5,10 +5,14 @@ Used by ``cvae-ray fit`` and, per trial, by the Ray Train worker loop.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from cvae_ray.config import (
     DP_SAMPLING,
+    VAL_GAMMA_GENES_SEED,
     DataSpec,
     ModelConfig,
     PrivacyConfig,
@@ -38,10 +42,45 @@ def data_record(prepared: Prepared) -> dict[str, Any]:
     }
 
 
+def gamma_genes_record(genes: Sequence[str], subset: np.ndarray | None) -> dict[str, Any]:
+    """What a bundle records about the genes its validation gamma was computed on.
+
+    Args:
+        genes: The model's genes, in column order.
+        subset: Sorted column indices from :func:`cvae_ray.model.loop.gamma_genes`, or
+            ``None`` for all genes.
+
+    Returns:
+        ``n_genes`` (genes gamma used), ``of_genes`` (the model's genes), ``seed`` (of the
+        subset; ``None`` when all genes were used) and ``genes`` (their names in column
+        order; ``None`` when all genes were used).
+    """
+    if subset is None:
+        return {"n_genes": len(genes), "of_genes": len(genes), "seed": None, "genes": None}
+    return {"n_genes": len(subset), "of_genes": len(genes), "seed": VAL_GAMMA_GENES_SEED,
+            "genes": [str(genes[i]) for i in subset]}
+
+
+def peak_rss_mib() -> float | None:
+    """Peak resident set size (RSS) of this process so far, in MiB.
+
+    Returns:
+        ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS) in MiB, to
+        0.1; ``None`` where the system has no ``resource`` module (Windows).
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: float,
                     val_loss: float, epochs_run: int, history: list[dict[str, Any]],
-                    stopped_early: bool | None = None,
-                    seconds: float | None = None) -> dict[str, Any]:
+                    gamma_genes: Mapping[str, Any], stopped_early: bool | None = None,
+                    seconds: float | None = None,
+                    peak_rss_mib: float | None = None) -> dict[str, Any]:
     """The ``training`` block of a bundle: :func:`data_record` plus the run's figures.
 
     The one definition, used by :func:`fit_bundle` and by the Ray Train worker loop's
@@ -55,8 +94,12 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
         val_loss: Its validation loss.
         epochs_run: Epochs trained.
         history: Per-evaluation figures.
+        gamma_genes: :func:`gamma_genes_record`: the genes validation gamma used
+            (recorded as ``val_gamma_genes``).
         stopped_early: Whether patience or the time budget ended the run.
         seconds: Training wall time.
+        peak_rss_mib: Peak RSS of the training process up to now, in MiB
+            (:func:`peak_rss_mib`); left out when ``None``.
     """
     record = {**data, "best_epoch": best_epoch, "val_gamma": val_gamma, "val_loss": val_loss,
               "epochs_run": epochs_run}
@@ -64,6 +107,9 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
         record["stopped_early"] = stopped_early
     if seconds is not None:
         record["seconds"] = round(seconds, 2)
+    if peak_rss_mib is not None:
+        record["peak_rss_mib"] = peak_rss_mib
+    record["val_gamma_genes"] = dict(gamma_genes)
     record["history"] = history
     return record
 
@@ -85,6 +131,10 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         privacy: Differentially private training to this budget: public preprocessing
             (:meth:`Preprocessor.public`), DP-SGD, nothing fitted on the training split
             after training; the bundle's training record gets a ``privacy`` block.
+
+    The bundle's training record holds the figures of :func:`training_record`, among
+    them the genes validation gamma used (``val_gamma_genes``) and the process's peak
+    RSS up to the end of training (``peak_rss_mib``, reading the data included).
 
     Returns:
         The bundle and the prepared data (for evaluation on its test split).
@@ -108,8 +158,9 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
     training = training_record(
         data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
         val_loss=result.best_val_loss, epochs_run=len(result.history),
-        history=[m.as_dict() for m in result.history], stopped_early=result.stopped_early,
-        seconds=result.seconds)
+        history=[m.as_dict() for m in result.history],
+        gamma_genes=gamma_genes_record(prepared.genes, result.gamma_genes),
+        stopped_early=result.stopped_early, seconds=result.seconds, peak_rss_mib=peak_rss_mib())
     if result.privacy is not None:
         training["privacy"] = result.privacy
     bundle = ModelBundle.create(

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvae_ray.config import ModelConfig, PrivacyConfig, SampleConfig, TrainConfig
+from cvae_ray.config import (
+    VAL_GAMMA_GENES_SEED,
+    ModelConfig,
+    PrivacyConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.metrics.registry import dcr, gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
@@ -39,7 +45,8 @@ class EpochMetrics:
         epoch: 1-based epoch number.
         train_loss: Mean training loss over the epoch's batches.
         val_loss: Validation loss (posterior mean codes, no dropout).
-        val_gamma: Validation gamma, or ``None`` on epochs without evaluation.
+        val_gamma: Validation gamma (on the genes of :func:`gamma_genes`), or ``None`` on
+            epochs without evaluation.
         kl_weight: KL weight used this epoch.
         seconds: Wall time of the epoch.
         val_dcr_ratio: Median distance of synthetic samples to their nearest training
@@ -73,6 +80,8 @@ class FitResult:
         stopped_early: Whether patience ran out before ``epochs``.
         privacy: In DP mode, the privacy record (epsilon spent, delta, clipping norm,
             noise multiplier, what the guarantee covers); ``None`` otherwise.
+        gamma_genes: Sorted column indices validation gamma was computed on
+            (:func:`gamma_genes`); ``None`` when it used all genes.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -83,6 +92,31 @@ class FitResult:
     seconds: float = 0.0
     stopped_early: bool = False
     privacy: dict | None = None
+    gamma_genes: np.ndarray | None = None
+
+
+def gamma_genes(n_genes: int, config: TrainConfig) -> np.ndarray | None:
+    """The genes validation gamma is computed on: a seeded subset when there are many.
+
+    Gamma compares every gene pair, so its cost grows with the square of the genes;
+    above ``config.val_gamma_genes`` genes a subset of that size keeps checkpoint
+    selection cheap. It depends only on ``n_genes``, ``config.val_gamma_genes`` and
+    :data:`cvae_ray.config.VAL_GAMMA_GENES_SEED`, so every evaluation of a fit, and
+    every fit of the same data, uses the same genes.
+
+    Args:
+        n_genes: Number of genes (columns) of the model's data.
+        config: Training settings (``val_gamma_genes``).
+
+    Returns:
+        ``(config.val_gamma_genes,)`` sorted column indices, or ``None`` (all genes)
+        when ``n_genes`` is at most that or it is ``None``.
+    """
+    limit = config.val_gamma_genes
+    if limit is None or n_genes <= limit:
+        return None
+    rng = np.random.default_rng(VAL_GAMMA_GENES_SEED)
+    return np.sort(rng.choice(n_genes, size=limit, replace=False))
 
 
 def kl_weight(epoch: int, config: TrainConfig) -> float:
@@ -154,8 +188,8 @@ def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
 @torch.no_grad()
 def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
                        x_val: np.ndarray, codes_val: torch.Tensor, sample_config: SampleConfig,
-                       seeds: int = VAL_GAMMA_SEEDS, *,
-                       private: bool = False) -> tuple[float, float | None]:
+                       seeds: int = VAL_GAMMA_SEEDS, *, private: bool = False,
+                       genes: np.ndarray | None = None) -> tuple[float, float | None]:
     """Refit the sampler on the training split, then validation gamma and DCR ratio.
 
     The refit (:func:`refit_sampler`) comes first because the prior and noise gap
@@ -175,6 +209,8 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         seeds: Number of sampling seeds averaged for gamma.
         private: DP mode: nothing reads the training split here (no refit, no DCR ratio,
             which would compare samples with training rows outside the privacy budget).
+        genes: Column indices gamma is computed on (:func:`gamma_genes`); ``None``: all.
+            The DCR ratio always uses all genes (its cost is linear in them).
 
     Returns:
         ``(gamma, dcr_ratio)``: the mean gamma over ``seeds`` draws, and the median
@@ -188,11 +224,12 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         refit_sampler(model, x_train, codes_train, sample_config)
     model.eval()
     reference = x_train.cpu().numpy()
+    real = x_val if genes is None else x_val[:, genes]
     gammas, ratio = [], float("nan")
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         synthetic = model.sample(codes_val, generator, sample_config).cpu().numpy()
-        gammas.append(gamma(x_val, synthetic))
+        gammas.append(gamma(real, synthetic if genes is None else synthetic[:, genes]))
         if seed == 0 and not private:
             ratio = float(dcr(reference, x_val, synthetic)["dcr_ratio"])
     return float(np.mean(gammas)), (None if private else ratio)
@@ -236,9 +273,12 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
             ``sample_config`` must then fit nothing on the training split, and the
             checkpoint is selected on validation gamma alone (no DCR ratio).
 
+    Validation gamma uses the genes of :func:`gamma_genes` (all of them unless there
+    are more than ``train_config.val_gamma_genes``).
+
     Returns:
-        The best checkpoint's weights and the training history (and, in DP mode, the
-        privacy record).
+        The best checkpoint's weights, the training history, the genes validation gamma
+        used and, in DP mode, the privacy record.
 
     Raises:
         InvalidConfigError: In DP mode, BatchNorm or sampling settings fitted on the
@@ -260,7 +300,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     xv, cv = torch.from_numpy(x_val).to(device), torch.from_numpy(codes_val).to(device)
     dp = PrivateTraining(model, optimizer, xt, ct, train_config, privacy) if private else None
     state = model.plain_state if private else (lambda: cpu_state(model))
-    best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf)
+    best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf,
+                     gamma_genes=gamma_genes(x_train.shape[1], train_config))
     selector = CheckpointSelector(train_config)
     started = time.perf_counter()
     for epoch in range(1, train_config.epochs + 1):
@@ -276,7 +317,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         val_g = ratio = None
         if evaluate:
             val_g, ratio = validation_figures(model, xt, ct, x_val, cv, sample_config,
-                                              private=private)
+                                              private=private, genes=best.gamma_genes)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
         best.history.append(metrics)
@@ -298,7 +339,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     if not best.state_dict:  # Budget ran out before any evaluation: keep the last weights.
         best.best_epoch = len(best.history)
         best.best_val_gamma, _ = validation_figures(model, xt, ct, x_val, cv, sample_config,
-                                                    private=private)
+                                                    private=private, genes=best.gamma_genes)
         best.state_dict = state()
         best.best_val_loss = best.history[-1].val_loss
     best.seconds = time.perf_counter() - started
