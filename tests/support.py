@@ -17,7 +17,10 @@ RNASEQDB = SHARED_DATA / "rnaseqdb_gtex_tcga_l1000.parquet"
 L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
 
 TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)
-TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5)
+#: Tiny fits keep the default sampling settings: the choice after training (seconds per
+#: fit) has its own tests in tests/model/test_sampling_choice.py.
+TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5,
+                         choose_sampling=False)
 #: The combination left out of the ``unseen_bundle_dir`` fixture's training data.
 UNSEEN = {"tissue": "kidney", "source": "GTEx"}
 

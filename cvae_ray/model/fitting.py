@@ -13,6 +13,7 @@ from cvae_ray.config import (
     ModelConfig,
     PrivacyConfig,
     SampleConfig,
+    SamplingChoice,
     TrainConfig,
 )
 from cvae_ray.data.dataset import Dataset
@@ -20,6 +21,7 @@ from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.loop import EpochMetrics, check_private_sampling, fit
 from cvae_ray.model.private import require_dp_model
+from cvae_ray.model.sampling_choice import choose_after_training
 
 
 def data_record(prepared: Prepared) -> dict[str, Any]:
@@ -40,8 +42,8 @@ def data_record(prepared: Prepared) -> dict[str, Any]:
 
 def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: float,
                     val_loss: float, epochs_run: int, history: list[dict[str, Any]],
-                    stopped_early: bool | None = None,
-                    seconds: float | None = None) -> dict[str, Any]:
+                    stopped_early: bool | None = None, seconds: float | None = None,
+                    sampling_choice: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``training`` block of a bundle: :func:`data_record` plus the run's figures.
 
     The one definition, used by :func:`fit_bundle` and by the Ray Train worker loop's
@@ -57,6 +59,9 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
         history: Per-evaluation figures.
         stopped_early: Whether patience or the time budget ended the run.
         seconds: Training wall time.
+        sampling_choice: How the exported bundle's sampling settings were chosen on
+            validation (:func:`cvae_ray.model.sampling_choice.choose_after_training`:
+            the choice and every grid point's figures, or why none was made).
     """
     record = {**data, "best_epoch": best_epoch, "val_gamma": val_gamma, "val_loss": val_loss,
               "epochs_run": epochs_run}
@@ -64,6 +69,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
         record["stopped_early"] = stopped_early
     if seconds is not None:
         record["seconds"] = round(seconds, 2)
+    if sampling_choice is not None:
+        record["sampling_choice"] = dict(sampling_choice)
     record["history"] = history
     return record
 
@@ -71,7 +78,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
 def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | None = None,
                train_config: TrainConfig | None = None, sample_config: SampleConfig | None = None,
                on_epoch: Callable[[EpochMetrics], None] | None = None,
-               privacy: PrivacyConfig | None = None) -> tuple[ModelBundle, Prepared]:
+               privacy: PrivacyConfig | None = None,
+               choice: SamplingChoice | None = None) -> tuple[ModelBundle, Prepared]:
     """Prepare a dataset, train a CVAE on it and wrap the best checkpoint as a bundle.
 
     Args:
@@ -79,12 +87,17 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         spec: Conditions, genes, split and preprocessing settings.
         model_config: Architecture (defaults from :class:`ModelConfig`).
         train_config: Optimisation (defaults from :class:`TrainConfig`).
-        sample_config: Sampling defaults stored in the bundle (in DP mode the default is
-            :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise calibration).
+        sample_config: Sampling settings used to select the checkpoint; the bundle stores
+            them with the temperature and noise calibration chosen on validation after
+            training (:mod:`cvae_ray.model.sampling_choice`) unless
+            ``train_config.choose_sampling`` is false (in DP mode nothing is chosen and
+            the default is :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise
+            calibration).
         on_epoch: Progress callback.
         privacy: Differentially private training to this budget: public preprocessing
             (:meth:`Preprocessor.public`), DP-SGD, nothing fitted on the training split
             after training; the bundle's training record gets a ``privacy`` block.
+        choice: Grid and rule of the sampling choice (default :class:`SamplingChoice`).
 
     Returns:
         The bundle and the prepared data (for evaluation on its test split).
@@ -105,15 +118,19 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
                  model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy)
+    state, sample_config, choice_record = choose_after_training(
+        result.state_dict, model_config, [len(v) for v in prepared.vocab.values()], x_train,
+        c_train, x_val, c_val, sample_config, enabled=train_config.choose_sampling,
+        private=privacy is not None, choice=choice)
     training = training_record(
         data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
         val_loss=result.best_val_loss, epochs_run=len(result.history),
         history=[m.as_dict() for m in result.history], stopped_early=result.stopped_early,
-        seconds=result.seconds)
+        seconds=result.seconds, sampling_choice=choice_record)
     if result.privacy is not None:
         training["privacy"] = result.privacy
     bundle = ModelBundle.create(
-        state_dict=result.state_dict, genes=prepared.genes, vocab=prepared.vocab,
+        state_dict=state, genes=prepared.genes, vocab=prepared.vocab,
         preprocessor=prepared.preprocessor, model_config=model_config, train_config=train_config,
         data_spec=spec, sample_config=sample_config,
         training=training)
