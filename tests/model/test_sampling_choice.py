@@ -151,6 +151,8 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
                                           "qualifies"))
         assert p["gamma"] is not None and p["dcr_ratio"] is not None
         assert p["passes_copy_check"] == (p["dcr_ratio"] >= MIN_DCR_RATIO)
+        # Detection is measured where it can matter: for settings that do not copy.
+        assert (p["detection_auc"] is not None) == p["passes_copy_check"]
     figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in record["grid"]]
     index, rule = pick(figures, SMALL)
     assert record["rule"] == rule
