@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop training after this many seconds")
     fit.add_argument("--device", default=_TRAIN.device, help="torch device (cpu, cuda)")
     fit.add_argument("--config", help="JSON file with 'model' and/or 'train' option overrides")
+    fit.add_argument("--no-choose-sampling", dest="choose_sampling", action="store_false",
+                     default=_TRAIN.choose_sampling,
+                     help="keep the default temperature and noise calibration instead of "
+                          "choosing them on the validation split after training (see "
+                          "docs/quality.md)")
     fit.add_argument("--quiet", action="store_true", help="print only the summary")
     fit.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
                      help="train with differential privacy (DP-SGD, Opacus) to this epsilon; "
@@ -207,12 +212,15 @@ def _privacy(args: argparse.Namespace, model_config: ModelConfig
 def run_fit(args: argparse.Namespace) -> int:
     """``cvae-ray fit``."""
     from cvae_ray.model.fitting import fit_bundle
+    from cvae_ray.model.sampling_choice import describe
 
     spec = data_spec_from_args(args)
     model_config, train_overrides = _configs(args.config)
     privacy, model_config = _privacy(args, model_config)
     train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
                     "device": args.device, "seed": args.seed, **train_overrides}
+    if not args.choose_sampling:
+        train_values["choose_sampling"] = False
     train_config = TrainConfig.from_dict(train_values)
     dataset = read_dataset_from_args(args, spec)
     print(f"read {dataset.expression.shape[0]} samples x {dataset.expression.shape[1]} genes; "
@@ -246,6 +254,11 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"validation gamma computed on {subset['n_genes']} of {subset['of_genes']} genes "
               f"(seeded subset, seed {subset['seed']}; listed in the bundle's "
               "training.val_gamma_genes)")
+    choice = record.get("sampling_choice")
+    if choice is not None:
+        if not args.quiet and "grid" in choice:
+            print(_choice_table(choice))
+        print(describe(choice))
     dp = record.get("privacy")
     if dp is not None:
         print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "
@@ -258,6 +271,26 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def _mib(value: float | None) -> str:
     return "not measured on this system" if value is None else f"{value:,.0f} MiB"
+
+
+def _choice_table(record: dict) -> str:
+    """The validation figures of every sampling setting tried after training."""
+    lines = ["validation figures of the sampling settings tried (mean over "
+             f"{record['seeds']} sampling seeds; * chosen, - fails the copy check):",
+             "  temperature  calibration   gamma  ±sd     DCR ratio  detection  sd r    recall"]
+    chosen = record["chosen"]
+    for p in record["grid"]:
+        mark = ("*" if (p["temperature"], p["noise_calibration"])
+                == (chosen["temperature"], chosen["noise_calibration"])
+                else " " if p["passes_copy_check"] else "-")
+
+        def f(name: str) -> str:
+            return "   n/a" if p[name] is None else f"{p[name]:6.3f}"
+
+        lines.append(f"{mark} {p['temperature']:11g}  {p['noise_calibration']:11g}  "
+                     f"{f('gamma')} {f('gamma_sd')}  {f('dcr_ratio')}     {f('detection_auc')}"
+                     f"     {f('sd_r')}  {f('recall')}")
+    return "\n".join(lines)
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, str]:

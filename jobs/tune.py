@@ -23,7 +23,7 @@ from cvae_ray.cli import (
     data_spec_from_args,
     read_dataset_from_args,
 )
-from cvae_ray.config import SearchConfig, SearchLimits
+from cvae_ray.config import SearchConfig, SearchLimits, TrainConfig
 from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 
 # Relative input paths are also looked up here: under `ray job submit --working-dir`
@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="wall-clock limit of the whole search; then the best finished "
                              "checkpoint is exported (default: none)")
+    parser.add_argument("--no-choose-sampling", dest="choose_sampling", action="store_false",
+                        default=TrainConfig.choose_sampling,
+                        help="export the best checkpoint with the default temperature and "
+                             "noise calibration instead of choosing them on the validation "
+                             "split (as `cvae-ray fit --no-choose-sampling`)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job "
                              "submit`; otherwise a new local Ray is started)")
@@ -187,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
                           storage=storage, name=args.name, out=out, seed=args.seed,
                           max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
                           worker_start_timeout_s=args.worker_start_timeout,
-                          time_limit_s=args.time_limit)
+                          time_limit_s=args.time_limit, choose_sampling=args.choose_sampling)
     import ray
 
     from cvae_ray.storage import is_uri

@@ -17,10 +17,14 @@ RNASEQDB = SHARED_DATA / "rnaseqdb_gtex_tcga_l1000.parquet"
 L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
 
 TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)
-TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5)
+#: Tiny fits keep the default sampling settings: the choice after training (seconds per
+#: fit) has its own tests in tests/model/test_sampling_choice.py.
+TINY_TRAIN = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, patience=5,
+                         choose_sampling=False)
 #: ``--options`` of the benchmark jobs for a CVAE of a few seconds on the simulated cohort.
 TINY_CVAE_OPTIONS = {"cvae": {"model": {"hidden": [16, 8], "latent_dim": 4},
-                              "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1}}}
+                              "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1,
+                                        "choose_sampling": False}}}
 #: The combination left out of the ``unseen_bundle_dir`` fixture's training data.
 UNSEEN = {"tissue": "kidney", "source": "GTEx"}
 

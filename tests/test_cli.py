@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from support import RNASEQDB, require_shared_data
 
+from cvae_ray.config import SampleConfig
 from cvae_ray.model.bundle import ModelBundle
 
 
@@ -21,7 +22,8 @@ def cvae_ray(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_explains_every_option():
     for command, options in (("fit", ["--data", "--condition", "--genes", "--top-genes", "--log",
-                                      "--no-log", "--test-fraction", "--seed", "--out"]),
+                                      "--no-log", "--test-fraction", "--seed", "--no-choose-sampling",
+                                      "--out"]),
                              ("sample", ["--bundle", "--n", "--set", "--like", "--seed",
                                          "--scale", "--out"])):
         out = cvae_ray(command, "--help")
@@ -37,6 +39,13 @@ def test_fit_then_sample_with_set_and_like(demo_path, tmp_path):
                    "--top-genes", "20", "--epochs", "5", "--out", bundle_dir)
     assert fit.returncode == 0, fit.stderr
     assert "val gamma" in fit.stdout and "written to" in fit.stdout
+    # The sampling settings are chosen on validation, each one tried is shown.
+    assert "sampling settings chosen on validation: temperature" in fit.stdout
+    choice = ModelBundle.load(bundle_dir).metadata["training"]["sampling_choice"]
+    lines = fit.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if "temperature  calibration" in line)
+    summary = next(i for i, line in enumerate(lines) if line.startswith("sampling settings"))
+    assert summary - header - 1 == len(choice["grid"])
 
     sampled = cvae_ray("sample", "--bundle", bundle_dir, "--n", "12", "--set", "tissue=lung",
                        "--set", "source=GTEx", "--seed", "4", "--out", tmp_path / "s.parquet")
@@ -56,10 +65,12 @@ def test_fit_then_sample_with_set_and_like(demo_path, tmp_path):
 
 def test_test_fraction_zero_uses_every_sample(demo_path, tmp_path):
     out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--test-fraction", "0",
-                   "--epochs", "2", "--quiet", "--out", tmp_path / "b")
+                   "--epochs", "2", "--quiet", "--no-choose-sampling", "--out", tmp_path / "b")
     assert out.returncode == 0, out.stderr
     training = ModelBundle.load(tmp_path / "b").metadata["training"]
     assert training["n_test"] == 0 and training["n_train"] + training["n_val"] == 240
+    assert "sampling settings kept as given (switched off" in out.stdout
+    assert ModelBundle.load(tmp_path / "b").sample_defaults == SampleConfig()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -88,7 +99,8 @@ def test_fit_on_real_data_with_l1000_list(tmp_path):
     require_shared_data()
     genes = RNASEQDB.parent / "l1000_landmark_genes.tsv"
     out = cvae_ray("fit", "--data", RNASEQDB, "--condition", "tissue", "--condition", "source",
-                   "--genes", genes, "--epochs", "3", "--quiet", "--out", tmp_path / "b")
+                   "--genes", genes, "--epochs", "3", "--quiet", "--no-choose-sampling",
+                   "--out", tmp_path / "b")
     assert out.returncode == 0, out.stderr
     assert "1 listed genes not in the data: ['PLSCR3']" in out.stdout
     assert len(ModelBundle.load(tmp_path / "b").genes) == 977

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from cvae_ray.config import (
 from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
+from cvae_ray.model.loop import gamma_genes
+from cvae_ray.model.sampling_choice import choose_after_training, describe
 from cvae_ray.model.selection import SELECTION_METRIC, selection_score
 from cvae_ray.storage import is_uri
 
@@ -81,6 +83,9 @@ class TuneRequest:
         worker_start_timeout_s: Seconds a trial waits for its workers' resources.
         time_limit_s: Wall-clock limit of the whole search (``None``: none).
         reduction_factor: ASHA's halving rate.
+        choose_sampling: Choose the exported bundle's temperature and noise calibration
+            on the validation split (:mod:`cvae_ray.model.sampling_choice`, as
+            ``cvae-ray fit`` does); ``False`` keeps the defaults.
     """
 
     space: Space
@@ -97,6 +102,7 @@ class TuneRequest:
     worker_start_timeout_s: float = SearchLimits.worker_start_timeout_s
     time_limit_s: float | None = SearchLimits.time_limit_s
     reduction_factor: int = SearchConfig.reduction_factor
+    choose_sampling: bool = TrainConfig.choose_sampling
 
     def __post_init__(self) -> None:
         SearchConfig(num_trials=self.num_trials, workers=self.workers,
@@ -388,7 +394,7 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
     if not resumed:  # before any trial: a search stopped midway can still be checked
         _write_request(path, fingerprint, request)
     grid = tuner.fit()
-    return _export(grid, request, path, resumed, log)
+    return _export(grid, request, path, resumed, log, payload)
 
 
 def _check_same_request(path: str, fingerprint: str, request: TuneRequest) -> None:
@@ -490,7 +496,8 @@ def trial_table(grid) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOutcome:
+def _export(grid, request: TuneRequest, path: str, resumed: bool, log,
+            payload: dict[str, Any]) -> TuneOutcome:
     higher = metric_info(SELECTION_METRIC).higher_is_better
     worst = selection_score(float("nan"), False)
     candidates = _candidates(grid)
@@ -522,16 +529,24 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log) -> TuneOu
     else:
         raise SearchFailedError(f"no reported checkpoint could be loaded; see {path}.")
     meta = bundle.metadata
-    training = {**meta.get("training", {}), "tune": {
+    model_config = ModelConfig.from_dict(meta["model_config"])
+    train_config = replace(TrainConfig.from_dict(meta["train_config"]),
+                                       choose_sampling=request.choose_sampling)
+    # The same choice as `cvae-ray fit`, on the driver's copy of the split.
+    state, sample_config, choice = choose_after_training(
+        bundle.model.state_dict(), model_config, [len(v) for v in bundle.vocab.values()],
+        payload["x_train"], payload["codes_train"], payload["x_val"], payload["codes_val"],
+        SampleConfig.from_dict(meta["sample_defaults"]), enabled=request.choose_sampling,
+        genes=gamma_genes(payload["x_train"].shape[1], train_config))
+    log(describe(choice))
+    training = {**meta.get("training", {}), "sampling_choice": choice, "tune": {
         "experiment": path, "trial_id": best["trial_id"], "config": best["config"],
         "checkpoint": best["checkpoint_path"], "search_space": space_to_dict(request.space),
         "n_trials": len(table)}}
     exported = ModelBundle.create(
-        state_dict=bundle.model.state_dict(), genes=bundle.genes, vocab=bundle.vocab,
-        preprocessor=bundle.preprocessor,
-        model_config=ModelConfig.from_dict(meta["model_config"]),
-        train_config=TrainConfig.from_dict(meta["train_config"]),
-        data_spec=_spec(meta), sample_config=SampleConfig.from_dict(meta["sample_defaults"]),
+        state_dict=state, genes=bundle.genes, vocab=bundle.vocab,
+        preprocessor=bundle.preprocessor, model_config=model_config,
+        train_config=train_config, data_spec=_spec(meta), sample_config=sample_config,
         training=training)
     location = exported.save(request.out)
     default_gamma = _default_trial_score(grid, request.space)

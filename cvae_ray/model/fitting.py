@@ -17,6 +17,7 @@ from cvae_ray.config import (
     ModelConfig,
     PrivacyConfig,
     SampleConfig,
+    SamplingChoice,
     TrainConfig,
 )
 from cvae_ray.data.dataset import Dataset
@@ -24,6 +25,7 @@ from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.loop import EpochMetrics, check_private_sampling, fit
 from cvae_ray.model.private import require_dp_model
+from cvae_ray.model.sampling_choice import choose_after_training
 
 
 def data_record(prepared: Prepared) -> dict[str, Any]:
@@ -80,7 +82,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
                     val_loss: float, epochs_run: int, history: list[dict[str, Any]],
                     gamma_genes: Mapping[str, Any], stopped_early: bool | None = None,
                     seconds: float | None = None,
-                    peak_rss_mib: float | None = None) -> dict[str, Any]:
+                    peak_rss_mib: float | None = None,
+                    sampling_choice: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``training`` block of a bundle: :func:`data_record` plus the run's figures.
 
     The one definition, used by :func:`fit_bundle` and by the Ray Train worker loop's
@@ -100,6 +103,9 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
         seconds: Training wall time.
         peak_rss_mib: Peak RSS of the training process up to now, in MiB
             (:func:`peak_rss_mib`); left out when ``None``.
+        sampling_choice: How the exported bundle's sampling settings were chosen on
+            validation (:func:`cvae_ray.model.sampling_choice.choose_after_training`:
+            the choice and every grid point's figures, or why none was made).
     """
     record = {**data, "best_epoch": best_epoch, "val_gamma": val_gamma, "val_loss": val_loss,
               "epochs_run": epochs_run}
@@ -110,6 +116,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
     if peak_rss_mib is not None:
         record["peak_rss_mib"] = peak_rss_mib
     record["val_gamma_genes"] = dict(gamma_genes)
+    if sampling_choice is not None:
+        record["sampling_choice"] = dict(sampling_choice)
     record["history"] = history
     return record
 
@@ -117,7 +125,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
 def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | None = None,
                train_config: TrainConfig | None = None, sample_config: SampleConfig | None = None,
                on_epoch: Callable[[EpochMetrics], None] | None = None,
-               privacy: PrivacyConfig | None = None) -> tuple[ModelBundle, Prepared]:
+               privacy: PrivacyConfig | None = None,
+               choice: SamplingChoice | None = None) -> tuple[ModelBundle, Prepared]:
     """Prepare a dataset, train a CVAE on it and wrap the best checkpoint as a bundle.
 
     Args:
@@ -125,12 +134,17 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         spec: Conditions, genes, split and preprocessing settings.
         model_config: Architecture (defaults from :class:`ModelConfig`).
         train_config: Optimisation (defaults from :class:`TrainConfig`).
-        sample_config: Sampling defaults stored in the bundle (in DP mode the default is
-            :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise calibration).
+        sample_config: Sampling settings used to select the checkpoint; the bundle stores
+            them with the temperature and noise calibration chosen on validation after
+            training (:mod:`cvae_ray.model.sampling_choice`) unless
+            ``train_config.choose_sampling`` is false (in DP mode nothing is chosen and
+            the default is :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise
+            calibration).
         on_epoch: Progress callback.
         privacy: Differentially private training to this budget: public preprocessing
             (:meth:`Preprocessor.public`), DP-SGD, nothing fitted on the training split
             after training; the bundle's training record gets a ``privacy`` block.
+        choice: Grid and rule of the sampling choice (default :class:`SamplingChoice`).
 
     The bundle's training record holds the figures of :func:`training_record`, among
     them the genes validation gamma used (``val_gamma_genes``) and the process's peak
@@ -155,16 +169,21 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
                  model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy)
+    state, sample_config, choice_record = choose_after_training(
+        result.state_dict, model_config, [len(v) for v in prepared.vocab.values()], x_train,
+        c_train, x_val, c_val, sample_config, enabled=train_config.choose_sampling,
+        private=privacy is not None, choice=choice, genes=result.gamma_genes)
     training = training_record(
         data_record(prepared), best_epoch=result.best_epoch, val_gamma=result.best_val_gamma,
         val_loss=result.best_val_loss, epochs_run=len(result.history),
         history=[m.as_dict() for m in result.history],
         gamma_genes=gamma_genes_record(prepared.genes, result.gamma_genes),
-        stopped_early=result.stopped_early, seconds=result.seconds, peak_rss_mib=peak_rss_mib())
+        stopped_early=result.stopped_early, seconds=result.seconds, peak_rss_mib=peak_rss_mib(),
+        sampling_choice=choice_record)
     if result.privacy is not None:
         training["privacy"] = result.privacy
     bundle = ModelBundle.create(
-        state_dict=result.state_dict, genes=prepared.genes, vocab=prepared.vocab,
+        state_dict=state, genes=prepared.genes, vocab=prepared.vocab,
         preprocessor=prepared.preprocessor, model_config=model_config, train_config=train_config,
         data_spec=spec, sample_config=sample_config,
         training=training)

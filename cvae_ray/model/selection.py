@@ -5,7 +5,9 @@ the Ray Train worker loop alike, so ``cvae-ray fit`` and a Tune trial can never
 disagree on what "better" means:
 
 * a checkpoint is *eligible* after KL warm-up and when its samples sit no closer to
-  the training data than unseen real data does (:data:`MIN_DCR_RATIO`): late in
+  the training data than unseen real data does
+  (:data:`cvae_ray.config.MIN_DCR_RATIO`, shared with the choice of sampling
+  settings, :mod:`cvae_ray.model.sampling_choice`): late in
   training the decoder starts to reproduce training samples, which raises gamma for
   the wrong reason;
 * its *score* is the validation metric (:data:`SELECTION_METRIC`, direction and range
@@ -24,16 +26,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvae_ray.config import TrainConfig
+from cvae_ray.config import MIN_DCR_RATIO, TrainConfig
 from cvae_ray.metrics.registry import metric_info
 
 #: Name in the metric registry of what checkpoints (and Tune trials) are selected on.
 SELECTION_METRIC = "gamma"
-#: Checkpoints whose samples sit closer to the training data than this multiple of
-#: the real validation samples' median distance are not selected. 5% above 1 because
-#: the ratio is estimated from one draw of the validation size: on RNAseqDB (213
-#: samples) one model measured 1.02 on validation and 0.96 on test.
-MIN_DCR_RATIO = 1.05
 
 
 def eligible_checkpoint(epoch: int, dcr_ratio: float, config: TrainConfig) -> bool:

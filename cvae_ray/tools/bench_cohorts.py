@@ -92,7 +92,8 @@ def quick_bundle(path: Path, epochs: int) -> str:
         raise SystemExit(f"error: {DATA} not found; pass --bundle.")
     cohort = read_dataset(DATA, ["tissue", "source"])
     bundle, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")),
-                           train_config=TrainConfig(epochs=epochs, eval_every=epochs))
+                           train_config=TrainConfig(epochs=epochs, eval_every=epochs,
+                                                    choose_sampling=False))
     bundle.save(path)
     return str(path)
 

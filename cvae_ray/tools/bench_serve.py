@@ -370,6 +370,7 @@ def quick_bundle(data: str | Path, out: str | Path, *, epochs: int = 5) -> Path:
 
     cohort = read_dataset(data, ["tissue", "source"])
     bundle, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")),
-                           train_config=TrainConfig(epochs=epochs, eval_every=epochs))
+                           train_config=TrainConfig(epochs=epochs, eval_every=epochs,
+                                                    choose_sampling=False))
     bundle.save(out)
     return Path(out)

@@ -124,6 +124,11 @@ def test_local_search_exports_a_bundle_that_samples(local_ray, tmp_path, capsys)
     assert "SIMULATED" in printed and "bundle:" in printed
     bundle = ModelBundle.load(out)
     assert bundle.metadata["training"]["tune"]["n_trials"] == 2
+    # The export chooses the sampling settings on validation, as `cvae-ray fit` does.
+    chosen = bundle.metadata["training"]["sampling_choice"]["chosen"]
+    assert "sampling settings chosen on validation" in printed
+    assert (bundle.sample_defaults.temperature, bundle.sample_defaults.noise_calibration) == (
+        chosen["temperature"], chosen["noise_calibration"])
     frame = bundle.sample({"tissue": "lung", "source": "GTEx"}, n=5, seed=1)
     assert len(frame) == 5
     table = pd.read_csv(tmp_path / "runs" / "local" / "trials.csv")

@@ -134,11 +134,12 @@ def test_evaluate_rejects_unknown_condition_values(tiny_bundle_dir, demo_path, t
 
 
 def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
-    # Setup: tiny CVAE settings so the run takes seconds.
+    # Setup: tiny CVAE settings, without the sampling choice, so the run takes seconds.
     options = tmp_path / "options.json"
     options.write_text(json.dumps({"cvae": {
         "model": {"hidden": [16, 8], "latent_dim": 4},
-        "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1}}}))
+        "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1,
+                  "choose_sampling": False}}}))
     out = tmp_path / "bench"
 
     # Run
@@ -162,6 +163,8 @@ def test_benchmark_job_writes_a_row_per_generator(demo_path, tmp_path, capsys):
     assert rows[1]["metrics"]["detection_auc"]["better"] == "closer to 0.5"
     assert rows[1]["metrics"]["mmd"]["better"] == "lower"
     assert [i["epochs_run"] for i in rows[1]["fit_info"]] == [2, 2]
+    # The generator's train options reach the sampling choice (switched off here).
+    assert all("switched off" in i["sampling_choice"]["skipped"] for i in rows[1]["fit_info"])
     assert rows[1]["copy_check"]["seeds"] == 2 and "copy_check" not in rows[0]
     markdown = (out / "results.md").read_text()
     assert "| gaussian |" in markdown and "| real-vs-real |" in markdown

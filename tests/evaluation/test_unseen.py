@@ -155,7 +155,8 @@ def test_job_on_a_simulated_cohort_scores_every_combination(tmp_path, capsys):
     options = tmp_path / "options.json"
     options.write_text(json.dumps({"cvae": {
         "model": {"hidden": [16, 8], "latent_dim": 4},
-        "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1}}}))
+        "train": {"epochs": 2, "eval_every": 1, "kl_warmup_epochs": 1,
+                  "choose_sampling": False}}}))
     out = tmp_path / "unseen"
 
     # Run

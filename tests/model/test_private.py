@@ -10,7 +10,7 @@ import pytest
 import torch
 from support import TINY_MODEL, TINY_TRAIN
 
-from cvae_ray.config import DataSpec, PrivacyConfig, SampleConfig
+from cvae_ray.config import DP_SAMPLING, DataSpec, PrivacyConfig, SampleConfig
 from cvae_ray.data.dataset import Dataset, read_dataset
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle
@@ -40,7 +40,9 @@ def dataset(demo_path):
 
 @pytest.fixture(scope="module")
 def dp_bundle(dataset):
-    bundle, _ = fit_bundle(dataset, SPEC, DP_MODEL, TINY_TRAIN, privacy=PRIVACY)
+    # The sampling choice asked for: DP mode must skip it (it reads the training split).
+    train = dataclasses.replace(TINY_TRAIN, choose_sampling=True)
+    bundle, _ = fit_bundle(dataset, SPEC, DP_MODEL, train, privacy=PRIVACY)
     return bundle
 
 
@@ -67,6 +69,8 @@ def test_dp_bundle_reads_no_training_statistic(dataset, dp_bundle):
         assert bundle.model.latent_prior is None and bundle.model.noise_gap is None
         assert bundle.sample_defaults.latent == "standard"
         assert bundle.sample_defaults.noise_calibration == 0
+    assert dp_bundle.sample_defaults == DP_SAMPLING
+    assert "differential privacy" in dp_bundle.metadata["training"]["sampling_choice"]["skipped"]
     assert dp_bundle.preprocessor.to_dict() == other.preprocessor.to_dict()
     assert dp_bundle.preprocessor.n_constant == 0
     # The non-private fit does read the training data: the same change moves it.

@@ -1,4 +1,5 @@
-"""The CVAE as a benchmark generator: :func:`cvae_ray.model.loop.fit` with the config defaults."""
+"""The CVAE as a benchmark generator: :func:`cvae_ray.model.loop.fit` with the config defaults,
+then the choice of sampling settings on validation (:mod:`cvae_ray.model.sampling_choice`)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from cvae_ray.data.preprocess import Preprocessor
 from cvae_ray.evaluation.generators import check_fit_inputs
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
 from cvae_ray.model.loop import fit
+from cvae_ray.model.sampling_choice import choose_after_training
 
 
 class CvaeGenerator:
     """The project's CVAE, trained exactly as ``cvae-ray fit`` trains it.
 
-    The checkpoint is selected on validation gamma by :func:`cvae_ray.model.loop.fit` and
-    wrapped as a model bundle, so that the benchmark samples through the product's one
-    sampling call (:meth:`cvae_ray.model.bundle.ModelBundle.draw`) in the model's space.
+    The checkpoint is selected on validation gamma by :func:`cvae_ray.model.loop.fit`, its
+    sampling settings are chosen on validation as ``cvae-ray fit`` chooses them
+    (``TrainConfig.choose_sampling``), and it is wrapped as a model bundle, so that the
+    benchmark samples through the product's one sampling call
+    (:meth:`cvae_ray.model.bundle.ModelBundle.draw`) in the model's space.
 
     Args:
         time_budget_s: Wall-clock budget of ``fit`` (sets ``TrainConfig.max_time_s``).
@@ -52,21 +56,26 @@ class CvaeGenerator:
         x_val = check_fit_inputs(x_val, cond_val, "x_val")
         self._vocab = Vocabulary.fit(cond_train)
         config = dataclasses.replace(self.train_config, seed=int(seed))
-        result = fit(x_train, self._vocab.encode(cond_train), x_val,
-                     self._vocab.encode(cond_val), self._vocab.sizes,
+        codes_train, codes_val = self._vocab.encode(cond_train), self._vocab.encode(cond_val)
+        result = fit(x_train, codes_train, x_val, codes_val, self._vocab.sizes,
                      self.model_config, config, self.sample_config)
+        state, sample_config, choice = choose_after_training(
+            result.state_dict, self.model_config, self._vocab.sizes, x_train, codes_train,
+            x_val, codes_val, self.sample_config, enabled=config.choose_sampling,
+            genes=result.gamma_genes)
         # The data here are already standardised: a preprocessing fitted on them without
         # a log only marks the genes constant in training (their values stay as drawn).
         self._bundle = ModelBundle.create(
-            state_dict=result.state_dict, genes=[f"gene{i}" for i in range(x_train.shape[1])],
+            state_dict=state, genes=[f"gene{i}" for i in range(x_train.shape[1])],
             vocab=self._vocab.levels, preprocessor=Preprocessor.fit(x_train, log_transform=False),
             model_config=self.model_config, train_config=config,
-            sample_config=self.sample_config)
+            sample_config=sample_config)
         self.info = {"epochs_run": len(result.history), "max_epochs": config.epochs,
                      "best_epoch": result.best_epoch, "val_gamma": result.best_val_gamma,
                      "stopped_early": result.stopped_early,
                      "cut_by_budget": bool(config.max_time_s is not None
-                                           and result.seconds > config.max_time_s)}
+                                           and result.seconds > config.max_time_s),
+                     "sampling_choice": choice}
 
     def sample(self, cond: pd.DataFrame, seed: int) -> np.ndarray:
         """One standardised synthetic row per condition row."""
