@@ -531,7 +531,7 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log,
     meta = bundle.metadata
     model_config = ModelConfig.from_dict(meta["model_config"])
     train_config = replace(TrainConfig.from_dict(meta["train_config"]),
-                                       choose_sampling=request.choose_sampling)
+                           choose_sampling=request.choose_sampling)
     # The same choice as `cvae-ray fit`, on the driver's copy of the split.
     state, sample_config, choice = choose_after_training(
         bundle.model.state_dict(), model_config, [len(v) for v in bundle.vocab.values()],
