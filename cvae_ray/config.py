@@ -37,6 +37,10 @@ VAL_GAMMA_GENES_SEED = 0
 #: Sampling seeds a quality report (``jobs/evaluate.py``) or the generator benchmark
 #: (``jobs/benchmark.py``) averages over; the quality benchmark samples seeds 0 to 2.
 EVALUATION_SEEDS = 3
+#: Fewest samples of a condition combination the unseen-combination and few-shot
+#: benchmarks hold out (``jobs/bench_unseen.py``), and the generators they run.
+UNSEEN_MIN_SAMPLES = 15
+UNSEEN_GENERATORS = ("cvae", "wgan-gp")
 #: 2-D embeddings of the report's overlay plot, and the one it uses unless told.
 EMBEDDINGS = ("umap", "pca")
 REPORT_EMBEDDING = "umap"
@@ -278,6 +282,9 @@ class SampleConfig(FromDictMixin):
             training data and the model's samples, fitted after training
             (:mod:`cvae_ray.model.noise_gap`), added to the decoder-noise variance: 0 keeps
             the decoder's own noise, 1 closes the gap with independent per-gene noise.
+            ``temperature`` and ``noise_calibration`` are what checkpoints are selected
+            with; after training ``fit`` chooses the bundle's values on validation
+            (:class:`SamplingChoice`, ``TrainConfig.choose_sampling``).
         draws: ``centred`` centres the random draws of each condition combination within
             a request (:mod:`cvae_ray.model.draws`: the cohort's per-combination means carry
             less Monte-Carlo offset); ``independent`` draws every sample independently.

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
+from cvae_ray.config import EVALUATION_SEEDS, UNSEEN_GENERATORS, UNSEEN_MIN_SAMPLES
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 
@@ -46,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "it, and score the samples against the real ones.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_arguments(parser)
-    parser.add_argument("--min-samples", type=int, default=15,
+    parser.add_argument("--min-samples", type=int, default=UNSEEN_MIN_SAMPLES,
                         help="fewest samples of a combination to hold out")
-    parser.add_argument("--seeds", type=int, default=3, help="fit/sampling seed pairs")
-    parser.add_argument("--generators", default="cvae,wgan-gp",
+    parser.add_argument("--seeds", type=int, default=EVALUATION_SEEDS,
+                        help="fit/sampling seed pairs")
+    parser.add_argument("--generators", default=",".join(UNSEEN_GENERATORS),
                         help="comma-separated generator names (the no-change and additive "
                              "baselines always run; per-class generators are skipped with the "
                              "reason)")

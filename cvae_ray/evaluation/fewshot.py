@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cvae_ray.config import DataSpec
+from cvae_ray.config import EVALUATION_SEEDS, UNSEEN_MIN_SAMPLES, DataSpec
 from cvae_ray.data.dataset import Dataset
 from cvae_ray.evaluation.unseen import (
     CEILING_SPLITS,
@@ -52,7 +52,8 @@ def curve_combinations(by_shot: Mapping[int, Mapping[str, Any]]) -> list[str]:
 
 
 def run_fewshot_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
-                          shots: Sequence[int] = SHOTS, seeds: int = 3, min_samples: int = 15,
+                          shots: Sequence[int] = SHOTS, seeds: int = EVALUATION_SEEDS,
+                          min_samples: int = UNSEEN_MIN_SAMPLES,
                           half: str = "all", combinations: Sequence[str] | None = None,
                           time_budget_s: float | None = None,
                           options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -47,6 +47,7 @@ from cvae_ray.metrics.registry import (
     MEMBERSHIP_MIN_HELD_OUT,
     METRICS,
     augmentation_gain,
+    contrasts,
     evaluate_all,
     metric_info,
     real_vs_real,
@@ -220,6 +221,11 @@ def _scores(bundle: ModelBundle, data: HeldOut, seed: int, wanted: list[str]
         reference = real_vs_real(data.x[a], data.x[b], y[a], y[b], metrics=wanted, seed=seed,
                                  conditions_train=fit_c, conditions_test=test_c,
                                  log2_per_unit=scale)
+        # The reference's truth is half b, so the synthetic set is judged against the
+        # same half: a larger truth makes more calls with less noise.
+        same_truth = contrasts(test_x, synthetic_fit, test_c, fit_c, log2_per_unit=scale)
+        values.update({f"contrast_{k}": v for k, v in same_truth.items()
+                       if f"contrast_{k}" in values})
     for c in conds:
         scored = tstr(synthetic_fit, fit_c[c].to_numpy(), test_x, test_c[c].to_numpy(), seed=seed)
         values[f"tstr_accuracy[{c}]"], values[f"tstr_macro_f1[{c}]"] = (

@@ -69,7 +69,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cvae_ray.config import DataSpec
+from cvae_ray.config import EVALUATION_SEEDS, UNSEEN_MIN_SAMPLES, DataSpec
 from cvae_ray.data.conditions import JOINT_SEPARATOR
 from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import Prepared, prepare
@@ -365,7 +365,8 @@ def _summary(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float | No
 
 
 def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
-                         seeds: int = 3, min_samples: int = 15, half: str = "all",
+                         seeds: int = EVALUATION_SEEDS, min_samples: int = UNSEEN_MIN_SAMPLES,
+                         half: str = "all",
                          combinations: Sequence[str] | None = None,
                          time_budget_s: float | None = None,
                          options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -496,7 +497,8 @@ def _fit_and_score(left: LeftOut, train: tuple[np.ndarray, pd.DataFrame],
 
 
 def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
-              shots: Sequence[int] = (0,), seeds: int = 3, min_samples: int = 15,
+              shots: Sequence[int] = (0,), seeds: int = EVALUATION_SEEDS,
+              min_samples: int = UNSEEN_MIN_SAMPLES,
               half: str = "all", combinations: Sequence[str] | None = None,
               time_budget_s: float | None = None,
               options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -169,6 +169,7 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
                  model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy)
+    peak_mib = peak_rss_mib()  # of training, before the sampling choice
     state, sample_config, choice_record = choose_after_training(
         result.state_dict, model_config, [len(v) for v in prepared.vocab.values()], x_train,
         c_train, x_val, c_val, sample_config, enabled=train_config.choose_sampling,
@@ -178,7 +179,7 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         val_loss=result.best_val_loss, epochs_run=len(result.history),
         history=[m.as_dict() for m in result.history],
         gamma_genes=gamma_genes_record(prepared.genes, result.gamma_genes),
-        stopped_early=result.stopped_early, seconds=result.seconds, peak_rss_mib=peak_rss_mib(),
+        stopped_early=result.stopped_early, seconds=result.seconds, peak_rss_mib=peak_mib,
         sampling_choice=choice_record)
     if result.privacy is not None:
         training["privacy"] = result.privacy

@@ -7,10 +7,11 @@ has, and the learned noise does not make up the rest. Narrow samples are what a
 real-vs-synthetic classifier picks up first. After training, on the training
 split only, the gap ``max(var(real) - var(synthetic), 0)`` is measured per gene
 and stored with the model; sampling adds ``SampleConfig.noise_calibration`` of it
-to the decoder-noise variance. Half the gap is the default, chosen on the
-validation split (measured with centred draws): detection AUC 0.58 -> 0.53 and
-the DCR ratio 1.05 -> 1.14, for 0.004 of gamma (independent noise dilutes
-gene-gene correlations a little; docs/quality.md).
+to the decoder-noise variance. Half the gap is what checkpoints are selected
+with during training; after training ``fit`` chooses the bundle's share (and
+temperature) on the validation split (:mod:`cvae_ray.model.sampling_choice`).
+Independent noise dilutes gene-gene correlations a little, so more of it trades
+gamma for lower detection AUC and a larger DCR ratio (docs/quality.md).
 """
 
 from __future__ import annotations

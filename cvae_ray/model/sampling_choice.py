@@ -43,6 +43,11 @@ from cvae_ray.model.noise_gap import fit_noise_gap
 #: Fewest validation samples the choice needs (the detection classifier's 5 folds
 #: and the k-NN balls of recall need several per side); below it the settings are kept.
 MIN_VALIDATION_SAMPLES = 10
+#: Fewest validation samples for the default (gradient-boosting) detector: scikit-learn's
+#: HistGradientBoostingClassifier needs 20 samples per leaf, so on 5 folds of fewer than
+#: 25 samples a side it cannot split and scores exactly 0.5, which would pass every
+#: setting; below this the logistic detector is used (recorded as ``detector``).
+MIN_TREE_DETECTION_SAMPLES = 25
 #: Figures recorded per grid point, averaged over the sampling seeds.
 FIGURES = ("gamma", "dcr_ratio", "detection_auc", "sd_r", "recall")
 
@@ -185,6 +190,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     cv = torch.from_numpy(np.asarray(codes_val))
     labels = _labels(codes_val)
     val_genes = x_val if genes is None else x_val[:, genes]
+    detector = "hgb" if len(x_val) >= MIN_TREE_DETECTION_SAMPLES else "logistic"
     if base.fitted_prior:
         model.latent_prior = fit_latent_prior(model, xt, ct)
     gaps: dict[float, torch.Tensor] = {}
@@ -213,7 +219,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         # detection: it is measured only for settings that pass the copy check.
         point["detection_auc"] = (_round(_mean([
             detection_auc(val_genes, synthetic if genes is None else synthetic[:, genes],
-                          seed=seed) for seed, synthetic in enumerate(samples)]))
+                          model=detector, seed=seed) for seed, synthetic in enumerate(samples)]))
             if passes_copy_check(point) else float("nan"))
         gammas = [s["gamma"] for s in per_seed]
         point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
@@ -227,7 +233,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
                          "noise_calibration": chosen.noise_calibration},
               "rule": rule, "min_dcr_ratio": MIN_DCR_RATIO,
               "max_detection_auc": choice.max_detection_auc, "seeds": choice.seeds,
-              "genes": None if genes is None else len(genes),
+              "genes": None if genes is None else len(genes), "detector": detector,
               "grid": [{k: _json(v) for k, v in p.items()} for p in points],
               "seconds": round(time.perf_counter() - started, 2)}
     return chosen, record
