@@ -9,7 +9,9 @@ Run it with OMP_NUM_THREADS=1 on a shared machine (torch and the detection
 classifier otherwise start a thread per core).
 
 Each tissue x source combination with at least --min-samples samples whose tissue
-has another source is removed from training and validation in turn; every
+has another source, and whose source occurs in another tissue, is removed from
+training and validation in turn (one the split leaves unscorable is listed under
+"Not scored" with the reason); every
 generator (and the no-change and additive baselines) is fitted without it,
 samples it, and is scored against its real samples, beside a ceiling of two real
 halves. --half picks a fixed half of the eligible combinations (sorted by name,

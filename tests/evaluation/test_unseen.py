@@ -69,6 +69,111 @@ def test_eligible_combinations_need_enough_samples_and_another_source():
         select_combinations(conditions, 15, "design", ["kidney|GTEx"])
 
 
+def test_a_combination_whose_source_no_other_tissue_has_is_not_eligible():
+    # Setup: TCGA-tumor occurs only in lung; held out, no model would know that source.
+    conditions = _conditions({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                              ("liver", "GTEx"): 20, ("liver", "TCGA-normal"): 20,
+                              ("kidney", "TCGA-normal"): 20})
+
+    # Run
+    eligible = eligible_combinations(conditions, 15)
+
+    # Assert
+    assert eligible == [("liver", "GTEx"), ("liver", "TCGA-normal"), ("lung", "GTEx")]
+    with pytest.raises(InvalidConfigError, match=r"\['lung\|TCGA-tumor'\] are not eligible.*"
+                                                 r"the same source with another tissue"):
+        select_combinations(conditions, 15, "all", ["lung|TCGA-tumor"])
+
+
+def _dataset(counts: dict[tuple[str, str], int], genes: int = 12, seed: int = 0):
+    """A Dataset of positive values, one row per sample of ``counts``."""
+    from cvae_ray.data.dataset import Dataset
+
+    conditions = _conditions(counts)
+    ids = [f"s{i}" for i in range(len(conditions))]
+    rng = np.random.default_rng(seed)
+    expression = pd.DataFrame(rng.gamma(2.0, 50.0, (len(ids), genes)), index=ids,
+                              columns=[f"g{j}" for j in range(genes)])
+    return Dataset(expression=expression, conditions=conditions.set_axis(ids))
+
+
+def test_a_combination_whose_source_reaches_no_training_sample_is_listed_not_scored():
+    # Setup: TCGA-tumor is also in liver and kidney, one sample each, each pooled
+    # with one TCGA-normal sample into a 2-row stratum of which training gets one.
+    # Pick the split seed (the real split) that puts neither tumor sample in training.
+    from cvae_ray.config import DataSpec
+    from cvae_ray.data.splits import stratified_split
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                        ("liver", "GTEx"): 20, ("liver", "TCGA-tumor"): 1,
+                        ("liver", "TCGA-normal"): 1, ("kidney", "GTEx"): 20,
+                        ("kidney", "TCGA-tumor"): 1, ("kidney", "TCGA-normal"): 1})
+    rest = dataset.conditions[~((dataset.conditions["tissue"] == "lung")
+                                & (dataset.conditions["source"] == "TCGA-tumor"))]
+    seed = next(s for s in range(100)
+                if not (rest["source"].iloc[stratified_split(
+                    rest, val_fraction=0.2, test_fraction=0.0, seed=s).train] == "TCGA-tumor"
+                ).any())
+    spec = DataSpec(conditions=("tissue", "source"), test_fraction=0.0, seed=seed)
+
+    # Run: the baselines only.
+    lines: list[str] = []
+    results = run_unseen_benchmark(dataset, spec, [], seeds=1,
+                                   combinations=["lung|TCGA-tumor"], progress=lines.append)
+
+    # Assert: not scored with the reason, no failed rows.
+    assert results["combinations"] == []
+    assert results["not_scored"] == [{
+        "combination": "lung|TCGA-tumor", "kept": 0,
+        "reason": "no training sample of source 'TCGA-tumor' after the split: the generators "
+                  "would not know it"}]
+    assert any("lung|TCGA-tumor not scored" in line for line in lines)
+
+
+def test_a_combination_whose_tissue_has_no_other_training_sample_is_listed_not_scored(
+        monkeypatch, tmp_path):
+    # Setup: the split keeps a training row in every stratum, so no split of today
+    # leaves the tissue's other sources out of training; a split that moves them to
+    # validation stands in for one that could.
+    import warnings
+
+    import cvae_ray.data.model_inputs as model_inputs
+    from cvae_ray.config import DataSpec
+    from cvae_ray.data.splits import Split
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark, write_unseen_results
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                        ("liver", "GTEx"): 20, ("liver", "TCGA-tumor"): 20})
+    real_split = model_inputs.stratified_split
+
+    def lung_out_of_training(conditions, **kwargs):
+        split = real_split(conditions, **kwargs)
+        lung = (conditions["tissue"] == "lung").to_numpy()
+        moved = split.train[lung[split.train]]
+        return Split(train=split.train[~lung[split.train]],
+                     val=np.sort(np.concatenate([split.val, moved])), test=split.test)
+
+    monkeypatch.setattr(model_inputs, "stratified_split", lung_out_of_training)
+    spec = DataSpec(conditions=("tissue", "source"))
+
+    # Run: an empty mean would warn; make that an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = run_unseen_benchmark(dataset, spec, [], seeds=1,
+                                       combinations=["lung|TCGA-tumor"], progress=lambda _: None)
+
+    # Assert
+    assert results["combinations"] == []
+    assert results["not_scored"] == [{
+        "combination": "lung|TCGA-tumor", "kept": 0,
+        "reason": "no training sample of tissue 'lung' with another source after the split: "
+                  "the change has no reference"}]
+    markdown = write_unseen_results(results, tmp_path, {"conditions": ["tissue", "source"]})
+    assert ("## Not scored\n\n- lung|TCGA-tumor: no training sample of tissue 'lung'"
+            in markdown.read_text())
+
+
 def additive_data(seed: int, n_per_group: int = 60, genes: int = 50):
     """Log-scale samples whose group means are exactly intercept + tissue + source effects."""
     rng = np.random.default_rng(seed)
