@@ -29,10 +29,8 @@ above, and per-class generators (gaussian) run from k = 3. Curve tables per half
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
@@ -93,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_fewshot_benchmark,
         write_fewshot_results,
     )
+    from cvae_ray.evaluation.generators import (
+        GENERATORS,
+        check_time_budget,
+        read_generator_options,
+    )
     from cvae_ray.evaluation.unseen import (
+        BASELINES,
         check_shots,
         format_summary,
         halves_run,
@@ -108,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shots = list(check_shots(_shots(args.shots)))
         combinations = ([c.strip() for c in args.combinations.split(",") if c.strip()]
                         if args.combinations else None)
-        options = json.loads(Path(args.options).read_text()) if args.options else {}
+        check_time_budget(args.time_budget, "--time-budget")
+        options = read_generator_options(args.options, [*GENERATORS, *BASELINES])
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
         print(f"{len(dataset.expression)} samples x {dataset.expression.shape[1]} genes; "
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = write_fewshot_results(results, args.out, run)
         else:
             path = write_unseen_results(results, args.out, run)
-    except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
+    except (CvaeRayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if curve:

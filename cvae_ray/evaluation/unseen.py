@@ -81,7 +81,13 @@ from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.errors import InvalidConfigError, InvalidDataError, UnknownConditionError
 from cvae_ray.evaluation.benchmark import SAMPLE_SEED_OFFSET, summarise
-from cvae_ray.evaluation.generators import GENERATORS, make_generator
+from cvae_ray.evaluation.generators import (
+    GENERATORS,
+    check_generator_options,
+    check_time_budget,
+    construct,
+    make_generator,
+)
 from cvae_ray.evaluation.generators.additive import AdditiveGenerator, NoChangeGenerator
 from cvae_ray.metrics.fidelity import detection_auc, marginal_agreement
 
@@ -397,7 +403,7 @@ def select_combinations(conditions: pd.DataFrame, min_samples: int, half: str,
 
 def _build(name: str, options: Mapping[str, Mapping[str, Any]], time_budget_s: float | None):
     if name in BASELINES:
-        return BASELINES[name](time_budget_s=time_budget_s, **dict(options.get(name) or {}))
+        return construct(BASELINES[name], name, options.get(name), time_budget_s)
     return make_generator(name, options.get(name), time_budget_s)
 
 
@@ -582,7 +588,9 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         ``not_scored``: ``[{"combination", "kept", "reason"}]``.
 
     Raises:
-        InvalidConfigError: Bad settings, not two condition columns, or no combination.
+        InvalidConfigError: Bad settings, not two condition columns, no combination, a
+            time budget that is not positive, or options a row does not take (before
+            any fit).
         InvalidDataError: Data that cannot be prepared.
     """
     _check_settings(generators, seeds, min_samples, half)
@@ -591,7 +599,8 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         raise InvalidConfigError(
             f"the unseen-combination benchmark needs exactly two condition columns (e.g. tissue "
             f"and source), got {list(spec.conditions)}.")
-    options = dict(options or {})
+    check_time_budget(time_budget_s)
+    options = check_generator_options(options or {}, [*GENERATORS, *BASELINES])
     chosen, half_of = select_combinations(dataset.conditions[list(spec.conditions)],
                                           min_samples, half, combinations)
     skipped = {k: _skipped_at(generators, k) for k in shots}
@@ -600,6 +609,9 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         for name, reason in skipped[k].items():
             progress(f"{name} skipped{'' if shots == (0,) else f' at k={k}'}: {reason}")
     every = list(dict.fromkeys(n for k in shots for n in names[k]))
+    for name in every:
+        # Refuse an option a row does not take before anything is fitted.
+        _build(name, options, time_budget_s)
     progress(f"{len(chosen)} combination(s) held out one at a time: "
              f"{', '.join(_label(c) for c in chosen)}; rows: {CEILING_ROW}, {', '.join(every)}; "
              f"{seeds} seed(s)" + ("" if shots == (0,) else

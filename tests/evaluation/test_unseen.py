@@ -313,3 +313,40 @@ def test_job_refuses_an_ineligible_combination_before_fitting(tmp_path, capsys):
     code = _job().main(["--data", data, "--condition", "tissue", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "exactly two condition columns" in capsys.readouterr().err
+
+
+BAD_RUN_INPUTS = [
+    (["--time-budget", "0"], None, "--time-budget 0.0 is not valid; expected a positive number "
+                                   "of seconds"),
+    (["--time-budget", "-5"], None, "--time-budget -5.0 is not valid"),
+    ([], [1, 2], "is list [1, 2]; expected an object of per-generator options"),
+    ([], {"gaussian": 5}, "the options of 'gaussian' are int 5; expected an object of option "
+                          "names and values"),
+    ([], {"wgan_gp": {"epochs": 5}}, "names unknown generator(s) ['wgan_gp']; known: "),
+    ([], {"additive": {"ridge": 1.0}}, "generator 'additive' has no option(s) ['ridge']; it "
+                                       "accepts ['jitter']"),
+]
+
+
+@pytest.mark.parametrize(("extra", "options", "message"), BAD_RUN_INPUTS)
+def test_job_refuses_bad_budget_and_options_before_fitting(tmp_path, capsys, extra, options,
+                                                           message):
+    from cvae_ray.data.simulate import write_demo_cohort
+
+    data = write_demo_cohort(str(tmp_path / "sim.parquet"), n_samples=120, n_genes=10,
+                             tissues=("lung", "liver"), sources=("GTEx", "TCGA-tumor"), seed=0)
+    if options is not None:
+        (tmp_path / "options.json").write_text(json.dumps(options))
+        extra = [*extra, "--options", str(tmp_path / "options.json")]
+    out = tmp_path / "o"
+
+    # Run: gaussian is skipped at k = 0, so only the baselines would fit.
+    code = _job().main(["--data", data, "--condition", "tissue", "--condition", "source",
+                        "--generators", "gaussian", "--seeds", "1", *extra, "--out", str(out)])
+
+    # Assert: refused by name, nothing fitted or written, no traceback.
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert " seed 0: fit" not in captured.out and not out.exists()
