@@ -540,7 +540,10 @@ def _fit_and_score(left: LeftOut, train: tuple[np.ndarray, pd.DataFrame],
             rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
                           "fit_seconds": summarise(fit_s), "fit_info": infos,
                           "error": reason,
-                          "traceback": (None if isinstance(exc, UnknownConditionError)
+                          # A data reason (an unknown or unidentifiable combination)
+                          # is said in full by its message.
+                          "traceback": (None if isinstance(exc, (UnknownConditionError,
+                                                                 InvalidDataError))
                                         else traceback.format_exc(limit=5))}
     return rows
 

@@ -217,6 +217,49 @@ def test_additive_baseline_recovers_a_planted_additive_effect():
     assert no_change["change_r2"] < 0.2 and abs(no_change["change_slope"]) < 0.2
 
 
+def test_additive_baseline_refuses_a_combination_no_seen_combination_links():
+    # Setup: kidney only with GTEx, liver only with TCGA (and lung with both):
+    # kidney|TCGA's mean is not identified, lung|TCGA's is.
+    from cvae_ray.errors import InvalidDataError
+
+    counts = {("kidney", "GTEx"): 5, ("liver", "TCGA"): 5, ("heart", "EBI"): 5,
+              ("heart", "TCGA"): 5}
+    cond = _conditions(counts)
+    x = np.random.default_rng(0).normal(size=(len(cond), 4))
+    generator = AdditiveGenerator()
+    generator.fit(x, cond, x[:3], cond[:3], seed=0)
+
+    # Run / Assert: a rank-deficient design; seen combinations still sample.
+    assert generator.info["design_rank"] < generator.info["design_columns"]
+    assert generator.sample(cond.iloc[[0, 5]], seed=0).shape == (2, 4)
+    with pytest.raises(InvalidDataError,
+                       match=r"additive mean of 'kidney\|TCGA' is not identifiable.*tissue "
+                             r"'kidney' is linked only to source 'GTEx'; source 'TCGA' is "
+                             r"linked only to tissue 'heart', tissue 'liver', source 'EBI'"):
+        generator.sample(pd.DataFrame({"tissue": ["kidney"], "source": ["TCGA"]}), seed=0)
+
+
+def test_an_unidentifiable_additive_mean_is_a_failed_row_with_its_reason():
+    # Setup: held out lung|TCGA: lung is seen only with GTEx, TCGA only with liver.
+    from cvae_ray.config import DataSpec
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA"): 20, ("liver", "TCGA"): 20})
+    spec = DataSpec(conditions=("tissue", "source"))
+
+    # Run: the baselines only.
+    results = run_unseen_benchmark(dataset, spec, [], seeds=1, combinations=["lung|TCGA"],
+                                   progress=lambda _: None)
+
+    # Assert: the additive row failed with the reason; the others are scored.
+    [entry] = results["combinations"]
+    assert entry["rows"]["additive"]["error"].startswith(
+        "InvalidDataError: the additive mean of 'lung|TCGA' is not identifiable")
+    assert entry["rows"]["additive"]["traceback"] is None
+    assert "error" not in entry["rows"]["no-change"]
+    assert entry["rows"]["no-change"]["per_seed"][0]["mean_r2"] >= 0
+
+
 def test_no_change_is_the_other_sources_mean_plus_within_combination_deviations():
     # Setup
     x, cond, _ = additive_data(seed=1, n_per_group=10)
