@@ -19,10 +19,8 @@ DIR/run.json. The protocol is in cvae_ray/evaluation/augment.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
@@ -78,11 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_augmentation_benchmark,
         write_augmentation_results,
     )
+    from cvae_ray.evaluation.generators import (
+        GENERATORS,
+        check_time_budget,
+        read_generator_options,
+    )
 
     try:
         names = [g.strip() for g in args.generators.split(",") if g.strip()]
         sizes = _sizes(args.sizes)
-        options = json.loads(Path(args.options).read_text()) if args.options else {}
+        check_time_budget(args.time_budget, "--time-budget")
+        options = read_generator_options(args.options, GENERATORS)
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
         print(f"{len(dataset.expression)} samples x {dataset.expression.shape[1]} genes; "
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "data_spec": spec.to_dict(),
                "minutes": round((time.perf_counter() - started) / 60, 1)}
         path = write_augmentation_results(results, args.out, run)
-    except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
+    except (CvaeRayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\n{format_augmentation(results)}")

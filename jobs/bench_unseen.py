@@ -9,7 +9,9 @@ Run it with OMP_NUM_THREADS=1 on a shared machine (torch and the detection
 classifier otherwise start a thread per core).
 
 Each tissue x source combination with at least --min-samples samples whose tissue
-has another source is removed from training and validation in turn; every
+has another source, and whose source occurs in another tissue, is removed from
+training and validation in turn (one the split leaves unscorable is listed under
+"Not scored" with the reason); every
 generator (and the no-change and additive baselines) is fitted without it,
 samples it, and is scored against its real samples, beside a ceiling of two real
 halves. --half picks a fixed half of the eligible combinations (sorted by name,
@@ -27,10 +29,8 @@ above, and per-class generators (gaussian) run from k = 3. Curve tables per half
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
@@ -91,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_fewshot_benchmark,
         write_fewshot_results,
     )
+    from cvae_ray.evaluation.generators import (
+        GENERATORS,
+        check_time_budget,
+        read_generator_options,
+    )
     from cvae_ray.evaluation.unseen import (
+        BASELINES,
         check_shots,
         format_summary,
         halves_run,
@@ -106,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shots = list(check_shots(_shots(args.shots)))
         combinations = ([c.strip() for c in args.combinations.split(",") if c.strip()]
                         if args.combinations else None)
-        options = json.loads(Path(args.options).read_text()) if args.options else {}
+        check_time_budget(args.time_budget, "--time-budget")
+        options = read_generator_options(args.options, [*GENERATORS, *BASELINES])
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
         print(f"{len(dataset.expression)} samples x {dataset.expression.shape[1]} genes; "
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = write_fewshot_results(results, args.out, run)
         else:
             path = write_unseen_results(results, args.out, run)
-    except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
+    except (CvaeRayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if curve:

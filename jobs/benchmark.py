@@ -14,10 +14,8 @@ See docs/benchmark.md for the protocol.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from cvae_ray.cli import (
@@ -64,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_benchmark,
         write_results,
     )
-    from cvae_ray.evaluation.generators import GENERATORS
+    from cvae_ray.evaluation.generators import (
+        GENERATORS,
+        check_time_budget,
+        read_generator_options,
+    )
 
     try:
         names = [g.strip() for g in args.generators.split(",") if g.strip()]
@@ -77,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cap = args.max_train_per_combination
         if cap is not None and cap < 1:
             raise InvalidConfigError(f"--max-train-per-combination {cap} must be at least 1.")
-        options = json.loads(Path(args.options).read_text()) if args.options else {}
+        check_time_budget(args.time_budget, "--time-budget")
+        options = read_generator_options(args.options, GENERATORS)
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
         prepared = prepare(dataset, spec, max_train_per_combination=cap)
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
                "options": options, "minutes": round((time.perf_counter() - started) / 60, 1)}
         path = write_results(rows, args.out, run)
-    except (CvaeRayError, json.JSONDecodeError, OSError) as exc:
+    except (CvaeRayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows))

@@ -40,7 +40,11 @@ from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import prepare
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.evaluation.benchmark import SAMPLE_SEED_OFFSET, summarise
-from cvae_ray.evaluation.generators import GENERATORS, make_generator
+from cvae_ray.evaluation.generators import (
+    GENERATORS,
+    check_generator_options,
+    make_generator,
+)
 from cvae_ray.evaluation.unseen import format_cell, json_ready, write_json_results
 from cvae_ray.metrics.utility import augmentation_gain, per_class_subset
 
@@ -121,11 +125,15 @@ def run_augmentation_benchmark(dataset: Dataset, spec: DataSpec,
         generator gain_accuracy, gain_macro_f1, seeds}}}}``.
 
     Raises:
-        InvalidConfigError: Bad settings.
+        InvalidConfigError: Bad settings, a time budget that is not positive, or options a
+            generator does not take (before any fit).
         InvalidDataError: Data that cannot be prepared or classified (e.g. one class).
     """
     _check(generators, sizes, seeds, per_class)
-    options = dict(options or {})
+    options = check_generator_options(options or {}, GENERATORS)
+    for name in generators:
+        # Refuse a bad budget or an option a generator does not take before any fit.
+        make_generator(name, options.get(name), time_budget_s)
     sizes = sorted(int(k) for k in sizes)
     progress(f"augmentation curve: k = {', '.join(map(str, sizes))} real samples per class, "
              f"+{per_class} synthetic per class from {', '.join(generators)}; {seeds} seed(s)")

@@ -30,6 +30,7 @@ from cvae_ray.errors import InvalidConfigError
 from cvae_ray.evaluation.generators import (
     GENERATORS,
     TSTR_SEED_OFFSET,
+    check_generator_options,
     make_generator,
 )
 from cvae_ray.metrics.registry import (
@@ -249,7 +250,9 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
         when the generator failed.
 
     Raises:
-        InvalidConfigError: Unknown generator, seeds below 1, or no test split.
+        InvalidConfigError: Unknown generator, seeds below 1, no test split, a time
+            budget that is not positive, or options a generator does not take (before
+            any fit).
     """
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
@@ -258,7 +261,10 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
         raise InvalidConfigError(f"seeds={seeds!r} is not valid; expected an integer >= 1.")
     if len(prepared.split.test) == 0:
         raise InvalidConfigError("the benchmark needs a test split (test_fraction > 0).")
-    options = dict(options or {})
+    options = check_generator_options(options or {}, GENERATORS)
+    for name in generators:
+        # Refuse a bad budget or an option a generator does not take before any fit.
+        make_generator(name, options.get(name), time_budget_s)
     conditions = list(prepared.vocab)
     columns = metric_columns(conditions)
     x_train, _ = prepared.part("train")

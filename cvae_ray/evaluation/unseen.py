@@ -2,7 +2,9 @@
 
 For every combination of the two condition columns (``tissue x source``) with at
 least ``min_samples`` samples whose first-column level (tissue) also has another
-second-column level (source) in the data, all of its samples are removed, the
+second-column level (source) in the data, and whose source also occurs with
+another tissue (a source only one tissue has would be unknown to every model once
+its samples are removed), all of its samples are removed, the
 rest is split and preprocessed as ``spec`` says (:func:`cvae_ray.data.model_inputs.prepare`:
 the removed samples inform no gene ranking, imputation or standardisation; the
 test rows of the other combinations stay unused unless ``spec.test_fraction`` is
@@ -41,6 +43,10 @@ Generators are fitted with seed ``s`` and sampled with seed
 over seeds (the ceiling: over its splits). A half's summary averages the
 combinations of that half within each seed first.
 
+A chosen combination is listed under ``not_scored`` with the reason, and fits
+nothing, when the split of the other samples leaves no training sample of its
+tissue (so the change has no reference) or of its source (:func:`unscorable`).
+
 **Few-shot.** :func:`run_shots` keeps ``k`` of the combination's samples in
 training (a seeded choice, the same for every fit seed; a smaller ``k`` keeps a
 subset of a larger one's) and scores against the rest of the group; ``k = 0``
@@ -75,7 +81,13 @@ from cvae_ray.data.dataset import Dataset
 from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.errors import InvalidConfigError, InvalidDataError, UnknownConditionError
 from cvae_ray.evaluation.benchmark import SAMPLE_SEED_OFFSET, summarise
-from cvae_ray.evaluation.generators import GENERATORS, make_generator
+from cvae_ray.evaluation.generators import (
+    GENERATORS,
+    check_generator_options,
+    check_time_budget,
+    construct,
+    make_generator,
+)
 from cvae_ray.evaluation.generators.additive import AdditiveGenerator, NoChangeGenerator
 from cvae_ray.metrics.fidelity import detection_auc, marginal_agreement
 
@@ -84,7 +96,7 @@ __all__ = ["BASELINES", "CEILING_ROW", "CEILING_SPLITS", "HALVES", "MIN_GROUP", 
            "check_shots", "combination_halves", "eligible_combinations", "format_cell",
            "format_combinations", "format_summary", "half_summary", "halves_run", "json_ready",
            "kept_samples", "leave_out", "run_shots", "run_unseen_benchmark", "score_group",
-           "select_combinations", "table_header", "write_json_results",
+           "select_combinations", "table_header", "unscorable", "write_json_results",
            "write_unseen_results"]
 
 CEILING_ROW = "ceiling (real halves)"
@@ -139,15 +151,18 @@ def eligible_combinations(conditions: pd.DataFrame, min_samples: int) -> list[tu
 
     Returns:
         ``(first, second)`` pairs, sorted by joint label: at least ``min_samples``
-        samples, and the first-column level has samples with another second-column
-        level (so the change from its other levels is defined).
+        samples, the first-column level has samples with another second-column
+        level (so the change from its other levels is defined), and the
+        second-column level has samples with another first-column level (so the
+        models still know it once the combination is removed).
     """
     table = pd.DataFrame({"first": conditions.iloc[:, 0].astype(str).to_numpy(),
                           "second": conditions.iloc[:, 1].astype(str).to_numpy()})
     counts = table.value_counts()
     seconds_per_first = table.groupby("first")["second"].nunique()
+    firsts_per_second = table.groupby("second")["first"].nunique()
     out = [(str(a), str(b)) for (a, b), n in counts.items()
-           if n >= min_samples and seconds_per_first[a] > 1]
+           if n >= min_samples and seconds_per_first[a] > 1 and firsts_per_second[b] > 1]
     return sorted(out, key=_label)
 
 
@@ -285,10 +300,38 @@ def leave_out(dataset: Dataset, spec: DataSpec, combination: tuple[str, str]) ->
     same = np.flatnonzero((train[first].astype(str) == combination[0]).to_numpy()
                           & (train[second].astype(str) != combination[1]).to_numpy())
     x_train, _ = prepared.part("train")
-    reference = prepared.preprocessor.inverse(x_train[same], "log").astype(np.float64)
+    if len(same):
+        reference = prepared.preprocessor.inverse(x_train[same], "log").astype(np.float64).mean(0)
+    else:
+        # No mean to take: unscorable() says why, and the combination is not scored.
+        reference = np.full(len(prepared.genes), np.nan)
     return LeftOut(combination=tuple(combination), prepared=prepared, group=group,
-                   group_log=prepared.preprocessor.to_log(values), reference_log=reference.mean(0),
+                   group_log=prepared.preprocessor.to_log(values), reference_log=reference,
                    n_reference=len(same))
+
+
+def unscorable(left: LeftOut) -> str | None:
+    """Why a held-out combination cannot be scored after the split, or None when it can.
+
+    Eligibility (:func:`eligible_combinations`) looks at the whole data; the
+    split decides which of the other samples reach training, and the generators
+    learn only from those.
+
+    Returns:
+        The reason when no training sample has the combination's first-column
+        level with another second-column level (the change reference would be an
+        empty mean), or none has its second-column level (no generator would
+        know it); otherwise None.
+    """
+    first, second = left.prepared.vocab
+    train = left.prepared.condition_frame("train")
+    if left.n_reference == 0:
+        return (f"no training sample of {first} {left.combination[0]!r} with another {second} "
+                "after the split: the change has no reference")
+    if not (train[second].astype(str) == left.combination[1]).any():
+        return (f"no training sample of {second} {left.combination[1]!r} after the split: the "
+                "generators would not know it")
+    return None
 
 
 def ceiling_scores(left: LeftOut) -> list[dict[str, float]]:
@@ -316,6 +359,12 @@ def _check_settings(generators: Sequence[str], seeds: int, min_samples: int, hal
         raise InvalidConfigError(f"half={half!r} is not valid; expected one of {HALVES}.")
 
 
+def _eligible_rule(conditions: pd.DataFrame, min_samples: int) -> str:
+    first, second = conditions.columns[:2]
+    return (f"at least {min_samples} samples, another {second} for the same {first}, and the "
+            f"same {second} with another {first}")
+
+
 def select_combinations(conditions: pd.DataFrame, min_samples: int, half: str,
                         names: Sequence[str] | None = None
                         ) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -338,25 +387,23 @@ def select_combinations(conditions: pd.DataFrame, min_samples: int, half: str,
     halves = combination_halves(eligible)
     half_of = {_label(c): h for h in ("design", "holdout") for c in halves[h]}
     chosen = halves[half]
+    rule = _eligible_rule(conditions, min_samples)
     if names is not None:
         wrong = [n for n in names if n not in half_of]
         if wrong:
-            raise InvalidConfigError(
-                f"combination(s) {wrong} are not eligible (at least {min_samples} samples and "
-                f"another {conditions.columns[1]} for the same {conditions.columns[0]}); "
-                f"eligible: {sorted(half_of)}.")
+            raise InvalidConfigError(f"combination(s) {wrong} are not eligible ({rule}); "
+                                     f"eligible: {sorted(half_of)}.")
         chosen = [c for c in chosen if _label(c) in set(names)]
     if not chosen:
         raise InvalidConfigError(
             f"no combination to run (half={half!r}, combinations={list(names or []) or 'all'}); "
-            f"eligible: {sorted(half_of) or 'none'} (at least {min_samples} samples and another "
-            f"{conditions.columns[1]} for the same {conditions.columns[0]}).")
+            f"eligible: {sorted(half_of) or 'none'} ({rule}).")
     return chosen, half_of
 
 
 def _build(name: str, options: Mapping[str, Mapping[str, Any]], time_budget_s: float | None):
     if name in BASELINES:
-        return BASELINES[name](time_budget_s=time_budget_s, **dict(options.get(name) or {}))
+        return construct(BASELINES[name], name, options.get(name), time_budget_s)
     return make_generator(name, options.get(name), time_budget_s)
 
 
@@ -398,7 +445,9 @@ def run_unseen_benchmark(dataset: Dataset, spec: DataSpec, generators: Sequence[
         fit did, e.g. epochs run), and ``error`` when it failed there); ``summary``:
         half -> row name -> ``combinations`` (how many entered) and ``metrics``
         (score -> mean, sd over seeds of the mean over the half's combinations);
-        ``skipped``: generator -> reason; ``rows``: the row names in table order.
+        ``skipped``: generator -> reason; ``rows``: the row names in table order;
+        ``not_scored``: ``[{"combination", "kept", "reason"}]`` for the chosen
+        combinations :func:`unscorable` rejects after the split.
 
     Raises:
         InvalidConfigError: Bad settings, not two condition columns, or no combination.
@@ -491,7 +540,10 @@ def _fit_and_score(left: LeftOut, train: tuple[np.ndarray, pd.DataFrame],
             rows[name] = {"metrics": _summary(per_seed), "per_seed": per_seed,
                           "fit_seconds": summarise(fit_s), "fit_info": infos,
                           "error": reason,
-                          "traceback": (None if isinstance(exc, UnknownConditionError)
+                          # A data reason (an unknown or unidentifiable combination)
+                          # is said in full by its message.
+                          "traceback": (None if isinstance(exc, (UnknownConditionError,
+                                                                 InvalidDataError))
                                         else traceback.format_exc(limit=5))}
     return rows
 
@@ -513,7 +565,8 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
     as the rest of the group has and is scored against it; the ceiling halves
     that rest. ``k = 0`` is the unseen case, and the one
     :func:`run_unseen_benchmark` runs. A combination whose rest would have fewer
-    than :data:`MIN_GROUP` samples is not scored at that ``k`` (said in
+    than :data:`MIN_GROUP` samples is not scored at that ``k``, and one that
+    :func:`unscorable` rejects after the split at no ``k`` (both said in
     ``not_scored``). Per-class generators (:data:`NOT_FOR_UNSEEN`) run only when
     ``k >= PER_CLASS_MIN_SHOTS``.
 
@@ -538,7 +591,9 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         ``not_scored``: ``[{"combination", "kept", "reason"}]``.
 
     Raises:
-        InvalidConfigError: Bad settings, not two condition columns, or no combination.
+        InvalidConfigError: Bad settings, not two condition columns, no combination, a
+            time budget that is not positive, or options a row does not take (before
+            any fit).
         InvalidDataError: Data that cannot be prepared.
     """
     _check_settings(generators, seeds, min_samples, half)
@@ -547,7 +602,8 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         raise InvalidConfigError(
             f"the unseen-combination benchmark needs exactly two condition columns (e.g. tissue "
             f"and source), got {list(spec.conditions)}.")
-    options = dict(options or {})
+    check_time_budget(time_budget_s)
+    options = check_generator_options(options or {}, [*GENERATORS, *BASELINES])
     chosen, half_of = select_combinations(dataset.conditions[list(spec.conditions)],
                                           min_samples, half, combinations)
     skipped = {k: _skipped_at(generators, k) for k in shots}
@@ -556,6 +612,9 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
         for name, reason in skipped[k].items():
             progress(f"{name} skipped{'' if shots == (0,) else f' at k={k}'}: {reason}")
     every = list(dict.fromkeys(n for k in shots for n in names[k]))
+    for name in every:
+        # Refuse an option a row does not take before anything is fitted.
+        _build(name, options, time_budget_s)
     progress(f"{len(chosen)} combination(s) held out one at a time: "
              f"{', '.join(_label(c) for c in chosen)}; rows: {CEILING_ROW}, {', '.join(every)}; "
              f"{seeds} seed(s)" + ("" if shots == (0,) else
@@ -565,6 +624,12 @@ def run_shots(dataset: Dataset, spec: DataSpec, generators: Sequence[str], *,
     for combination in chosen:
         label = _label(combination)
         left = leave_out(dataset, spec, combination)
+        reason = unscorable(left)
+        if reason is not None:
+            progress(f"{label} not scored: {reason}")
+            for k in shots:
+                not_scored[k].append({"combination": label, "kept": k, "reason": reason})
+            continue
         split = left.prepared.split
         progress(f"{label}: {len(left.group)} samples held out; training on {len(split.train)}, "
                  f"validation {len(split.val)}; change measured from {left.n_reference} training "
@@ -725,6 +790,9 @@ def write_unseen_results(results: Mapping[str, Any], out_dir: str | Path,
         text += ["", f"## {h} ({count} combination{'s' if count != 1 else ''})", "",
                  format_summary(results, h)]
     text += ["", "## Per combination", "", format_combinations(results)]
+    if results.get("not_scored"):
+        text += ["", "## Not scored", ""]
+        text += [f"- {n['combination']}: {n['reason']}" for n in results["not_scored"]]
     if results["skipped"]:
         text += ["", "## Generators skipped", ""]
         text += [f"- {name}: {reason}" for name, reason in results["skipped"].items()]

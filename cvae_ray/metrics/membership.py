@@ -25,7 +25,9 @@ Attacks (:data:`ATTACKS`):
   (scipy ``gaussian_kde``, Scott's bandwidth rule) in one PCA space fitted on
   the reference data. A set whose density cannot be estimated there (one record
   repeated: a singular covariance) makes DOMIAS not computable: its figures are
-  NaN, with a warning, never a stand-in value.
+  NaN, with a warning, never a stand-in value. Any other attack, or DOMIAS
+  once computed, whose scores are not all finite is refused
+  (:class:`~cvae_ray.errors.InvalidDataError`), never left out of the worst case.
 - ``logan``: LOGAN, discriminator attack with auxiliary data (Hayes et al. 2019,
   "LOGAN: Membership Inference Attacks Against Generative Models", PoPETs;
   as ``domias.baselines.LOGAN_D1``): an MLP (2 x 256 ReLU, scikit-learn) trained
@@ -55,6 +57,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neural_network import MLPClassifier
 
+from cvae_ray.errors import InvalidDataError
 from cvae_ray.metrics.fidelity import check_matrix, check_same_genes
 from cvae_ray.metrics.privacy import _nearest
 
@@ -110,7 +113,9 @@ def _pca_space(reference: np.ndarray, n_synthetic: int, n_components: int, seed:
     return pca
 
 
-def _domias(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _domias(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray
+            ) -> np.ndarray | None:
+    """DOMIAS scores, or None (with a warning saying why) when a density cannot be estimated."""
     densities = []
     for name, data, advice in (
             ("synthetic set", synthetic, "check the generator for constant or duplicated output"),
@@ -124,7 +129,7 @@ def _domias(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray) -
                 f"its density cannot be estimated ({advice}). mia_auc_domias and "
                 "mia_tpr_1pct_domias are NaN; the worst-case mia_auc and mia_tpr_1pct are "
                 "taken over the other attacks.", stacklevel=4)
-            return np.full(len(queries), np.nan)
+            return None
     # logpdf, not pdf: densities in 20 dimensions underflow to 0.
     p_synthetic, p_reference = densities
     return p_synthetic.logpdf(queries.T) - p_reference.logpdf(queries.T)
@@ -147,7 +152,7 @@ def _logan(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray,
 
 def attack_scores(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndarray, *,
                   n_components: int = PCA_COMPONENTS, seed: int = 0
-                  ) -> dict[str, np.ndarray]:
+                  ) -> dict[str, np.ndarray | None]:
     """Membership score of each query record under every attack of :data:`ATTACKS`.
 
     Args:
@@ -161,9 +166,9 @@ def attack_scores(queries: np.ndarray, synthetic: np.ndarray, reference: np.ndar
 
     Returns:
         ``{attack: scores}``, one float per query, higher = more likely a member. The
-        ``domias`` scores are all NaN, with a warning saying why, when the synthetic set
-        or the reference data is so degenerate in the PCA space (e.g. one record
-        repeated) that its density cannot be estimated.
+        ``domias`` entry is None (not computable), with a warning saying why, when the
+        synthetic set or the reference data is so degenerate in the PCA space (e.g. one
+        record repeated) that its density cannot be estimated.
     """
     d_synthetic = _nearest(synthetic, queries)
     d_reference = _nearest(reference, queries)
@@ -204,9 +209,10 @@ def membership_audit(members: np.ndarray, non_members: np.ndarray, synthetic: np
         then taken over the other attacks.
 
     Raises:
-        InvalidDataError: Not 2-D, NaN/inf values, gene counts that differ, or
+        InvalidDataError: Not 2-D, NaN/inf values, gene counts that differ,
             fewer than :data:`MIN_MEMBERS` members, :data:`MIN_NON_MEMBERS`
-            non-members or :data:`MIN_SYNTHETIC` synthetic samples.
+            non-members or :data:`MIN_SYNTHETIC` synthetic samples, or an attack
+            whose scores are not all finite (naming it).
     """
     members = check_matrix(members, "members", min_samples=MIN_MEMBERS)
     non_members = check_matrix(non_members, "non_members", min_samples=MIN_NON_MEMBERS)
@@ -219,7 +225,17 @@ def membership_audit(members: np.ndarray, non_members: np.ndarray, synthetic: np
     labels = np.r_[np.ones(len(members), dtype=int), np.zeros(len(scored), dtype=int)]
     scores = attack_scores(queries, synthetic, reference, n_components=n_components, seed=seed)
     out: dict[str, float] = {}
-    run = [a for a in ATTACKS if np.isfinite(scores[a]).all()]
+    run = [a for a in ATTACKS if scores[a] is not None]
+    for attack in run:
+        # Only "not computable" (None, said by a warning) leaves an attack out of
+        # the worst case; a non-finite score is a fault, never a quiet omission.
+        bad = int(np.sum(~np.isfinite(scores[attack])))
+        if bad:
+            raise InvalidDataError(
+                f"the {attack} attack gave {bad} non-finite membership score(s) of "
+                f"{len(queries)}; its AUC is undefined and leaving it out would understate the "
+                "worst case. Check the data's scale (values near the float64 limit overflow "
+                "the distances).")
     for attack in ATTACKS:
         computed = attack in run
         out[f"mia_auc_{attack}"] = (float(roc_auc_score(labels, scores[attack]))

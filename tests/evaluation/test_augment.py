@@ -134,3 +134,30 @@ def test_job_refuses_bad_sizes(tmp_path, capsys):
          "--out", str(tmp_path / "o")])
     assert code == 2
     assert "--sizes '3,x' is not valid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "options", "message"), [
+    (["--time-budget", "0"], None, "--time-budget 0.0 is not valid; expected a positive number "
+                                   "of seconds"),
+    ([], [1, 2], "is list [1, 2]; expected an object of per-generator options"),
+    ([], {"gaussian": "fast"}, "the options of 'gaussian' are str 'fast'; expected an object"),
+    ([], {"gausian": {}}, "names unknown generator(s) ['gausian']"),
+    ([], {"gaussian": {"ridge": 1.0}}, "generator 'gaussian' has no option(s) ['ridge']"),
+])
+def test_job_refuses_bad_budget_and_options_before_fitting(cohort, tmp_path, capsys, extra,
+                                                           options, message):
+    if options is not None:
+        (tmp_path / "options.json").write_text(json.dumps(options))
+        extra = [*extra, "--options", str(tmp_path / "options.json")]
+    out = tmp_path / "o"
+
+    code = load_job(REPO / "jobs" / "bench_augment.py").main(
+        ["--data", cohort, "--condition", "tissue", "--condition", "source", "--generators",
+         "gaussian", "--sizes", "3", "--seeds", "1", "--per-class", "5", *extra,
+         "--out", str(out)])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "gaussian fit" not in captured.out and not out.exists()

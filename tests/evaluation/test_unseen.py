@@ -69,6 +69,111 @@ def test_eligible_combinations_need_enough_samples_and_another_source():
         select_combinations(conditions, 15, "design", ["kidney|GTEx"])
 
 
+def test_a_combination_whose_source_no_other_tissue_has_is_not_eligible():
+    # Setup: TCGA-tumor occurs only in lung; held out, no model would know that source.
+    conditions = _conditions({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                              ("liver", "GTEx"): 20, ("liver", "TCGA-normal"): 20,
+                              ("kidney", "TCGA-normal"): 20})
+
+    # Run
+    eligible = eligible_combinations(conditions, 15)
+
+    # Assert
+    assert eligible == [("liver", "GTEx"), ("liver", "TCGA-normal"), ("lung", "GTEx")]
+    with pytest.raises(InvalidConfigError, match=r"\['lung\|TCGA-tumor'\] are not eligible.*"
+                                                 r"the same source with another tissue"):
+        select_combinations(conditions, 15, "all", ["lung|TCGA-tumor"])
+
+
+def _dataset(counts: dict[tuple[str, str], int], genes: int = 12, seed: int = 0):
+    """A Dataset of positive values, one row per sample of ``counts``."""
+    from cvae_ray.data.dataset import Dataset
+
+    conditions = _conditions(counts)
+    ids = [f"s{i}" for i in range(len(conditions))]
+    rng = np.random.default_rng(seed)
+    expression = pd.DataFrame(rng.gamma(2.0, 50.0, (len(ids), genes)), index=ids,
+                              columns=[f"g{j}" for j in range(genes)])
+    return Dataset(expression=expression, conditions=conditions.set_axis(ids))
+
+
+def test_a_combination_whose_source_reaches_no_training_sample_is_listed_not_scored():
+    # Setup: TCGA-tumor is also in liver and kidney, one sample each, each pooled
+    # with one TCGA-normal sample into a 2-row stratum of which training gets one.
+    # Pick the split seed (the real split) that puts neither tumor sample in training.
+    from cvae_ray.config import DataSpec
+    from cvae_ray.data.splits import stratified_split
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                        ("liver", "GTEx"): 20, ("liver", "TCGA-tumor"): 1,
+                        ("liver", "TCGA-normal"): 1, ("kidney", "GTEx"): 20,
+                        ("kidney", "TCGA-tumor"): 1, ("kidney", "TCGA-normal"): 1})
+    rest = dataset.conditions[~((dataset.conditions["tissue"] == "lung")
+                                & (dataset.conditions["source"] == "TCGA-tumor"))]
+    seed = next(s for s in range(100)
+                if not (rest["source"].iloc[stratified_split(
+                    rest, val_fraction=0.2, test_fraction=0.0, seed=s).train] == "TCGA-tumor"
+                ).any())
+    spec = DataSpec(conditions=("tissue", "source"), test_fraction=0.0, seed=seed)
+
+    # Run: the baselines only.
+    lines: list[str] = []
+    results = run_unseen_benchmark(dataset, spec, [], seeds=1,
+                                   combinations=["lung|TCGA-tumor"], progress=lines.append)
+
+    # Assert: not scored with the reason, no failed rows.
+    assert results["combinations"] == []
+    assert results["not_scored"] == [{
+        "combination": "lung|TCGA-tumor", "kept": 0,
+        "reason": "no training sample of source 'TCGA-tumor' after the split: the generators "
+                  "would not know it"}]
+    assert any("lung|TCGA-tumor not scored" in line for line in lines)
+
+
+def test_a_combination_whose_tissue_has_no_other_training_sample_is_listed_not_scored(
+        monkeypatch, tmp_path):
+    # Setup: the split keeps a training row in every stratum, so no split of today
+    # leaves the tissue's other sources out of training; a split that moves them to
+    # validation stands in for one that could.
+    import warnings
+
+    import cvae_ray.data.model_inputs as model_inputs
+    from cvae_ray.config import DataSpec
+    from cvae_ray.data.splits import Split
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark, write_unseen_results
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA-tumor"): 20,
+                        ("liver", "GTEx"): 20, ("liver", "TCGA-tumor"): 20})
+    real_split = model_inputs.stratified_split
+
+    def lung_out_of_training(conditions, **kwargs):
+        split = real_split(conditions, **kwargs)
+        lung = (conditions["tissue"] == "lung").to_numpy()
+        moved = split.train[lung[split.train]]
+        return Split(train=split.train[~lung[split.train]],
+                     val=np.sort(np.concatenate([split.val, moved])), test=split.test)
+
+    monkeypatch.setattr(model_inputs, "stratified_split", lung_out_of_training)
+    spec = DataSpec(conditions=("tissue", "source"))
+
+    # Run: an empty mean would warn; make that an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = run_unseen_benchmark(dataset, spec, [], seeds=1,
+                                       combinations=["lung|TCGA-tumor"], progress=lambda _: None)
+
+    # Assert
+    assert results["combinations"] == []
+    assert results["not_scored"] == [{
+        "combination": "lung|TCGA-tumor", "kept": 0,
+        "reason": "no training sample of tissue 'lung' with another source after the split: "
+                  "the change has no reference"}]
+    markdown = write_unseen_results(results, tmp_path, {"conditions": ["tissue", "source"]})
+    assert ("## Not scored\n\n- lung|TCGA-tumor: no training sample of tissue 'lung'"
+            in markdown.read_text())
+
+
 def additive_data(seed: int, n_per_group: int = 60, genes: int = 50):
     """Log-scale samples whose group means are exactly intercept + tissue + source effects."""
     rng = np.random.default_rng(seed)
@@ -110,6 +215,49 @@ def test_additive_baseline_recovers_a_planted_additive_effect():
     assert additive["change_slope"] == pytest.approx(1.0, abs=0.05)
     assert synthetic.std(axis=0).mean() == pytest.approx(x[held].std(axis=0).mean(), rel=0.15)
     assert no_change["change_r2"] < 0.2 and abs(no_change["change_slope"]) < 0.2
+
+
+def test_additive_baseline_refuses_a_combination_no_seen_combination_links():
+    # Setup: kidney only with GTEx, liver only with TCGA (and lung with both):
+    # kidney|TCGA's mean is not identified, lung|TCGA's is.
+    from cvae_ray.errors import InvalidDataError
+
+    counts = {("kidney", "GTEx"): 5, ("liver", "TCGA"): 5, ("heart", "EBI"): 5,
+              ("heart", "TCGA"): 5}
+    cond = _conditions(counts)
+    x = np.random.default_rng(0).normal(size=(len(cond), 4))
+    generator = AdditiveGenerator()
+    generator.fit(x, cond, x[:3], cond[:3], seed=0)
+
+    # Run / Assert: a rank-deficient design; seen combinations still sample.
+    assert generator.info["design_rank"] < generator.info["design_columns"]
+    assert generator.sample(cond.iloc[[0, 5]], seed=0).shape == (2, 4)
+    with pytest.raises(InvalidDataError,
+                       match=r"additive mean of 'kidney\|TCGA' is not identifiable.*tissue "
+                             r"'kidney' is linked only to source 'GTEx'; source 'TCGA' is "
+                             r"linked only to tissue 'heart', tissue 'liver', source 'EBI'"):
+        generator.sample(pd.DataFrame({"tissue": ["kidney"], "source": ["TCGA"]}), seed=0)
+
+
+def test_an_unidentifiable_additive_mean_is_a_failed_row_with_its_reason():
+    # Setup: held out lung|TCGA: lung is seen only with GTEx, TCGA only with liver.
+    from cvae_ray.config import DataSpec
+    from cvae_ray.evaluation.unseen import run_unseen_benchmark
+
+    dataset = _dataset({("lung", "GTEx"): 20, ("lung", "TCGA"): 20, ("liver", "TCGA"): 20})
+    spec = DataSpec(conditions=("tissue", "source"))
+
+    # Run: the baselines only.
+    results = run_unseen_benchmark(dataset, spec, [], seeds=1, combinations=["lung|TCGA"],
+                                   progress=lambda _: None)
+
+    # Assert: the additive row failed with the reason; the others are scored.
+    [entry] = results["combinations"]
+    assert entry["rows"]["additive"]["error"].startswith(
+        "InvalidDataError: the additive mean of 'lung|TCGA' is not identifiable")
+    assert entry["rows"]["additive"]["traceback"] is None
+    assert "error" not in entry["rows"]["no-change"]
+    assert entry["rows"]["no-change"]["per_seed"][0]["mean_r2"] >= 0
 
 
 def test_no_change_is_the_other_sources_mean_plus_within_combination_deviations():
@@ -208,3 +356,40 @@ def test_job_refuses_an_ineligible_combination_before_fitting(tmp_path, capsys):
     code = _job().main(["--data", data, "--condition", "tissue", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "exactly two condition columns" in capsys.readouterr().err
+
+
+BAD_RUN_INPUTS = [
+    (["--time-budget", "0"], None, "--time-budget 0.0 is not valid; expected a positive number "
+                                   "of seconds"),
+    (["--time-budget", "-5"], None, "--time-budget -5.0 is not valid"),
+    ([], [1, 2], "is list [1, 2]; expected an object of per-generator options"),
+    ([], {"gaussian": 5}, "the options of 'gaussian' are int 5; expected an object of option "
+                          "names and values"),
+    ([], {"wgan_gp": {"epochs": 5}}, "names unknown generator(s) ['wgan_gp']; known: "),
+    ([], {"additive": {"ridge": 1.0}}, "generator 'additive' has no option(s) ['ridge']; it "
+                                       "accepts ['jitter']"),
+]
+
+
+@pytest.mark.parametrize(("extra", "options", "message"), BAD_RUN_INPUTS)
+def test_job_refuses_bad_budget_and_options_before_fitting(tmp_path, capsys, extra, options,
+                                                           message):
+    from cvae_ray.data.simulate import write_demo_cohort
+
+    data = write_demo_cohort(str(tmp_path / "sim.parquet"), n_samples=120, n_genes=10,
+                             tissues=("lung", "liver"), sources=("GTEx", "TCGA-tumor"), seed=0)
+    if options is not None:
+        (tmp_path / "options.json").write_text(json.dumps(options))
+        extra = [*extra, "--options", str(tmp_path / "options.json")]
+    out = tmp_path / "o"
+
+    # Run: gaussian is skipped at k = 0, so only the baselines would fit.
+    code = _job().main(["--data", data, "--condition", "tissue", "--condition", "source",
+                        "--generators", "gaussian", "--seeds", "1", *extra, "--out", str(out)])
+
+    # Assert: refused by name, nothing fitted or written, no traceback.
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert " seed 0: fit" not in captured.out and not out.exists()

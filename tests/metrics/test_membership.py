@@ -165,6 +165,28 @@ def test_domias_without_a_density_is_not_computable_and_says_why(split, degenera
     assert result["mia_tpr_1pct"] == max(result[f"mia_tpr_1pct_{a}"] for a in others)
 
 
+@pytest.mark.parametrize("attack", ["logan", "domias"])
+def test_an_attack_with_non_finite_scores_is_refused_not_left_out(split, monkeypatch, attack):
+    # Setup: no data of a sane scale gives a non-finite score today, so one attack's
+    # scorer is made to return a NaN among its scores (as an overflow or a
+    # library change would); the audit's handling of them is what is tested.
+    import cvae_ray.metrics.membership as membership
+
+    real = getattr(membership, f"_{attack}")
+
+    def one_nan(*args, **kwargs):
+        scores = real(*args, **kwargs).copy()
+        scores[3] = np.nan
+        return scores
+
+    monkeypatch.setattr(membership, f"_{attack}", one_nan)
+
+    # Run / Assert
+    with pytest.raises(InvalidDataError, match=rf"the {attack} attack gave 1 non-finite "
+                                               r"membership score\(s\) of 60"):
+        membership_audit(split[0][:40], split[1][:40], population(40, seed=4), seed=0)
+
+
 # --- registry ---------------------------------------------------------------
 
 def test_membership_metrics_are_registered_lower_is_better_with_chance_as_ideal():

@@ -12,14 +12,18 @@ Generators are built by name from a plain mapping of options
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Protocol, runtime_checkable
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from cvae_ray.errors import InvalidConfigError, InvalidDataError
 
-__all__ = ["GENERATORS", "Generator", "check_fit_inputs", "make_generator"]
+__all__ = ["GENERATORS", "Generator", "check_fit_inputs", "check_generator_options",
+           "check_time_budget", "construct", "make_generator", "read_generator_options"]
 
 #: Seed offset of the synthetic training set drawn for per-condition TSTR: a set with
 #: the training split's mix and size, so that TSTR and TRTR train on equal footing.
@@ -75,15 +79,122 @@ def make_generator(name: str, options: Mapping[str, Any] | None = None,
     """
     if name not in GENERATORS:
         raise InvalidConfigError(f"unknown generator {name!r}; known: {sorted(GENERATORS)}.")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise InvalidConfigError(
-            f"time_budget_s={time_budget_s!r} is not valid; expected a positive number of seconds.")
     module, cls_name = GENERATORS[name].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    return construct(getattr(importlib.import_module(module), cls_name), name, options,
+                     time_budget_s)
+
+
+def construct(cls: type, name: str, options: Mapping[str, Any] | None,
+              time_budget_s: float | None) -> Any:
+    """Build generator class ``cls`` (registry or baseline name ``name``) from its options.
+
+    Args:
+        cls: The generator class; its constructor takes ``time_budget_s`` and the options
+            as keywords.
+        name: The name the options were given under (for the error).
+        options: Constructor options.
+        time_budget_s: Wall-clock budget of one ``fit`` (:func:`check_time_budget`).
+
+    Returns:
+        The unfitted generator.
+
+    Raises:
+        InvalidConfigError: A bad budget, an option the class does not take (naming the
+            ones it takes), or options its constructor refuses.
+    """
+    check_time_budget(time_budget_s)
+    options = dict(options or {})
+    parameters = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        accepted = sorted(p for p in parameters if p != "time_budget_s")
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise InvalidConfigError(f"generator {name!r} has no option(s) {unknown}; it accepts "
+                                     f"{accepted or 'none'}.")
     try:
-        return cls(time_budget_s=time_budget_s, **dict(options or {}))
+        return cls(time_budget_s=time_budget_s, **options)
     except TypeError as exc:
         raise InvalidConfigError(f"bad options for generator {name!r}: {exc}") from exc
+
+
+def check_time_budget(time_budget_s: Any, option: str = "time_budget_s") -> float | None:
+    """Validate a fit's wall-clock budget.
+
+    Args:
+        time_budget_s: Seconds, or None for no budget.
+        option: How the caller names the value in the error (e.g. ``--time-budget``).
+
+    Returns:
+        The budget as a float, or None.
+
+    Raises:
+        InvalidConfigError: Not a positive finite number.
+    """
+    if time_budget_s is None:
+        return None
+    if (isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float))
+            or not 0 < time_budget_s < float("inf")):
+        raise InvalidConfigError(f"{option} {time_budget_s!r} is not valid; expected a positive "
+                                 "number of seconds.")
+    return float(time_budget_s)
+
+
+def check_generator_options(options: Any, known: Iterable[str],
+                            source: str = "options") -> dict[str, dict[str, Any]]:
+    """Validate per-generator options: ``{generator name: {option: value}}``.
+
+    Args:
+        options: The parsed options.
+        known: The generator (and baseline) names options may be given for.
+        source: How the caller names the options in the error (e.g. ``--options FILE``).
+
+    Returns:
+        The options as plain dicts (a null value becomes ``{}``).
+
+    Raises:
+        InvalidConfigError: Not an object, a name that is not in ``known``, or a
+            value that is not an object.
+    """
+    known = sorted(known)
+    if not isinstance(options, Mapping):
+        raise InvalidConfigError(
+            f"{source} is {type(options).__name__} {options!r:.60}; expected an object of "
+            f"per-generator options, e.g. {{\"wgan-gp\": {{\"epochs\": 500}}}}.")
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise InvalidConfigError(f"{source} names unknown generator(s) {unknown}; known: "
+                                 f"{known}.")
+    bad = {k: v for k, v in options.items() if v is not None and not isinstance(v, Mapping)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise InvalidConfigError(
+            f"{source}: the options of {name!r} are {type(value).__name__} {value!r:.60}; "
+            "expected an object of option names and values.")
+    return {str(k): dict(v or {}) for k, v in options.items()}
+
+
+def read_generator_options(path: str | None, known: Iterable[str],
+                           option: str = "--options") -> dict[str, dict[str, Any]]:
+    """Read and validate a JSON file of per-generator options (:func:`check_generator_options`).
+
+    Args:
+        path: The file, or None for no options.
+        known: The generator (and baseline) names options may be given for.
+        option: The command-line option that named the file.
+
+    Returns:
+        ``{generator: {option: value}}``; ``{}`` without a file.
+
+    Raises:
+        InvalidConfigError: An unreadable file, not JSON, or options of the wrong shape.
+    """
+    if path is None:
+        return {}
+    try:
+        options = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidConfigError(f"{option} {path}: cannot read it as JSON ({exc}).") from None
+    return check_generator_options(options, known, f"{option} {path}")
 
 
 

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from cvae_ray.data.conditions import Vocabulary, joint_labels
-from cvae_ray.errors import UnknownConditionError
+from cvae_ray.data.conditions import JOINT_SEPARATOR, Vocabulary, joint_labels
+from cvae_ray.errors import InvalidDataError, UnknownConditionError
 from cvae_ray.evaluation.generators import check_fit_inputs
 from cvae_ray.evaluation.generators.gaussian import _ClassGaussian
 
@@ -125,7 +127,10 @@ class AdditiveGenerator:
     centred on its combination's mean, Ledoit-Wolf shrunk and sampled from the
     rows as the per-class Gaussian baseline does, no genes x genes matrix).
     Sample: the additive mean of the requested combination, seen or not, plus
-    a draw from that covariance. On data that are additive in the model's
+    a draw from that covariance. A combination whose levels no chain of seen
+    combinations links (e.g. a tissue seen only with one source, that source
+    only with it) has no determined additive mean, and is refused
+    (:class:`~cvae_ray.errors.InvalidDataError`). On data that are additive in the model's
     space the unseen combination's mean is recovered up to the noise of the
     seen means (the standardisation is per gene and affine, so additivity on
     the log scale carries over).
@@ -142,6 +147,8 @@ class AdditiveGenerator:
         self.info: dict[str, Any] = {}
         self._vocab = Vocabulary({})
         self._coef: np.ndarray | None = None
+        self._seen = np.zeros((0, 0), dtype=np.int64)
+        self._row_space = np.zeros((0, 0))
         self._spread: _ClassGaussian | None = None
 
     def fit(self, x_train: np.ndarray, cond_train: pd.DataFrame, x_val: np.ndarray,
@@ -161,17 +168,58 @@ class AdditiveGenerator:
             centred[rows] -= mean
             means.append(mean)
             class_codes.append(codes[rows[0]])
-        design = additive_design(np.asarray(class_codes), self._vocab.sizes)
-        self._coef, _, rank, _ = np.linalg.lstsq(design, np.asarray(means), rcond=None)
+        self._seen = np.asarray(class_codes)
+        design = additive_design(self._seen, self._vocab.sizes)
+        self._coef, _, rank, singular = np.linalg.lstsq(design, np.asarray(means), rcond=None)
+        # The rows of the design's row space: a requested combination's mean is
+        # identified only when its design row lies in it (with a rank-deficient
+        # design, lstsq's minimum-norm solution gives any other row an arbitrary mean).
+        _, _, vt = np.linalg.svd(design, full_matrices=False)
+        self._row_space = vt[: int(rank)]
         self._spread = _ClassGaussian(np.zeros(x.shape[1]), centred, self.jitter)
         self.info = {"combinations": len(classes), "design_rank": int(rank),
                      "design_columns": int(design.shape[1])}
 
     def predicted_means(self, cond: pd.DataFrame) -> np.ndarray:
-        """``(n, genes)`` additive means of the requested condition rows (standardised)."""
+        """``(n, genes)`` additive means of the requested condition rows (standardised).
+
+        Raises:
+            UnknownConditionError: A condition value the training rows lack.
+            InvalidDataError: A requested combination whose additive mean the seen
+                combinations do not identify (the levels it joins are never linked
+                through seen combinations), naming it and those levels.
+        """
         if self._coef is None:
             raise RuntimeError("fit the generator before sampling.")
-        return additive_design(self._vocab.encode(cond), self._vocab.sizes) @ self._coef
+        codes = self._vocab.encode(cond)
+        design = additive_design(codes, self._vocab.sizes)
+        residual = design - (design @ self._row_space.T) @ self._row_space
+        unidentified = np.flatnonzero(np.linalg.norm(residual, axis=1) > 1e-8 * design.shape[1])
+        if len(unidentified):
+            raise InvalidDataError(self._unidentified_reason(codes[unidentified[0]]))
+        return design @ self._coef
+
+    def _unidentified_reason(self, code: np.ndarray) -> str:
+        """Name the requested combination and the unlinked groups of levels it joins."""
+        columns, sizes = self._vocab.columns, self._vocab.sizes
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        # One node per level; a seen combination links its levels.
+        heads = [offsets[j] + row[j] for row in self._seen for j in range(len(sizes) - 1)]
+        tails = [offsets[j + 1] + row[j + 1] for row in self._seen for j in range(len(sizes) - 1)]
+        graph = coo_matrix((np.ones(len(heads)), (heads, tails)), shape=(offsets[-1],) * 2)
+        _, group = connected_components(graph, directed=False)
+        parts = []
+        for j, column in enumerate(columns):
+            g = group[offsets[j] + code[j]]
+            linked = [f"{columns[i]} {self._vocab.levels[columns[i]][k]!r}"
+                      for i in range(len(sizes)) for k in range(sizes[i])
+                      if (i, k) != (j, code[j]) and group[offsets[i] + k] == g]
+            parts.append(f"{column} {self._vocab.levels[column][code[j]]!r} is linked only to "
+                         f"{', '.join(linked) or 'nothing'}")
+        label = JOINT_SEPARATOR.join(self._vocab.levels[c][k] for c, k in zip(columns, code))
+        return (f"the additive mean of {label!r} is not identifiable: no chain of seen "
+                f"combinations links its levels ({'; '.join(parts)}), so the effects it adds "
+                "are not determined by the training data.")
 
     def sample(self, cond: pd.DataFrame, seed: int) -> np.ndarray:
         """One standardised row per condition row: additive mean plus pooled-covariance noise."""
