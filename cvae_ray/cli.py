@@ -57,6 +57,25 @@ def add_read_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the first column)")
 
 
+def comma_names(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated option value."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def comma_integers(option: str, text: str, at_least: int, example: str) -> list[int]:
+    """A comma-separated list of integers (the bounds are checked by the caller).
+
+    Raises:
+        InvalidConfigError: An item is not an integer; the message names ``option``,
+            the value, the lower bound and an example.
+    """
+    try:
+        return [int(item) for item in comma_names(text)]
+    except ValueError:
+        raise InvalidConfigError(f"{option} {text!r} is not valid; expected comma-separated "
+                                 f"integers >= {at_least}, e.g. {example}.") from None
+
+
 def read_options_from_args(args: argparse.Namespace) -> dict:
     """The :func:`cvae_ray.data.dataset.read_dataset` options of :func:`add_read_arguments`."""
     return {"metadata": args.metadata, "metadata_id": args.metadata_id,

@@ -23,9 +23,15 @@ import sys
 import time
 from typing import Sequence
 
-from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
+from cvae_ray.cli import (
+    add_data_arguments,
+    comma_integers,
+    comma_names,
+    data_spec_from_args,
+    read_dataset_from_args,
+)
 from cvae_ray.config import EVALUATION_SEEDS
-from cvae_ray.errors import CvaeRayError, InvalidConfigError
+from cvae_ray.errors import CvaeRayError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        return [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        raise InvalidConfigError(f"--sizes {text!r} is not valid; expected comma-separated "
-                                 "integers >= 1, e.g. 3,5,10,25.") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the curve; 0 when every row ran, 1 when a generator failed somewhere, 2 on bad input."""
     args = build_parser().parse_args(argv)
@@ -83,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        names = [g.strip() for g in args.generators.split(",") if g.strip()]
-        sizes = _sizes(args.sizes)
+        names = comma_names(args.generators)
+        sizes = comma_integers("--sizes", args.sizes, 1, "3,5,10,25")
         check_time_budget(args.time_budget, "--time-budget")
         options = read_generator_options(args.options, GENERATORS)
         spec = data_spec_from_args(args)

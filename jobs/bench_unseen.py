@@ -33,7 +33,13 @@ import sys
 import time
 from typing import Sequence
 
-from cvae_ray.cli import add_data_arguments, data_spec_from_args, read_dataset_from_args
+from cvae_ray.cli import (
+    add_data_arguments,
+    comma_integers,
+    comma_names,
+    data_spec_from_args,
+    read_dataset_from_args,
+)
 from cvae_ray.config import EVALUATION_SEEDS, UNSEEN_GENERATORS, UNSEEN_MIN_SAMPLES
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
@@ -73,15 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shots(text: str) -> list[int]:
-    try:
-        return [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        raise InvalidConfigError(
-            f"--shots {text!r} is not valid; expected comma-separated integers >= 0, e.g. "
-            "0,3,5,10,20.") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every row ran, 1 when one failed somewhere, 2 on bad input."""
     args = build_parser().parse_args(argv)
@@ -106,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        names = [g.strip() for g in args.generators.split(",") if g.strip()]
+        names = comma_names(args.generators)
         if args.seeds < 1:
             raise InvalidConfigError(f"--seeds {args.seeds} must be at least 1.")
-        shots = list(check_shots(_shots(args.shots)))
-        combinations = ([c.strip() for c in args.combinations.split(",") if c.strip()]
+        shots = list(check_shots(comma_integers("--shots", args.shots, 0, "0,3,5,10,20")))
+        combinations = (comma_names(args.combinations)
                         if args.combinations else None)
         check_time_budget(args.time_budget, "--time-budget")
         options = read_generator_options(args.options, [*GENERATORS, *BASELINES])

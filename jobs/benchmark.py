@@ -20,6 +20,7 @@ from typing import Sequence
 
 from cvae_ray.cli import (
     add_data_arguments,
+    comma_names,
     data_spec_from_args,
     read_dataset_from_args,
 )
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        names = [g.strip() for g in args.generators.split(",") if g.strip()]
+        names = comma_names(args.generators)
         unknown = [g for g in names if g not in GENERATORS]
         if unknown or not names:
             raise InvalidConfigError(f"--generators {args.generators!r}: unknown {unknown}; "
