@@ -89,6 +89,7 @@ from cvae_ray.evaluation.generators import (
     make_generator,
 )
 from cvae_ray.evaluation.generators.additive import AdditiveGenerator, NoChangeGenerator
+from cvae_ray.metrics.contrasts import line_fit
 from cvae_ray.metrics.fidelity import detection_auc, marginal_agreement
 
 __all__ = ["BASELINES", "CEILING_ROW", "CEILING_SPLITS", "HALVES", "MIN_GROUP", "NOT_FOR_UNSEEN",
@@ -178,14 +179,8 @@ def combination_halves(combinations: Sequence[tuple[str, str]]) -> dict[str, lis
 
 def _fit_line(observed: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     """(r^2, slope of predicted on observed); NaN where a vector is constant."""
-    nan = float("nan")
-    if observed.std() == 0:
-        return nan, nan
-    centred = observed - observed.mean()
-    slope = float(centred @ (predicted - predicted.mean()) / (centred @ centred))
-    if predicted.std() == 0:
-        return nan, slope
-    return float(np.corrcoef(observed, predicted)[0, 1] ** 2), slope
+    r, slope = line_fit(observed, predicted)
+    return r * r, slope
 
 
 def change_scores(real_log: np.ndarray, synthetic_log: np.ndarray,

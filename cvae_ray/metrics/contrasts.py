@@ -51,7 +51,7 @@ from cvae_ray.errors import InvalidDataError
 from cvae_ray.metrics.fidelity import check_matrix, check_same_genes
 
 __all__ = ["ALPHA", "MIN_LOG2FC", "MIN_PER_SIDE", "Contrast", "check_conditions",
-           "contrast_pairs", "contrasts", "de_calls"]
+           "contrast_pairs", "contrasts", "de_calls", "line_fit"]
 
 #: Benjamini-Hochberg false discovery rate of a call.
 ALPHA = 0.05
@@ -261,9 +261,26 @@ def contrasts(reference: np.ndarray, compared: np.ndarray, cond_reference: objec
         out["tpr"] = float(np.sum(call & truth_call & same_sign) / truth_call.sum())
     if (~truth_call).any():
         out["fpr"] = float(np.sum(call & ~truth_call) / np.sum(~truth_call))
-    if truth_fc.std() > 0 and fc.std() > 0:
-        out["lfc_r"] = float(np.corrcoef(truth_fc, fc)[0, 1])
-    if truth_fc.std() > 0:
-        centred = truth_fc - truth_fc.mean()
-        out["lfc_slope"] = float(centred @ (fc - fc.mean()) / (centred @ centred))
+    out["lfc_r"], out["lfc_slope"] = line_fit(truth_fc, fc)
     return out
+
+
+def line_fit(reference: np.ndarray, judged: np.ndarray) -> tuple[float, float]:
+    """Pearson r and least-squares slope of ``judged`` regressed on ``reference``.
+
+    Args:
+        reference: 1-D values taken as the truth (the regressor).
+        judged: 1-D values of the same length.
+
+    Returns:
+        ``(r, slope)``: r is NaN when either vector is constant, the slope when
+        ``reference`` is.
+    """
+    nan = float("nan")
+    if reference.std() == 0:
+        return nan, nan
+    centred = reference - reference.mean()
+    slope = float(centred @ (judged - judged.mean()) / (centred @ centred))
+    if judged.std() == 0:
+        return nan, slope
+    return float(np.corrcoef(reference, judged)[0, 1]), slope
