@@ -59,8 +59,13 @@ def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarra
     ceiling = [gamma(x_test, x_train[rng.choice(len(x_train), len(x_test), replace=False)])
                for _ in sample_seeds]
     training = bundle.metadata["training"]
+    choice = training.get("sampling_choice") or {}
     return {
         "best_epoch": training["best_epoch"],
+        # The settings the bundle samples with, and whether fit chose them on validation.
+        "sampling": {"temperature": bundle.sample_defaults.temperature,
+                     "noise_calibration": bundle.sample_defaults.noise_calibration,
+                     "chosen_on_validation": "chosen" in choice},
         "val_gamma": round(training["val_gamma"], 4),
         "test_gamma_per_seed": [round(g, 4) for g in gammas],
         "test_gamma_mean": round(float(np.mean(gammas)), 4),

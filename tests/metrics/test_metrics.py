@@ -455,6 +455,7 @@ def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
     import pandas as pd
 
     from cvae_ray.errors import IncompatibleBundleError
+    from cvae_ray.model.bundle import ModelBundle
     from cvae_ray.tools.bench_quality import measure_bundle
 
     other = pd.read_parquet(demo_path)
@@ -468,5 +469,10 @@ def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
     assert row["n_test"] > 0 and len(row["test_gamma_per_seed"]) == 2
     assert -1.0 <= row["test_gamma_mean"] <= 1.0
     assert row["median_dcr_synthetic"] > 0 and row["median_dcr_real_test"] > 0
+    # The tiny bundle is fitted without the choice: it samples with the given settings.
+    defaults = ModelBundle.load(tiny_bundle_dir).sample_defaults
+    assert row["sampling"] == {"temperature": defaults.temperature,
+                               "noise_calibration": defaults.noise_calibration,
+                               "chosen_on_validation": False}
     with pytest.raises(IncompatibleBundleError, match="fingerprint"):
         measure_bundle(str(tiny_bundle_dir), str(other_path))
