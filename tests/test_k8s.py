@@ -359,6 +359,18 @@ def test_ray_service_reads_bundle_and_api_token_on_every_pod() -> None:
         assert "secretKeyRef" in env["CVAE_RAY_API_TOKEN"]["valueFrom"]
 
 
+@pytest.mark.parametrize("name", ["ray-service.cvae.yaml", "ray-cluster.cvae.yaml"])
+def test_serve_clusters_start_haproxy_ingress_on_every_pod(name: str) -> None:
+    # Ray reads the switch when it starts on a node, so one pod without it would
+    # serve through the Python proxy.
+    (doc,) = _load(K8S / name)
+
+    for container in _containers(doc):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", (
+            f"{name} {container['name']}: set RAY_SERVE_ENABLE_HA_PROXY=1")
+
+
 @pytest.mark.parametrize("path", MANIFESTS, ids=_ids(MANIFESTS))
 def test_manifest_conventions(path: Path) -> None:
     (doc,) = _load(path)
