@@ -1,7 +1,7 @@
 """Fixtures shared across the test suite: the simulated dataset, a tiny bundle, one thread.
 
-Paths and tiny configurations are in ``support.py``; nothing imports this file. The one
-hook here ends the pytest process once its result is final (see ``pytest_unconfigure``).
+Paths and tiny configurations are in ``support.py``; nothing imports this file. Two
+hooks end the pytest process once its result is final (see ``pytest_unconfigure``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def pytest_unconfigure(config):
     the teardown that can crash is skipped.
     """
     session = getattr(config, "_cvae_ray_session", None)
-    if session is None:  # e.g. --help or --collect-only without a session
+    if session is None:  # e.g. --help, which starts no session
         return
     sys.stdout.flush()
     sys.stderr.flush()
