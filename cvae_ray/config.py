@@ -291,6 +291,12 @@ class SampleConfig(FromDictMixin):
         noise_centring: With centred draws, the share (0 to 1) of each combination's
             mean decoder-noise draw that is removed (the latent draws are always
             centred fully). Half was chosen on validation: all of it costs TSTR.
+        spread_correction: Exponent (0 to 1) of the per-combination, per-gene sd ratios
+            fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples'
+            spread around each combination's centre as the decoder gives it, 1 rescales
+            it to the training split's within-combination sds. ``fit`` chooses it on
+            validation after the temperature and noise calibration
+            (:class:`SamplingChoice`); a bundle without fitted ratios ignores it.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 
@@ -301,6 +307,7 @@ class SampleConfig(FromDictMixin):
     noise_calibration: float = 0.5
     draws: str = "centred"
     noise_centring: float = 0.5
+    spread_correction: float = 0.0
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
@@ -312,6 +319,7 @@ class SampleConfig(FromDictMixin):
         _share("noise_calibration", self.noise_calibration)
         check_value(self.draws in DRAWS, "draws", self.draws, f"one of {DRAWS}")
         _share("noise_centring", self.noise_centring)
+        _share("spread_correction", self.spread_correction)
         check_positive_int("max_n", self.max_n)
 
     @property
@@ -357,15 +365,31 @@ class SamplingChoice(FromDictMixin):
     Gamma rewards smooth samples and copying, so it never decides alone: a
     setting that copies cannot win. Test data are never read.
 
+    Then, at the chosen temperature and calibration, the per-combination spread
+    correction (:mod:`cvae_ray.model.spread`) is fitted on the training split and
+    each exponent of ``spread_corrections`` is scored the same way. An exponent is
+    *eligible* when it passes the copy check, its detection AUC is at most the larger
+    of ``max_detection_auc`` and the uncorrected setting's, and its gamma is at most
+    ``spread_gamma_tolerance`` (or one sampling-seed sd, if larger) below the
+    uncorrected setting's; the uncorrected setting (exponent 0) is always eligible.
+    Among eligible exponents the best per-gene sd agreement wins (then the smaller
+    exponent): gamma measures gene-gene correlations, which the correction keeps,
+    and not the per-gene spread it exists to fix.
+
     Attributes:
         temperatures: Decoder-noise temperatures tried (each >= 0).
         noise_calibrations: Noise-gap shares tried (each from 0 to 1).
+        spread_corrections: Spread-correction exponents tried (each from 0 to 1);
+            ``(0.0,)`` switches the correction off.
+        spread_gamma_tolerance: Validation gamma the correction may cost (>= 0).
         max_detection_auc: Highest mean validation detection AUC a setting may have.
         seeds: Sampling seeds averaged per setting.
     """
 
     temperatures: tuple[float, ...] = (0.8, 1.0, 1.2, 1.5)
     noise_calibrations: tuple[float, ...] = (0.0, 0.5, 1.0)
+    spread_corrections: tuple[float, ...] = (0.0, 0.5, 1.0)
+    spread_gamma_tolerance: float = 0.005
     max_detection_auc: float = 0.6
     seeds: int = 3
 
@@ -383,6 +407,17 @@ class SamplingChoice(FromDictMixin):
                     and len(set(self.noise_calibrations)) == len(self.noise_calibrations),
                     "noise_calibrations", self.noise_calibrations,
                     "distinct numbers from 0 to 1")
+        check_value(isinstance(self.spread_corrections, tuple)
+                    and len(self.spread_corrections) > 0
+                    and all(isinstance(a, number) and not isinstance(a, bool) and 0 <= a <= 1
+                            for a in self.spread_corrections)
+                    and len(set(self.spread_corrections)) == len(self.spread_corrections),
+                    "spread_corrections", self.spread_corrections,
+                    "distinct numbers from 0 to 1")
+        check_value(isinstance(self.spread_gamma_tolerance, number)
+                    and not isinstance(self.spread_gamma_tolerance, bool)
+                    and self.spread_gamma_tolerance >= 0, "spread_gamma_tolerance",
+                    self.spread_gamma_tolerance, "a number >= 0")
         check_value(isinstance(self.max_detection_auc, number)
                     and not isinstance(self.max_detection_auc, bool)
                     and 0.5 <= self.max_detection_auc <= 1, "max_detection_auc",

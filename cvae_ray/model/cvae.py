@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from cvae_ray.config import ModelConfig, SampleConfig
 from cvae_ray.model.draws import request_draws
 from cvae_ray.model.latent_prior import LatentPrior
+from cvae_ray.model.spread import SpreadCorrection
 
 DEFAULT_SAMPLING = SampleConfig()
 #: Rows decoded per pass when sampling on CPU: large passes overflow the CPU caches
@@ -100,19 +101,25 @@ class CVAE(nn.Module):
         # Per-gene variance the decoder noise lacks, fitted after training
         # (:mod:`cvae_ray.model.noise_gap`); same reasons for not being a buffer.
         self.noise_gap: torch.Tensor | None = None
+        # Per-combination spread correction (:mod:`cvae_ray.model.spread`), fitted
+        # after training when the sampling settings are chosen.
+        self.spread: SpreadCorrection | None = None
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The fitted latent prior's tensors and the noise gap (empty when none is fitted)."""
+        """The fitted latent prior, noise gap and spread correction (empty when none is fitted)."""
         state = self.latent_prior.to_state() if self.latent_prior is not None else {}
         if self.noise_gap is not None:
             state["noise_gap"] = self.noise_gap
+        if self.spread is not None:
+            state.update(self.spread.to_state())
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`get_extra_state` saved (bundles before the gap lack it)."""
+        """Restore what :meth:`get_extra_state` saved (older bundles lack the gap or spread)."""
         self.latent_prior = LatentPrior.from_state(state) if "codes" in state else None
         gap = state.get("noise_gap")
         self.noise_gap = gap.float() if gap is not None else None
+        self.spread = SpreadCorrection.from_state(state)
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
         """Concatenate the one-hot encodings of integer condition codes.
@@ -205,8 +212,10 @@ class CVAE(nn.Module):
             sample: Sampling settings used here: ``latent`` (map ``latent_noise``
                 through the fitted latent prior when one is set, else N(0, I) as the
                 VAE was trained towards), ``temperature`` (multiplies the noise's
-                standard deviation) and ``noise_calibration`` (share of the fitted
-                per-gene variance gap added to the noise variance).
+                standard deviation), ``noise_calibration`` (share of the fitted
+                per-gene variance gap added to the noise variance) and
+                ``spread_correction`` (exponent of the fitted per-combination sd
+                ratios, applied to noisy samples only).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.
@@ -227,12 +236,15 @@ class CVAE(nn.Module):
 
         n = z.shape[0]
         if device.type != "cpu" or n <= SAMPLE_CHUNK:
-            return rows_out(slice(None))
-        # On CPU, decode in cache-sized chunks (rows are independent; same values).
-        out = torch.empty(n, self.n_genes, device=device)
-        for start in range(0, n, SAMPLE_CHUNK):
-            rows = slice(start, start + SAMPLE_CHUNK)
-            out[rows] = rows_out(rows)
+            out = rows_out(slice(None))
+        else:
+            # On CPU, decode in cache-sized chunks (rows are independent; same values).
+            out = torch.empty(n, self.n_genes, device=device)
+            for start in range(0, n, SAMPLE_CHUNK):
+                rows = slice(start, start + SAMPLE_CHUNK)
+                out[rows] = rows_out(rows)
+        if scale is not None and self.spread is not None:
+            self.spread.apply(out, codes, sample.spread_correction)
         return out
 
     @torch.no_grad()

@@ -8,18 +8,21 @@ on the validation split and keeps the best by its rule (the rule, the grid and
 the thresholds live there): the best validation gamma among settings that pass
 the copy check (mean DCR ratio >= :data:`cvae_ray.config.MIN_DCR_RATIO`, as for
 checkpoints) and stay hard to detect (mean detection AUC <= ``max_detection_auc``).
-Every grid point's figures go into the bundle's training record.
+A second stage then chooses the exponent of the per-combination spread correction
+(:mod:`cvae_ray.model.spread`) at that setting, by per-gene sd agreement within a
+gamma tolerance. Every grid point's figures go into the bundle's training record.
 
 One implementation for every path that exports a bundle: ``cvae-ray fit``
 (:func:`cvae_ray.model.fitting.fit_bundle`), the Tune export
 (:mod:`cvae_ray.apps.tune`) and the benchmark's CVAE generator all call
 :func:`choose_after_training`. Differentially private training never calls it:
-the copy check and the noise gap read the training split outside the privacy
-budget.
+the copy check, the noise gap and the spread correction read the training split
+outside the privacy budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -39,6 +42,7 @@ from cvae_ray.metrics.registry import (
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gap
+from cvae_ray.model.spread import fit_spread
 
 #: Fewest validation samples the choice needs (the detection classifier's 5 folds
 #: and the k-NN balls of recall need several per side); below it the settings are kept.
@@ -55,6 +59,9 @@ FIGURES = ("gamma", "dcr_ratio", "detection_auc", "sd_r", "recall")
 RULE_BEST_GAMMA = "best validation gamma among qualifying settings"
 RULE_LEAST_DETECTABLE = "no setting qualifies: the least detectable that passes the copy check"
 RULE_FARTHEST = "no setting passes the copy check: the farthest from the training data"
+#: How the spread correction was decided (``spread.rule`` of the record).
+RULE_SPREAD = ("best validation sd agreement among exponents that pass the copy check, "
+               "stay as hard to detect and keep gamma within the tolerance")
 
 
 def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[int, str]:
@@ -155,8 +162,11 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     For each grid point (:meth:`SamplingChoice.settings` of ``base``) the noise gap is
     refitted at its temperature on the training split (:mod:`cvae_ray.model.noise_gap`),
     as training's refit does, and the validation condition mix is sampled with seeds
-    ``0 .. seeds - 1``. On return the model (moved to CPU, in eval mode) carries the
-    latent prior and the noise gap of the chosen settings.
+    ``0 .. seeds - 1``. Then, at the chosen point, the spread correction
+    (:mod:`cvae_ray.model.spread`) is fitted on the training split and its exponents
+    are scored the same way (see :func:`pick_spread`). On return the model (moved to
+    CPU, in eval mode) carries the latent prior, the noise gap and the spread
+    correction of the chosen settings (no correction when exponent 0 is chosen).
 
     Args:
         model: The trained CVAE (its weights are not changed).
@@ -165,8 +175,8 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         codes_train: ``(n_train, n_conditions)`` training condition codes.
         x_val: ``(n_val, n_genes)`` standardised validation expression.
         codes_val: ``(n_val, n_conditions)`` validation condition codes.
-        base: The sampling settings as given to ``fit``; only the temperature and the
-            noise calibration change.
+        base: The sampling settings as given to ``fit``; only the temperature, the
+            noise calibration and the spread correction change.
         choice: The grid and thresholds (defaults: :class:`SamplingChoice`).
         genes: Column indices gamma, recall, per-gene sd agreement and detection are
             computed on (:func:`cvae_ray.model.loop.gamma_genes`, the seeded subset that
@@ -175,7 +185,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
 
     Returns:
         The chosen settings and the record: ``chosen`` (temperature, noise
-        calibration), ``rule``, ``grid`` (every point's settings, means of
+        calibration, spread correction), ``rule``, ``grid`` (every point's settings, means of
         :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and ``qualifies``; the
         detection AUC is ``None`` for a setting that fails the copy check: it is not
         measured, since such a setting cannot be chosen), the thresholds, ``seeds``
@@ -184,6 +194,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     choice = choice or SamplingChoice()
     started = time.perf_counter()
     model = model.cpu().eval()
+    model.spread = None
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
     x_val = np.ascontiguousarray(x_val, dtype=np.float32)
     xt, ct = torch.from_numpy(x_train), torch.from_numpy(np.asarray(codes_train))
@@ -201,10 +212,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
             gaps[settings.temperature] = fit_noise_gap(model, xt, ct, settings)
         return gaps[settings.temperature]
 
-    grid = choice.settings(base)
-    points = []
-    for settings in grid:
-        model.noise_gap = gap_at(settings) if settings.noise_calibration > 0 else None
+    def score(settings: SampleConfig) -> dict[str, Any]:
         samples = [model.sample(cv, torch.Generator().manual_seed(seed), settings).numpy()
                    for seed in range(choice.seeds)]
         per_seed = [_figures(x_train, x_val, labels, synthetic, seed, genes)
@@ -225,7 +233,13 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
         point["passes_copy_check"] = passes_copy_check(point)
         point["qualifies"] = qualifies(point, choice)
-        points.append(point)
+        return point
+
+    grid = choice.settings(base)
+    points = []
+    for settings in grid:
+        model.noise_gap = gap_at(settings) if settings.noise_calibration > 0 else None
+        points.append(score(settings))
     index, rule = pick(points, choice)
     chosen = grid[index]
     model.noise_gap = gap_at(chosen) if chosen.noise_calibration > 0 else None
@@ -234,9 +248,61 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
               "rule": rule, "min_dcr_ratio": MIN_DCR_RATIO,
               "max_detection_auc": choice.max_detection_auc, "seeds": choice.seeds,
               "genes": None if genes is None else len(genes), "detector": detector,
-              "grid": [{k: _json(v) for k, v in p.items()} for p in points],
-              "seconds": round(time.perf_counter() - started, 2)}
+              "grid": [{k: _json(v) for k, v in p.items()} for p in points]}
+    if any(a > 0 for a in choice.spread_corrections) and chosen.noise and chosen.temperature > 0:
+        model.spread = fit_spread(model, xt, ct, chosen)
+        spread_points = []
+        for exponent in choice.spread_corrections:
+            point = (dict(points[index]) if exponent == 0 else
+                     score(dataclasses.replace(chosen, spread_correction=float(exponent))))
+            spread_points.append({"spread_correction": float(exponent), **point})
+        best = pick_spread(spread_points, choice)
+        chosen = dataclasses.replace(
+            chosen, spread_correction=spread_points[best]["spread_correction"])
+        if chosen.spread_correction == 0:
+            model.spread = None  # nothing to apply: the bundle carries no ratios
+        record["spread"] = {"rule": RULE_SPREAD,
+                            "gamma_tolerance": choice.spread_gamma_tolerance,
+                            "grid": [{k: _json(v) for k, v in p.items()}
+                                     for p in spread_points]}
+    record["chosen"]["spread_correction"] = chosen.spread_correction
+    record["seconds"] = round(time.perf_counter() - started, 2)
     return chosen, record
+
+
+def pick_spread(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> int:
+    """Apply the spread-correction rule of :class:`SamplingChoice` to scored exponents.
+
+    Args:
+        points: One mapping per exponent with ``spread_correction``, ``gamma``,
+            ``gamma_sd``, ``dcr_ratio``, ``detection_auc`` and ``sd_r`` (NaN when not
+            measured); the one with exponent 0 (the setting chosen before) must be there.
+        choice: The thresholds.
+
+    Returns:
+        The chosen point's position.
+
+    Raises:
+        ValueError: No point has exponent 0.
+    """
+    plain = [i for i, p in enumerate(points) if p["spread_correction"] == 0]
+    if not plain:
+        raise ValueError("the spread grid needs the uncorrected setting (exponent 0).")
+    base = points[plain[0]]
+    max_auc = max(choice.max_detection_auc, _or_minus_inf(base["detection_auc"]))
+
+    def eligible(i: int) -> bool:
+        p = points[i]
+        if i == plain[0]:
+            return True
+        slack = max(choice.spread_gamma_tolerance, _sd(base), _sd(p))
+        return (passes_copy_check(p) and math.isfinite(p["detection_auc"])
+                and p["detection_auc"] <= max_auc and math.isfinite(p["gamma"])
+                and p["gamma"] >= base["gamma"] - slack)
+
+    return max((i for i in range(len(points)) if eligible(i)),
+               key=lambda i: (_or_minus_inf(points[i]["sd_r"]),
+                              -points[i]["spread_correction"]))
 
 
 def _round(value: float) -> float:
@@ -254,7 +320,7 @@ def skip_reason(sample_config: SampleConfig, *, enabled: bool, private: bool,
     """Why the sampling settings are kept as given, or ``None`` when they are chosen."""
     if private:
         return ("differential privacy: the choice would read the training split (copy "
-                "check, noise gap) outside the privacy budget")
+                "check, noise gap, spread correction) outside the privacy budget")
     if not enabled:
         return "switched off (TrainConfig.choose_sampling = false, --no-choose-sampling)"
     if not sample_config.noise:
@@ -313,13 +379,20 @@ def describe(record: Mapping[str, Any]) -> str:
     chosen = record["chosen"]
     [point] = [p for p in record["grid"] if p["temperature"] == chosen["temperature"]
                and p["noise_calibration"] == chosen["noise_calibration"]]
+    spread = record.get("spread")
+    tried = len(record["grid"])
+    if spread is not None:
+        [point] = [p for p in spread["grid"]
+                   if p["spread_correction"] == chosen["spread_correction"]]
+        tried += sum(p["spread_correction"] > 0 for p in spread["grid"])
 
     def figure(name: str) -> str:
         value = point.get(name)
         return "n/a" if value is None else f"{value:.3f}"
 
     return (f"sampling settings chosen on validation: temperature {chosen['temperature']:g}, "
-            f"noise calibration {chosen['noise_calibration']:g} ({record['rule']}; gamma "
+            f"noise calibration {chosen['noise_calibration']:g}, spread correction "
+            f"{chosen.get('spread_correction', 0.0):g} ({record['rule']}; gamma "
             f"{figure('gamma')}, DCR ratio {figure('dcr_ratio')}, detection AUC "
-            f"{figure('detection_auc')}; {len(record['grid'])} settings x {record['seeds']} "
-            f"seeds in {record['seconds']:.1f} s)")
+            f"{figure('detection_auc')}, sd agreement {figure('sd_r')}; {tried} settings x "
+            f"{record['seeds']} seeds in {record['seconds']:.1f} s)")

@@ -31,6 +31,13 @@ from cvae_ray.model.sampling_choice import (
     choose_after_training,
     describe,
     pick,
+    pick_spread,
+)
+from cvae_ray.model.spread import (
+    MAX_RATIO,
+    SHRINKAGE_ROWS,
+    SpreadCorrection,
+    fit_spread,
 )
 
 RULE = SamplingChoice()
@@ -97,12 +104,68 @@ def test_unmeasured_figures_never_qualify():
     assert chosen(points) == ((1.5, 0.0), RULE_BEST_GAMMA)
 
 
+def spread_point(exponent: float, gamma: float, sd_r: float, dcr: float = OK,
+                 detection: float = 0.5, sd: float = 0.0) -> dict:
+    return {"spread_correction": exponent, "gamma": gamma, "gamma_sd": sd, "dcr_ratio": dcr,
+            "detection_auc": detection, "sd_r": sd_r}
+
+
+def test_the_spread_exponent_with_the_best_sd_agreement_within_the_gamma_tolerance_wins():
+    tolerance = RULE.spread_gamma_tolerance
+    points = [spread_point(0.0, 0.930, 0.25), spread_point(0.5, 0.930 - tolerance, 0.30),
+              spread_point(1.0, 0.930 - 2 * tolerance, 0.35)]
+    assert pick_spread(points, RULE) == 1
+    # A seed sd larger than the tolerance widens it.
+    points[2]["gamma_sd"] = 2 * tolerance
+    assert pick_spread(points, RULE) == 2
+
+
+def test_a_spread_exponent_that_copies_or_is_easier_to_detect_is_not_chosen():
+    base = spread_point(0.0, 0.93, 0.25, detection=0.55)
+    assert pick_spread([base, spread_point(1.0, 0.94, 0.40, dcr=COPYING)], RULE) == 0
+    assert pick_spread([base, spread_point(1.0, 0.94, 0.40, detection=RULE.max_detection_auc
+                                           + 0.01)], RULE) == 0
+    # Up to the larger of the threshold and the uncorrected setting's own detection.
+    detectable = spread_point(0.0, 0.93, 0.25, detection=0.70)
+    assert pick_spread([detectable, spread_point(1.0, 0.93, 0.40, detection=0.69)], RULE) == 1
+    assert pick_spread([detectable, spread_point(1.0, 0.93, 0.40, detection=0.71)], RULE) == 0
+
+
+def test_the_uncorrected_setting_is_always_eligible_and_ties_go_to_the_smaller_exponent():
+    # Even when it copies (chosen by the farthest-from-training rule before).
+    points = [spread_point(0.0, 0.9, 0.2, dcr=COPYING), spread_point(1.0, 0.9, float("nan"))]
+    assert pick_spread(points, RULE) == 0
+    assert pick_spread([spread_point(1.0, 0.9, 0.3), spread_point(0.0, 0.9, 0.3)], RULE) == 1
+    with pytest.raises(ValueError, match="exponent 0"):
+        pick_spread([spread_point(1.0, 0.9, 0.3)], RULE)
+
+
+def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the_rest():
+    codes = torch.tensor([[0, 0], [1, 0]])
+    correction = SpreadCorrection(codes=codes, centres=torch.tensor([[1.0, -1.0], [0.0, 0.0]]),
+                                  ratios=torch.tensor([[2.0, 0.5], [1.0, 1.0]]))
+    rows = torch.tensor([[0, 0], [0, 1], [1, 0]])  # (0, 1) was not fitted: unchanged
+    x = torch.tensor([[2.0, 1.0], [5.0, 5.0], [3.0, 3.0]])
+    out = correction.apply(x.clone(), rows, 1.0)
+    torch.testing.assert_close(out, torch.tensor([[3.0, 0.0], [5.0, 5.0], [3.0, 3.0]]))
+    half = correction.apply(x.clone(), rows, 0.5)
+    torch.testing.assert_close(half[0], torch.tensor([1.0 + 2.0 ** 0.5, -1.0 + 2.0 * 0.5 ** 0.5]))
+    assert torch.equal(correction.apply(x.clone(), rows, 0.0), x)
+    state = correction.to_state()
+    restored = SpreadCorrection.from_state(state)
+    assert all(torch.equal(getattr(restored, k), getattr(correction, k))
+               for k in ("codes", "centres", "ratios"))
+    assert SpreadCorrection.from_state({"codes": codes}) is None
+
+
 @pytest.mark.parametrize("values, message", [
     ({"temperatures": ()}, "temperatures=()"),
     ({"temperatures": (1.0, -0.5)}, "temperatures=(1.0, -0.5)"),
     ({"noise_calibrations": (0.0, 1.5)}, "noise_calibrations=(0.0, 1.5)"),
     ({"noise_calibrations": (0.5, 0.5)}, "distinct numbers from 0 to 1"),
     ({"max_detection_auc": 0.4}, "max_detection_auc=0.4"),
+    ({"spread_corrections": (0.0, 2.0)}, "spread_corrections=(0.0, 2.0)"),
+    ({"spread_gamma_tolerance": -0.1}, "spread_gamma_tolerance=-0.1"),
     ({"seeds": 0}, "seeds=0"),
 ])
 def test_bad_grid_is_named(values, message):
@@ -157,12 +220,22 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
     index, rule = pick(figures, SMALL)
     assert record["rule"] == rule
     assert record["chosen"] == {"temperature": settings.temperature,
-                                "noise_calibration": settings.noise_calibration}
+                                "noise_calibration": settings.noise_calibration,
+                                "spread_correction": settings.spread_correction}
     assert (settings.temperature, settings.noise_calibration) == (
         figures[index]["temperature"], figures[index]["noise_calibration"])
     assert record["min_dcr_ratio"] == MIN_DCR_RATIO and record["seeds"] == SMALL.seeds
+    # The second stage: every exponent scored at the chosen setting, exponent 0 being
+    # that setting's own figures, and the choice following its rule.
+    spread = record["spread"]
+    assert [p["spread_correction"] for p in spread["grid"]] == list(SMALL.spread_corrections)
+    uncorrected = {k: v for k, v in spread["grid"][0].items() if k != "spread_correction"}
+    assert uncorrected == record["grid"][index]
+    figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in spread["grid"]]
+    assert settings.spread_correction == figures[pick_spread(figures, SMALL)]["spread_correction"]
     # Everything else about sampling is kept.
-    assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5) == SampleConfig()
+    assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5,
+                               spread_correction=0.0) == SampleConfig()
     assert "sampling settings chosen on validation" in describe(record)
 
 
@@ -181,6 +254,41 @@ def test_the_choice_is_reproducible_and_the_weights_carry_the_chosen_noise_gap(t
     # The network weights are the trained ones; only the fitted sampler parts change.
     assert torch.equal(model.to_mean.weight, trained[0]["to_mean.weight"])
     assert (model.noise_gap is not None) == (settings_a.noise_calibration > 0)
+    assert (model.spread is not None) == (settings_a.spread_correction > 0)
+
+
+def test_full_spread_correction_gives_each_combination_its_shrunk_training_sd(trained):
+    state, sizes, (x_train, c_train, _, _) = trained
+    model = CVAE(x_train.shape[1], sizes, TINY_MODEL)
+    model.load_state_dict(state)
+    model.eval()
+    settings = SampleConfig(noise_calibration=0.0)
+    xt, ct = torch.from_numpy(x_train), torch.from_numpy(c_train)
+    model.spread = fit_spread(model, xt, ct, settings)
+    combos, counts = np.unique(c_train, axis=0, return_counts=True)
+    assert torch.equal(model.spread.codes, torch.from_numpy(combos.astype(np.int64)))
+    assert float(model.spread.ratios.min()) >= 0 and float(model.spread.ratios.max()) <= MAX_RATIO
+    k = int(np.argmax(counts))
+    codes = torch.from_numpy(np.repeat(combos[k:k + 1], 4000, axis=0))
+    plain = model.sample(codes, torch.Generator().manual_seed(9), settings)
+    full = model.sample(codes, torch.Generator().manual_seed(9),
+                        dataclasses.replace(settings, spread_correction=1.0))
+    # Same draws, so the correction is exactly the affine map of the module docstring.
+    centre, ratio = model.spread.centres[k], model.spread.ratios[k]
+    torch.testing.assert_close(full, centre + (plain - centre) * ratio)
+    # And the corrected spread is the target, computed here from the training split:
+    # the combination's sd, shrunk towards the pooled within-combination sd by
+    # n / (n + 10). The ratios come from 256 draws, so allow Monte-Carlo error.
+    labels = np.unique(c_train, axis=0, return_inverse=True)[1].reshape(-1)
+    within = [x_train[labels == j].var(axis=0) for j in range(len(combos))]
+    several = counts > 1
+    pooled = sum(counts[j] * within[j] for j in np.flatnonzero(several)) / counts[several].sum()
+    weight = counts[k] / (counts[k] + SHRINKAGE_ROWS)
+    target = np.sqrt(weight * within[k] + (1 - weight) * pooled)
+    unclipped = (ratio < MAX_RATIO).numpy()
+    relative = full.double().std(dim=0).numpy()[unclipped] / target[unclipped]
+    assert abs(np.median(relative) - 1) < 0.05 and np.all(np.abs(relative - 1) < 0.3)
+    assert abs(np.median(plain.double().std(dim=0).numpy() / target) - 1) > 0.05
 
 
 @pytest.mark.parametrize("kwargs, sample, reason", [
