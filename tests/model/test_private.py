@@ -66,7 +66,8 @@ def test_dp_bundle_reads_no_training_statistic(dataset, dp_bundle):
     other, _ = fit_bundle(_without_one_training_row(dataset), SPEC, DP_MODEL, TINY_TRAIN,
                           privacy=PRIVACY)
     for bundle in (dp_bundle, other):
-        assert bundle.model.latent_prior is None and bundle.model.noise_gap is None
+        assert (bundle.model.latent_prior, bundle.model.noise_gap, bundle.model.spread) == (
+            None, None, None)
         assert bundle.sample_defaults.latent == "standard"
         assert bundle.sample_defaults.noise_calibration == 0
     assert dp_bundle.sample_defaults == DP_SAMPLING
