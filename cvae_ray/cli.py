@@ -294,33 +294,21 @@ def _mib(value: float | None) -> str:
 
 def _choice_table(record: dict) -> str:
     """The validation figures of every sampling setting tried after training."""
-    def figures(p: dict) -> str:
+    from cvae_ray.model.sampling_choice import is_chosen
+
+    lines = ["validation figures of the sampling settings tried (mean over "
+             f"{record['seeds']} sampling seeds; * chosen, - fails the copy check; "
+             "detection n/a: not measured, it could not change the choice):",
+             "  temperature  calibration  spread   gamma  ±sd     DCR ratio  detection  sd r"
+             "    recall"]
+    for p in record["grid"]:
+        mark = "*" if is_chosen(p, record["chosen"]) else " " if p["passes_copy_check"] else "-"
         values = ["   n/a" if p[name] is None else f"{p[name]:6.3f}"
                   for name in ("gamma", "gamma_sd", "dcr_ratio", "detection_auc", "sd_r",
                                "recall")]
-        return "{} {}  {}     {}     {}  {}".format(*values)
-
-    def mark(p: dict, chosen: bool) -> str:
-        return "*" if chosen else " " if p["passes_copy_check"] else "-"
-
-    lines = ["validation figures of the sampling settings tried (mean over "
-             f"{record['seeds']} sampling seeds; * chosen, - fails the copy check):",
-             "  temperature  calibration   gamma  ±sd     DCR ratio  detection  sd r    recall"]
-    chosen = record["chosen"]
-    for p in record["grid"]:
-        is_chosen = (p["temperature"], p["noise_calibration"]) == (
-            chosen["temperature"], chosen["noise_calibration"])
-        lines.append(f"{mark(p, is_chosen)} {p['temperature']:11g}  "
-                     f"{p['noise_calibration']:11g}  {figures(p)}")
-    spread = record.get("spread")
-    if spread is not None:
-        lines += ["then the spread correction at that setting (gamma may drop by "
-                  f"{spread['gamma_tolerance']:g}; the best sd agreement wins):",
-                  "     exponent               gamma  ±sd     DCR ratio  detection  sd r    recall"]
-        for p in spread["grid"]:
-            is_chosen = p["spread_correction"] == chosen["spread_correction"]
-            lines.append(f"{mark(p, is_chosen)} {p['spread_correction']:11g}  "
-                         f"{'':11}  {figures(p)}")
+        lines.append(f"{mark} {p['temperature']:11g}  {p['noise_calibration']:11g}  "
+                     f"{p.get('spread_correction', 0.0):6g}  "
+                     + "{} {}  {}     {}     {}  {}".format(*values))
     return "\n".join(lines)
 
 

@@ -227,11 +227,15 @@ class CVAE(nn.Module):
             z = self.latent_prior.transform(z, codes)
         scale = (self.noise_scale(sample) if gene_noise is not None and sample.temperature > 0
                  else None)
+        spread = (self.spread.index(codes) if scale is not None and self.spread is not None
+                  and sample.spread_correction > 0 else None)
 
         def rows_out(rows: slice) -> torch.Tensor:
             part = self.decode(z[rows], codes[rows])
             if scale is not None:
                 part.addcmul_(gene_noise[rows].to(device), scale)
+            if spread is not None:
+                self.spread.apply(part, spread[rows], sample.spread_correction)
             return part
 
         n = z.shape[0]
@@ -243,8 +247,6 @@ class CVAE(nn.Module):
             for start in range(0, n, SAMPLE_CHUNK):
                 rows = slice(start, start + SAMPLE_CHUNK)
                 out[rows] = rows_out(rows)
-        if scale is not None and self.spread is not None:
-            self.spread.apply(out, codes, sample.spread_correction)
         return out
 
     @torch.no_grad()

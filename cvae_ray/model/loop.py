@@ -235,6 +235,22 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
     return float(np.mean(gammas)), (None if private else ratio)
 
 
+def check_training_sampling(sample_config: SampleConfig) -> None:
+    """Refuse a spread correction among the settings checkpoints are selected with.
+
+    Its ratios are fitted only after training, when the sampling settings are chosen
+    (:mod:`cvae_ray.model.sampling_choice`), so during training it could not apply.
+
+    Raises:
+        InvalidConfigError: ``spread_correction > 0``.
+    """
+    if sample_config.spread_correction > 0:
+        raise InvalidConfigError(
+            f"spread_correction={sample_config.spread_correction!r} is not valid for "
+            "training: its ratios are fitted after training, where fit chooses it on "
+            "validation (SamplingChoice.spread_corrections); use 0.")
+
+
 def check_private_sampling(sample_config: SampleConfig) -> None:
     """Refuse sampling settings that would be fitted on the training split in DP mode.
 
@@ -281,10 +297,11 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         used and, in DP mode, the privacy record.
 
     Raises:
-        InvalidConfigError: In DP mode, BatchNorm or sampling settings fitted on the
-            training split.
+        InvalidConfigError: A spread correction (:func:`check_training_sampling`); in
+            DP mode, BatchNorm or sampling settings fitted on the training split.
     """
     sample_config = sample_config or SampleConfig()
+    check_training_sampling(sample_config)
     private = privacy is not None
     if private:
         from cvae_ray.model.private import PrivateCVAE, PrivateTraining

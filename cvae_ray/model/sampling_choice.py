@@ -1,16 +1,15 @@
 """Choose a bundle's sampling settings on the validation split, after training.
 
-The sampling settings that widen or narrow the samples (``SampleConfig.temperature``
-and ``noise_calibration``) were constants chosen on one dataset (RNAseqDB); how
-much spread the decoder leaves out differs between datasets. After training,
-:func:`choose_sampling` tries the small grid of :class:`cvae_ray.config.SamplingChoice`
-on the validation split and keeps the best by its rule (the rule, the grid and
-the thresholds live there): the best validation gamma among settings that pass
-the copy check (mean DCR ratio >= :data:`cvae_ray.config.MIN_DCR_RATIO`, as for
-checkpoints) and stay hard to detect (mean detection AUC <= ``max_detection_auc``).
-A second stage then chooses the exponent of the per-combination spread correction
-(:mod:`cvae_ray.model.spread`) at that setting, by per-gene sd agreement within a
-gamma tolerance. Every grid point's figures go into the bundle's training record.
+The sampling settings that widen or narrow the samples (``SampleConfig.temperature``,
+``noise_calibration`` and ``spread_correction``) would otherwise be constants chosen
+on one dataset (RNAseqDB); how much spread the decoder leaves out, and where,
+differs between datasets. After training, :func:`choose_sampling` tries the grid of
+:class:`cvae_ray.config.SamplingChoice` on the validation split and keeps the best
+by its rule (the rule, the grid and the thresholds live there): the best
+validation gamma among settings that pass the copy check (mean DCR ratio >=
+:data:`cvae_ray.config.MIN_DCR_RATIO`, as for checkpoints) and stay hard to detect
+(mean detection AUC <= ``max_detection_auc``). Every grid point's figures go into
+the bundle's training record.
 
 One implementation for every path that exports a bundle: ``cvae-ray fit``
 (:func:`cvae_ray.model.fitting.fit_bundle`), the Tune export
@@ -22,7 +21,6 @@ outside the privacy budget.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -42,7 +40,7 @@ from cvae_ray.metrics.registry import (
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gap
-from cvae_ray.model.spread import fit_spread
+from cvae_ray.model.spread import SpreadCorrection, fit_spread
 
 #: Fewest validation samples the choice needs (the detection classifier's 5 folds
 #: and the k-NN balls of recall need several per side); below it the settings are kept.
@@ -59,9 +57,6 @@ FIGURES = ("gamma", "dcr_ratio", "detection_auc", "sd_r", "recall")
 RULE_BEST_GAMMA = "best validation gamma among qualifying settings"
 RULE_LEAST_DETECTABLE = "no setting qualifies: the least detectable that passes the copy check"
 RULE_FARTHEST = "no setting passes the copy check: the farthest from the training data"
-#: How the spread correction was decided (``spread.rule`` of the record).
-RULE_SPREAD = ("best validation sd agreement among exponents that pass the copy check, "
-               "stay as hard to detect and keep gamma within the tolerance")
 
 
 def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[int, str]:
@@ -69,8 +64,9 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
 
     Args:
         points: One mapping per grid point, in grid order, with ``temperature``,
-            ``noise_calibration``, ``gamma``, ``gamma_sd``, ``dcr_ratio`` and
-            ``detection_auc`` (means over the sampling seeds; NaN when not measured).
+            ``noise_calibration``, ``spread_correction`` (0 when absent), ``gamma``,
+            ``gamma_sd``, ``dcr_ratio`` and ``detection_auc`` (means over the sampling
+            seeds; NaN when not measured).
         choice: The thresholds.
 
     Returns:
@@ -86,17 +82,23 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
     qualifying = [i for i in passing if qualifies(points[i], choice)]
     if qualifying:
         best = max(qualifying, key=lambda i: (points[i]["gamma"], -i))
-        top, top_sd = points[best]["gamma"], _sd(points[best])
-        tied = [i for i in qualifying
-                if top - points[i]["gamma"] <= max(top_sd, _sd(points[i]))]
-        # Equal gamma: the most noise wins (farther from copying); then grid order.
+        tied = [i for i in qualifying if ties(points[best], points[i])]
+        # Equal gamma: the most noise wins (farther from copying), then the most
+        # spread correction (closer to the real per-gene spread); then grid order.
         return min(tied, key=lambda i: (-points[i]["temperature"],
-                                        -points[i]["noise_calibration"], i)), RULE_BEST_GAMMA
+                                        -points[i]["noise_calibration"],
+                                        -points[i].get("spread_correction", 0.0), i)), \
+            RULE_BEST_GAMMA
     if passing:
         return min(passing, key=lambda i: (_or_inf(points[i]["detection_auc"]), i)), \
             RULE_LEAST_DETECTABLE
     return min(range(len(points)), key=lambda i: (-_or_minus_inf(points[i]["dcr_ratio"]), i)), \
         RULE_FARTHEST
+
+
+def ties(best: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether ``other``'s gamma is within one sampling-seed sd (of either) of ``best``'s."""
+    return best["gamma"] - other["gamma"] <= max(_sd(best), _sd(other))
 
 
 def passes_copy_check(point: Mapping[str, Any]) -> bool:
@@ -159,14 +161,16 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
                     genes: np.ndarray | None = None) -> tuple[SampleConfig, dict[str, Any]]:
     """Score every grid point on the validation split and keep the best (see :func:`pick`).
 
-    For each grid point (:meth:`SamplingChoice.settings` of ``base``) the noise gap is
-    refitted at its temperature on the training split (:mod:`cvae_ray.model.noise_gap`),
-    as training's refit does, and the validation condition mix is sampled with seeds
-    ``0 .. seeds - 1``. Then, at the chosen point, the spread correction
-    (:mod:`cvae_ray.model.spread`) is fitted on the training split and its exponents
-    are scored the same way (see :func:`pick_spread`). On return the model (moved to
-    CPU, in eval mode) carries the latent prior, the noise gap and the spread
-    correction of the chosen settings (no correction when exponent 0 is chosen).
+    For each grid point (:meth:`SamplingChoice.settings` of ``base``) the noise gap
+    (:mod:`cvae_ray.model.noise_gap`, per temperature) and the spread correction
+    (:mod:`cvae_ray.model.spread`, per temperature and calibration) are fitted on the
+    training split, and the validation condition mix is sampled with seeds
+    ``0 .. seeds - 1``. Detection, most of the cost, is measured only where it can
+    change the choice: for settings that pass the copy check, in order of gamma,
+    until the best qualifying one is found and those that could tie with it are
+    measured. On return the model (moved to CPU, in eval mode) carries the latent
+    prior, the noise gap and the spread correction of the chosen settings (none
+    where the chosen settings do not use them).
 
     Args:
         model: The trained CVAE (its weights are not changed).
@@ -185,16 +189,16 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
 
     Returns:
         The chosen settings and the record: ``chosen`` (temperature, noise
-        calibration, spread correction), ``rule``, ``grid`` (every point's settings, means of
-        :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and ``qualifies``; the
-        detection AUC is ``None`` for a setting that fails the copy check: it is not
-        measured, since such a setting cannot be chosen), the thresholds, ``seeds``
-        and ``seconds``.
+        calibration, spread correction), ``rule``, ``grid`` (every point's settings,
+        means of :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and
+        ``qualifies``; the detection AUC is ``None`` where it was not measured: a
+        setting that fails the copy check, or one whose gamma is beyond a tie with
+        the best qualifying setting's), the thresholds, ``seeds``, ``detections``
+        (settings whose detection was measured) and ``seconds``.
     """
     choice = choice or SamplingChoice()
     started = time.perf_counter()
     model = model.cpu().eval()
-    model.spread = None
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
     x_val = np.ascontiguousarray(x_val, dtype=np.float32)
     xt, ct = torch.from_numpy(x_train), torch.from_numpy(np.asarray(codes_train))
@@ -205,104 +209,74 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     if base.fitted_prior:
         model.latent_prior = fit_latent_prior(model, xt, ct)
     gaps: dict[float, torch.Tensor] = {}
+    spreads: dict[tuple[float, float], SpreadCorrection] = {}
 
-    def gap_at(settings: SampleConfig) -> torch.Tensor:
+    def use(settings: SampleConfig) -> None:
+        """Set the model's fitted noise gap and spread correction for ``settings``."""
         # The gap is measured without calibration, so it depends on the temperature only.
-        if settings.temperature not in gaps:
+        model.spread = None
+        if settings.noise_calibration > 0 and settings.temperature not in gaps:
             gaps[settings.temperature] = fit_noise_gap(model, xt, ct, settings)
-        return gaps[settings.temperature]
+        model.noise_gap = gaps[settings.temperature] if settings.noise_calibration > 0 else None
+        key = (settings.temperature, settings.noise_calibration)
+        if settings.spread_correction > 0 and key not in spreads:
+            spreads[key] = fit_spread(model, xt, ct, settings)
+        model.spread = spreads[key] if settings.spread_correction > 0 else None
 
-    def score(settings: SampleConfig) -> dict[str, Any]:
-        samples = [model.sample(cv, torch.Generator().manual_seed(seed), settings).numpy()
-                   for seed in range(choice.seeds)]
-        per_seed = [_figures(x_train, x_val, labels, synthetic, seed, genes)
-                    for seed, synthetic in enumerate(samples)]
-        point: dict[str, Any] = {"temperature": settings.temperature,
-                                 "noise_calibration": settings.noise_calibration}
-        # Rounded before the rule sees them, so that the record reproduces the choice.
-        for name in FIGURES:
-            if name != "detection_auc":
-                point[name] = _round(_mean([s[name] for s in per_seed]))
-        # Detection is most of the cost, and a setting that copies is out whatever its
-        # detection: it is measured only for settings that pass the copy check.
-        point["detection_auc"] = (_round(_mean([
-            detection_auc(val_genes, synthetic if genes is None else synthetic[:, genes],
-                          model=detector, seed=seed) for seed, synthetic in enumerate(samples)]))
-            if passes_copy_check(point) else float("nan"))
-        gammas = [s["gamma"] for s in per_seed]
-        point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
-        point["passes_copy_check"] = passes_copy_check(point)
-        point["qualifies"] = qualifies(point, choice)
-        return point
+    def draws(settings: SampleConfig) -> list[np.ndarray]:
+        use(settings)
+        return [model.sample(cv, torch.Generator().manual_seed(seed), settings).numpy()
+                for seed in range(choice.seeds)]
 
     grid = choice.settings(base)
     points = []
     for settings in grid:
-        model.noise_gap = gap_at(settings) if settings.noise_calibration > 0 else None
-        points.append(score(settings))
+        per_seed = [_figures(x_train, x_val, labels, synthetic, seed, genes)
+                    for seed, synthetic in enumerate(draws(settings))]
+        point: dict[str, Any] = {"temperature": settings.temperature,
+                                 "noise_calibration": settings.noise_calibration,
+                                 "spread_correction": settings.spread_correction}
+        # Rounded before the rule sees them, so that the record reproduces the choice.
+        for name in FIGURES:
+            if name != "detection_auc":
+                point[name] = _round(_mean([s[name] for s in per_seed]))
+        point["detection_auc"] = float("nan")
+        gammas = [s["gamma"] for s in per_seed]
+        point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
+        point["passes_copy_check"] = passes_copy_check(point)
+        points.append(point)
+    # Detection in order of gamma, for settings that pass the copy check (one that
+    # copies is out whatever its detection), until it can no longer change the choice.
+    order = sorted((i for i, p in enumerate(points) if p["passes_copy_check"]),
+                   key=lambda i: (-_or_minus_inf(points[i]["gamma"]), i))
+    best = None
+    measured = 0
+    for i in order:
+        if best is not None and not (math.isfinite(points[i]["gamma"])
+                                     and ties(points[best], points[i])):
+            continue
+        samples = draws(grid[i])
+        points[i]["detection_auc"] = _round(_mean([
+            detection_auc(val_genes, synthetic if genes is None else synthetic[:, genes],
+                          model=detector, seed=seed) for seed, synthetic in enumerate(samples)]))
+        measured += 1
+        if best is None and qualifies(points[i], choice):
+            best = i
+    for point in points:
+        point["qualifies"] = qualifies(point, choice)
     index, rule = pick(points, choice)
     chosen = grid[index]
-    model.noise_gap = gap_at(chosen) if chosen.noise_calibration > 0 else None
+    use(chosen)
     record = {"chosen": {"temperature": chosen.temperature,
-                         "noise_calibration": chosen.noise_calibration},
+                         "noise_calibration": chosen.noise_calibration,
+                         "spread_correction": chosen.spread_correction},
               "rule": rule, "min_dcr_ratio": MIN_DCR_RATIO,
               "max_detection_auc": choice.max_detection_auc, "seeds": choice.seeds,
               "genes": None if genes is None else len(genes), "detector": detector,
-              "grid": [{k: _json(v) for k, v in p.items()} for p in points]}
-    if any(a > 0 for a in choice.spread_corrections) and chosen.noise and chosen.temperature > 0:
-        model.spread = fit_spread(model, xt, ct, chosen)
-        spread_points = []
-        for exponent in choice.spread_corrections:
-            point = (dict(points[index]) if exponent == 0 else
-                     score(dataclasses.replace(chosen, spread_correction=float(exponent))))
-            spread_points.append({"spread_correction": float(exponent), **point})
-        best = pick_spread(spread_points, choice)
-        chosen = dataclasses.replace(
-            chosen, spread_correction=spread_points[best]["spread_correction"])
-        if chosen.spread_correction == 0:
-            model.spread = None  # nothing to apply: the bundle carries no ratios
-        record["spread"] = {"rule": RULE_SPREAD,
-                            "gamma_tolerance": choice.spread_gamma_tolerance,
-                            "grid": [{k: _json(v) for k, v in p.items()}
-                                     for p in spread_points]}
-    record["chosen"]["spread_correction"] = chosen.spread_correction
-    record["seconds"] = round(time.perf_counter() - started, 2)
+              "detections": measured,
+              "grid": [{k: _json(v) for k, v in p.items()} for p in points],
+              "seconds": round(time.perf_counter() - started, 2)}
     return chosen, record
-
-
-def pick_spread(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> int:
-    """Apply the spread-correction rule of :class:`SamplingChoice` to scored exponents.
-
-    Args:
-        points: One mapping per exponent with ``spread_correction``, ``gamma``,
-            ``gamma_sd``, ``dcr_ratio``, ``detection_auc`` and ``sd_r`` (NaN when not
-            measured); the one with exponent 0 (the setting chosen before) must be there.
-        choice: The thresholds.
-
-    Returns:
-        The chosen point's position.
-
-    Raises:
-        ValueError: No point has exponent 0.
-    """
-    plain = [i for i, p in enumerate(points) if p["spread_correction"] == 0]
-    if not plain:
-        raise ValueError("the spread grid needs the uncorrected setting (exponent 0).")
-    base = points[plain[0]]
-    max_auc = max(choice.max_detection_auc, _or_minus_inf(base["detection_auc"]))
-
-    def eligible(i: int) -> bool:
-        p = points[i]
-        if i == plain[0]:
-            return True
-        slack = max(choice.spread_gamma_tolerance, _sd(base), _sd(p))
-        return (passes_copy_check(p) and math.isfinite(p["detection_auc"])
-                and p["detection_auc"] <= max_auc and math.isfinite(p["gamma"])
-                and p["gamma"] >= base["gamma"] - slack)
-
-    return max((i for i in range(len(points)) if eligible(i)),
-               key=lambda i: (_or_minus_inf(points[i]["sd_r"]),
-                              -points[i]["spread_correction"]))
 
 
 def _round(value: float) -> float:
@@ -377,14 +351,7 @@ def describe(record: Mapping[str, Any]) -> str:
     if "skipped" in record:
         return f"sampling settings kept as given ({record['skipped']})"
     chosen = record["chosen"]
-    [point] = [p for p in record["grid"] if p["temperature"] == chosen["temperature"]
-               and p["noise_calibration"] == chosen["noise_calibration"]]
-    spread = record.get("spread")
-    tried = len(record["grid"])
-    if spread is not None:
-        [point] = [p for p in spread["grid"]
-                   if p["spread_correction"] == chosen["spread_correction"]]
-        tried += sum(p["spread_correction"] > 0 for p in spread["grid"])
+    [point] = [p for p in record["grid"] if is_chosen(p, chosen)]
 
     def figure(name: str) -> str:
         value = point.get(name)
@@ -394,5 +361,13 @@ def describe(record: Mapping[str, Any]) -> str:
             f"noise calibration {chosen['noise_calibration']:g}, spread correction "
             f"{chosen.get('spread_correction', 0.0):g} ({record['rule']}; gamma "
             f"{figure('gamma')}, DCR ratio {figure('dcr_ratio')}, detection AUC "
-            f"{figure('detection_auc')}, sd agreement {figure('sd_r')}; {tried} settings x "
-            f"{record['seeds']} seeds in {record['seconds']:.1f} s)")
+            f"{figure('detection_auc')}, sd agreement {figure('sd_r')}; "
+            f"{len(record['grid'])} settings x {record['seeds']} seeds in "
+            f"{record['seconds']:.1f} s)")
+
+
+def is_chosen(point: Mapping[str, Any], chosen: Mapping[str, Any]) -> bool:
+    """Whether a recorded grid point holds the chosen settings (records before the
+    spread correction have none: 0)."""
+    return all(point.get(k, 0.0) == chosen.get(k, 0.0)
+               for k in ("temperature", "noise_calibration", "spread_correction"))

@@ -11,14 +11,14 @@ After training, on the training split only, each seen combination ``c`` gets the
 centre ``m_c`` (per-gene mean) and sd ``s_c`` of :data:`DRAWS` of the model's own
 samples, and a target sd ``t_c``: its training rows' per-gene sd, shrunk towards the
 pooled within-combination sd by the weight ``n_c / (n_c + SHRINKAGE_ROWS)`` (a
-combination with few rows borrows the others' spread, as the per-class Gaussian's
-shrinkage does). Sampling then rescales each sample's deviation from its
+combination with few rows borrows the others' spread; variances are unbiased).
+Sampling then rescales each sample's deviation from its
 combination's centre, per gene::
 
     x' = m_c + (x - m_c) * (t_c / s_c) ** a
 
 with ``a = SampleConfig.spread_correction`` (0: unchanged, 1: the full ratio), chosen
-on validation after the temperature and noise calibration
+on validation together with the temperature and noise calibration
 (:mod:`cvae_ray.model.sampling_choice`). The means the model gives each combination
 are kept; only the spread around them changes, so gene-gene correlations within a
 combination are kept too. Combinations never seen in training have no training rows,
@@ -26,7 +26,7 @@ so their samples are left as the model draws them.
 
 The ratios are fitted at the bundle's chosen temperature and noise calibration; a
 request that overrides the temperature keeps the same ratios. Decoder means
-(``noise=False``) are never rescaled.
+(``noise=False`` or temperature 0) are never rescaled.
 """
 
 from __future__ import annotations
@@ -76,27 +76,45 @@ class SpreadCorrection:
         return cls(codes=state["spread_codes"].long(), centres=state["spread_centres"].float(),
                    ratios=state["spread_ratios"].float())
 
+    def index(self, codes: torch.Tensor) -> torch.Tensor:
+        """Each row's position among the fitted combinations.
+
+        Args:
+            codes: ``(n, n_conditions)`` condition codes.
+
+        Returns:
+            ``(n,)`` int64 tensor on ``codes``' device; -1 for a combination not fitted.
+        """
+        known = self.codes.to(codes.device)
+        index = torch.full((codes.shape[0],), -1, dtype=torch.long, device=codes.device)
+        # One comparison per fitted combination: (n, K, n_conditions) at once would
+        # cost memory in K for large requests.
+        for k in range(known.shape[0]):
+            index[(codes == known[k]).all(dim=1)] = k
+        return index
+
     @torch.no_grad()
-    def apply(self, samples: torch.Tensor, codes: torch.Tensor, exponent: float) -> torch.Tensor:
+    def apply(self, samples: torch.Tensor, index: torch.Tensor, exponent: float) -> torch.Tensor:
         """Rescale each row's deviation from its combination's centre (in place).
 
         Args:
             samples: ``(n, n_genes)`` float samples in standardised space.
-            codes: ``(n, n_conditions)`` their condition codes (same device).
+            index: ``(n,)`` their combinations' positions (:meth:`index`; -1: unchanged).
             exponent: ``a`` of the module docstring; 0 changes nothing.
 
         Returns:
-            ``samples``; rows of combinations without a correction are unchanged.
+            ``samples``.
         """
         if exponent <= 0:
             return samples
-        known = self.codes.to(codes.device)
-        match = (codes[:, None, :] == known[None, :, :]).all(dim=2)  # (n, K)
-        for k in torch.unique(torch.nonzero(match)[:, 1]).tolist():
-            rows = match[:, k]
-            centre = self.centres[k].to(samples)
-            factor = self.ratios[k].to(samples) ** exponent
-            samples[rows] = centre + (samples[rows] - centre) * factor
+        index = index.to(samples.device)
+        fitted = index >= 0
+        if not bool(fitted.any()):
+            return samples
+        rows = index[fitted]
+        centres = self.centres.to(samples)[rows]
+        factors = self.ratios.to(samples)[rows].pow_(exponent)
+        samples[fitted] = (samples[fitted] - centres).mul_(factors).add_(centres)
         return samples
 
 
@@ -121,12 +139,16 @@ def fit_spread(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch
     combos, inverse = np.unique(codes_train.cpu().numpy(), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     counts = np.bincount(inverse, minlength=len(combos))
-    within = [x[inverse == k].var(axis=0) for k in range(len(combos))]
     several = counts > 1
-    # Pooled over the combinations with a variance of their own; with none, the
-    # total variance stands in (all rows alike).
-    pooled = (sum(counts[k] * within[k] for k in np.flatnonzero(several)) / counts[several].sum()
-              if several.any() else x.var(axis=0))
+    # Unbiased variances: per combination (n - 1), pooled over the combinations with
+    # two or more rows (sum of squares over N - K); with none, the total variance.
+    within = [x[inverse == k].var(axis=0, ddof=1) if several[k] else None
+              for k in range(len(combos))]
+    if several.any():
+        pooled = (sum((counts[k] - 1) * within[k] for k in np.flatnonzero(several))
+                  / (counts[several] - 1).sum())
+    else:
+        pooled = x.var(axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
     was_training = model.training
     model.eval()
     centres, ratios = [], []
@@ -134,10 +156,11 @@ def fit_spread(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch
         codes = torch.from_numpy(np.repeat(combo[None, :], draws, axis=0))
         synthetic = model.sample(codes, torch.Generator().manual_seed(k), plain).cpu().double()
         centres.append(synthetic.mean(dim=0).numpy())
-        weight = counts[k] / (counts[k] + SHRINKAGE_ROWS) if counts[k] > 1 else 0.0
-        target = weight * within[k] + (1.0 - weight) * pooled
-        ratio = np.sqrt(target / np.maximum(synthetic.var(dim=0, unbiased=False).numpy(), _EPS))
-        ratios.append(np.clip(ratio, 0.0, MAX_RATIO))
+        weight = counts[k] / (counts[k] + SHRINKAGE_ROWS) if several[k] else 0.0
+        target = weight * within[k] + (1.0 - weight) * pooled if several[k] else pooled
+        ratio = np.sqrt(target / np.maximum(synthetic.var(dim=0).numpy(), _EPS))
+        # A NaN (no spread anywhere) leaves the gene as drawn.
+        ratios.append(np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, MAX_RATIO))
     model.train(was_training)
     return SpreadCorrection(codes=torch.from_numpy(combos.astype(np.int64)),
                             centres=torch.from_numpy(np.stack(centres).astype(np.float32)),

@@ -31,7 +31,6 @@ from cvae_ray.model.sampling_choice import (
     choose_after_training,
     describe,
     pick,
-    pick_spread,
 )
 from cvae_ray.model.spread import (
     MAX_RATIO,
@@ -42,7 +41,8 @@ from cvae_ray.model.spread import (
 
 RULE = SamplingChoice()
 OK, COPYING = MIN_DCR_RATIO + 0.05, MIN_DCR_RATIO - 0.05
-SMALL = SamplingChoice(temperatures=(0.8, 1.2), noise_calibrations=(0.0, 1.0), seeds=2)
+SMALL = SamplingChoice(temperatures=(0.8, 1.2), noise_calibrations=(0.0, 1.0),
+                       spread_corrections=(0.0, 1.0), seeds=2)
 SPEC = DataSpec(conditions=("tissue", "source"))
 
 
@@ -104,40 +104,12 @@ def test_unmeasured_figures_never_qualify():
     assert chosen(points) == ((1.5, 0.0), RULE_BEST_GAMMA)
 
 
-def spread_point(exponent: float, gamma: float, sd_r: float, dcr: float = OK,
-                 detection: float = 0.5, sd: float = 0.0) -> dict:
-    return {"spread_correction": exponent, "gamma": gamma, "gamma_sd": sd, "dcr_ratio": dcr,
-            "detection_auc": detection, "sd_r": sd_r}
-
-
-def test_the_spread_exponent_with_the_best_sd_agreement_within_the_gamma_tolerance_wins():
-    tolerance = RULE.spread_gamma_tolerance
-    points = [spread_point(0.0, 0.930, 0.25), spread_point(0.5, 0.930 - tolerance, 0.30),
-              spread_point(1.0, 0.930 - 2 * tolerance, 0.35)]
-    assert pick_spread(points, RULE) == 1
-    # A seed sd larger than the tolerance widens it.
-    points[2]["gamma_sd"] = 2 * tolerance
-    assert pick_spread(points, RULE) == 2
-
-
-def test_a_spread_exponent_that_copies_or_is_easier_to_detect_is_not_chosen():
-    base = spread_point(0.0, 0.93, 0.25, detection=0.55)
-    assert pick_spread([base, spread_point(1.0, 0.94, 0.40, dcr=COPYING)], RULE) == 0
-    assert pick_spread([base, spread_point(1.0, 0.94, 0.40, detection=RULE.max_detection_auc
-                                           + 0.01)], RULE) == 0
-    # Up to the larger of the threshold and the uncorrected setting's own detection.
-    detectable = spread_point(0.0, 0.93, 0.25, detection=0.70)
-    assert pick_spread([detectable, spread_point(1.0, 0.93, 0.40, detection=0.69)], RULE) == 1
-    assert pick_spread([detectable, spread_point(1.0, 0.93, 0.40, detection=0.71)], RULE) == 0
-
-
-def test_the_uncorrected_setting_is_always_eligible_and_ties_go_to_the_smaller_exponent():
-    # Even when it copies (chosen by the farthest-from-training rule before).
-    points = [spread_point(0.0, 0.9, 0.2, dcr=COPYING), spread_point(1.0, 0.9, float("nan"))]
-    assert pick_spread(points, RULE) == 0
-    assert pick_spread([spread_point(1.0, 0.9, 0.3), spread_point(0.0, 0.9, 0.3)], RULE) == 1
-    with pytest.raises(ValueError, match="exponent 0"):
-        pick_spread([spread_point(1.0, 0.9, 0.3)], RULE)
+def test_equal_gamma_goes_to_the_larger_spread_correction_after_the_noise():
+    a = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 0.5}
+    b = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 1.0}
+    c = {**point(1.2, 0.0, 0.93, OK, 0.5), "spread_correction": 0.0}
+    assert pick([a, b], RULE) == (1, RULE_BEST_GAMMA)
+    assert pick([a, b, c], RULE) == (2, RULE_BEST_GAMMA)  # more noise first
 
 
 def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the_rest():
@@ -145,17 +117,38 @@ def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the
     correction = SpreadCorrection(codes=codes, centres=torch.tensor([[1.0, -1.0], [0.0, 0.0]]),
                                   ratios=torch.tensor([[2.0, 0.5], [1.0, 1.0]]))
     rows = torch.tensor([[0, 0], [0, 1], [1, 0]])  # (0, 1) was not fitted: unchanged
+    index = correction.index(rows)
+    assert index.tolist() == [0, -1, 1]
     x = torch.tensor([[2.0, 1.0], [5.0, 5.0], [3.0, 3.0]])
-    out = correction.apply(x.clone(), rows, 1.0)
+    out = correction.apply(x.clone(), index, 1.0)
     torch.testing.assert_close(out, torch.tensor([[3.0, 0.0], [5.0, 5.0], [3.0, 3.0]]))
-    half = correction.apply(x.clone(), rows, 0.5)
+    half = correction.apply(x.clone(), index, 0.5)
     torch.testing.assert_close(half[0], torch.tensor([1.0 + 2.0 ** 0.5, -1.0 + 2.0 * 0.5 ** 0.5]))
-    assert torch.equal(correction.apply(x.clone(), rows, 0.0), x)
+    assert torch.equal(correction.apply(x.clone(), index, 0.0), x)
+    assert torch.equal(correction.apply(x[1:2].clone(), index[1:2], 1.0), x[1:2])
     state = correction.to_state()
     restored = SpreadCorrection.from_state(state)
     assert all(torch.equal(getattr(restored, k), getattr(correction, k))
                for k in ("codes", "centres", "ratios"))
     assert SpreadCorrection.from_state({"codes": codes}) is None
+
+
+def test_the_target_spread_is_the_unbiased_shrunk_training_sd():
+    # One gene; combination 0 has rows 0 and 2 (variance 2), combination 1 rows 1, 3 and 5
+    # (variance 4), combination 2 one row (the pooled variance alone).
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [9.0], [5.0]])
+    codes = torch.tensor([[0], [1], [0], [1], [2], [1]])
+    model = CVAE(1, [3], TINY_MODEL)
+    model.eval()
+    settings = SampleConfig(noise_calibration=0.0, latent="standard")
+    correction = fit_spread(model, x, codes, settings, draws=4000)
+    pooled = (1 * 2.0 + 2 * 4.0) / 3  # sums of squares over N - K
+    targets = [(2 / 12) * 2.0 + (10 / 12) * pooled, (3 / 13) * 4.0 + (10 / 13) * pooled, pooled]
+    for k, target in enumerate(targets):
+        plain = model.sample(codes.new_full((4000, 1), k), torch.Generator().manual_seed(50),
+                             settings).double()
+        expected = np.sqrt(target) / float(plain.std())
+        assert abs(float(correction.ratios[k, 0]) - expected) < 0.05 * expected, k
 
 
 @pytest.mark.parametrize("values, message", [
@@ -165,7 +158,6 @@ def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the
     ({"noise_calibrations": (0.5, 0.5)}, "distinct numbers from 0 to 1"),
     ({"max_detection_auc": 0.4}, "max_detection_auc=0.4"),
     ({"spread_corrections": (0.0, 2.0)}, "spread_corrections=(0.0, 2.0)"),
-    ({"spread_gamma_tolerance": -0.1}, "spread_gamma_tolerance=-0.1"),
     ({"seeds": 0}, "seeds=0"),
 ])
 def test_bad_grid_is_named(values, message):
@@ -173,11 +165,11 @@ def test_bad_grid_is_named(values, message):
         SamplingChoice(**values)
 
 
-def test_the_grid_changes_only_temperature_and_calibration():
+def test_the_grid_changes_only_temperature_calibration_and_spread_correction():
     base = SampleConfig(latent="standard", noise_centring=0.25)
     grid = SMALL.settings(base)
-    assert [(s.temperature, s.noise_calibration) for s in grid] == [
-        (0.8, 0.0), (0.8, 1.0), (1.2, 0.0), (1.2, 1.0)]
+    assert [(s.temperature, s.noise_calibration, s.spread_correction) for s in grid] == [
+        (t, c, a) for t in (0.8, 1.2) for c in (0.0, 1.0) for a in (0.0, 1.0)]
     assert {(s.latent, s.noise_centring, s.draws) for s in grid} == {("standard", 0.25,
                                                                        "centred")}
 
@@ -207,32 +199,31 @@ def chosen_once(trained):
 def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chosen_once):
     _, settings, record = chosen_once
 
-    assert [(p["temperature"], p["noise_calibration"]) for p in record["grid"]] == [
-        (s.temperature, s.noise_calibration) for s in SMALL.settings(SampleConfig())]
+    keys = ("temperature", "noise_calibration", "spread_correction")
+    assert [tuple(p[k] for k in keys) for p in record["grid"]] == [
+        (s.temperature, s.noise_calibration, s.spread_correction)
+        for s in SMALL.settings(SampleConfig())]
     for p in record["grid"]:
         assert all(name in p for name in (*FIGURES, "gamma_sd", "passes_copy_check",
                                           "qualifies"))
         assert p["gamma"] is not None and p["dcr_ratio"] is not None
         assert p["passes_copy_check"] == (p["dcr_ratio"] >= MIN_DCR_RATIO)
-        # Detection is measured where it can matter: for settings that do not copy.
-        assert (p["detection_auc"] is not None) == p["passes_copy_check"]
+        # Detection is measured only for settings that do not copy.
+        assert p["detection_auc"] is None or p["passes_copy_check"]
     figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in record["grid"]]
     index, rule = pick(figures, SMALL)
     assert record["rule"] == rule
-    assert record["chosen"] == {"temperature": settings.temperature,
-                                "noise_calibration": settings.noise_calibration,
-                                "spread_correction": settings.spread_correction}
-    assert (settings.temperature, settings.noise_calibration) == (
-        figures[index]["temperature"], figures[index]["noise_calibration"])
+    assert record["chosen"] == {k: getattr(settings, k) for k in keys}
+    assert tuple(getattr(settings, k) for k in keys) == tuple(figures[index][k] for k in keys)
     assert record["min_dcr_ratio"] == MIN_DCR_RATIO and record["seeds"] == SMALL.seeds
-    # The second stage: every exponent scored at the chosen setting, exponent 0 being
-    # that setting's own figures, and the choice following its rule.
-    spread = record["spread"]
-    assert [p["spread_correction"] for p in spread["grid"]] == list(SMALL.spread_corrections)
-    uncorrected = {k: v for k, v in spread["grid"][0].items() if k != "spread_correction"}
-    assert uncorrected == record["grid"][index]
-    figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in spread["grid"]]
-    assert settings.spread_correction == figures[pick_spread(figures, SMALL)]["spread_correction"]
+    assert record["detections"] == sum(p["detection_auc"] is not None for p in record["grid"])
+    # Unmeasured detection never hides a winner: every setting that passes the copy
+    # check and was not measured has a gamma beyond a tie with the chosen one's.
+    if rule == RULE_BEST_GAMMA:
+        best = figures[index]
+        for p in figures:
+            if p["passes_copy_check"] and math.isnan(p["detection_auc"]):
+                assert best["gamma"] - p["gamma"] > max(best["gamma_sd"], p["gamma_sd"])
     # Everything else about sampling is kept.
     assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5,
                                spread_correction=0.0) == SampleConfig()
@@ -255,6 +246,48 @@ def test_the_choice_is_reproducible_and_the_weights_carry_the_chosen_noise_gap(t
     assert torch.equal(model.to_mean.weight, trained[0]["to_mean.weight"])
     assert (model.noise_gap is not None) == (settings_a.noise_calibration > 0)
     assert (model.spread is not None) == (settings_a.spread_correction > 0)
+
+
+def test_a_bundle_with_a_fitted_spread_correction_saves_loads_and_samples_the_same(
+        trained, tmp_path):
+    state, sizes, (x_train, c_train, x_val, c_val) = trained
+    only_spread = SamplingChoice(temperatures=(1.0,), noise_calibrations=(0.0,),
+                                 spread_corrections=(1.0,), seeds=2)
+    weights, settings, _ = choose_after_training(state, TINY_MODEL, sizes, x_train, c_train,
+                                                 x_val, c_val, SampleConfig(),
+                                                 choice=only_spread)
+    assert settings.spread_correction == 1.0 and "spread_ratios" in weights["_extra_state"]
+    model = CVAE(x_train.shape[1], sizes, TINY_MODEL)
+    model.load_state_dict(weights)
+    torch.save(weights, tmp_path / "w.pt")
+    loaded = CVAE(x_train.shape[1], sizes, TINY_MODEL)
+    loaded.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    model.eval(), loaded.eval()
+    codes = torch.from_numpy(np.repeat(c_train[:3], 700, axis=0))  # 2,100 rows: chunked
+    a = model.sample(codes, torch.Generator().manual_seed(1), settings)
+    b = loaded.sample(codes, torch.Generator().manual_seed(1), settings)
+    assert torch.equal(a, b)
+    # Chunked decoding (over 1,024 rows) gives the rows their single-pass values.
+    latent, noise = torch.randn(len(codes), TINY_MODEL.latent_dim), torch.randn(a.shape)
+    whole = model.draw(codes, latent, noise, settings)
+    torch.testing.assert_close(whole[-5:], model.draw(codes[-5:], latent[-5:], noise[-5:],
+                                                      settings))
+    uncorrected = dataclasses.replace(settings, spread_correction=0.0)
+    assert not torch.equal(a, model.sample(codes, torch.Generator().manual_seed(1),
+                                           uncorrected))
+    # Decoder means are never rescaled.
+    means = dataclasses.replace(settings, noise=False)
+    model.spread, kept = None, model.spread
+    plain = model.sample(codes[:50], torch.Generator().manual_seed(2), means)
+    model.spread = kept
+    assert torch.equal(plain, model.sample(codes[:50], torch.Generator().manual_seed(2), means))
+
+
+def test_training_refuses_a_spread_correction(trained):
+    _, sizes, (x_train, c_train, x_val, c_val) = trained
+    with pytest.raises(InvalidConfigError, match="spread_correction=0.5 is not valid"):
+        fit(x_train, c_train, x_val, c_val, sizes, TINY_MODEL, TINY_TRAIN,
+            SampleConfig(spread_correction=0.5))
 
 
 def test_full_spread_correction_gives_each_combination_its_shrunk_training_sd(trained):
@@ -280,9 +313,10 @@ def test_full_spread_correction_gives_each_combination_its_shrunk_training_sd(tr
     # the combination's sd, shrunk towards the pooled within-combination sd by
     # n / (n + 10). The ratios come from 256 draws, so allow Monte-Carlo error.
     labels = np.unique(c_train, axis=0, return_inverse=True)[1].reshape(-1)
-    within = [x_train[labels == j].var(axis=0) for j in range(len(combos))]
+    within = [x_train[labels == j].var(axis=0, ddof=1) for j in range(len(combos))]
     several = counts > 1
-    pooled = sum(counts[j] * within[j] for j in np.flatnonzero(several)) / counts[several].sum()
+    pooled = (sum((counts[j] - 1) * within[j] for j in np.flatnonzero(several))
+              / (counts[several] - 1).sum())
     weight = counts[k] / (counts[k] + SHRINKAGE_ROWS)
     target = np.sqrt(weight * within[k] + (1 - weight) * pooled)
     unclipped = (ratio < MAX_RATIO).numpy()
@@ -321,7 +355,7 @@ def test_fit_bundle_stores_the_choice_and_switched_off_keeps_the_defaults(demo_p
     off, _ = fit_bundle(dataset, SPEC, TINY_MODEL, TINY_TRAIN)
 
     record = on.metadata["training"]["sampling_choice"]
-    assert len(record["grid"]) == 4
+    assert len(record["grid"]) == 8
     assert (on.sample_defaults.temperature, on.sample_defaults.noise_calibration) == (
         record["chosen"]["temperature"], record["chosen"]["noise_calibration"])
     assert off.sample_defaults == SampleConfig()
