@@ -156,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON file with 'model' and/or 'train' option overrides")
     fit.add_argument("--no-choose-sampling", dest="choose_sampling", action="store_false",
                      default=_TRAIN.choose_sampling,
-                     help="keep the default temperature and noise calibration instead of "
-                          "choosing them on the validation split after training (see "
-                          "docs/quality.md)")
+                     help="keep the default temperature and noise calibration, and no "
+                          "spread correction, instead of choosing them on the validation "
+                          "split after training (see docs/quality.md)")
     fit.add_argument("--quiet", action="store_true", help="print only the summary")
     fit.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
                      help="train with differential privacy (DP-SGD, Opacus) to this epsilon; "

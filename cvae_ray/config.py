@@ -169,8 +169,8 @@ class TrainConfig(FromDictMixin):
             the bundle's training record): gamma compares all gene pairs, so its cost and
             memory grow with the square of the genes (about 47 s of CPU and 10 GB per
             evaluation draw at 18,154 genes). ``None``: always all genes.
-        choose_sampling: After training, choose the bundle's temperature and noise
-            calibration on the validation split (:class:`SamplingChoice`,
+        choose_sampling: After training, choose the bundle's temperature, noise
+            calibration and spread correction on the validation split (:class:`SamplingChoice`,
             :mod:`cvae_ray.model.sampling_choice`); ``False`` keeps the sampling settings
             given to ``fit`` (``cvae-ray fit --no-choose-sampling``). Differentially
             private training never chooses.
@@ -296,8 +296,9 @@ class SampleConfig(FromDictMixin):
             fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples'
             spread around each combination's centre as the decoder gives it, 1 rescales
             it to the training split's within-combination sds. ``fit`` chooses it on
-            validation after the temperature and noise calibration
-            (:class:`SamplingChoice`); a bundle without fitted ratios ignores it.
+            validation with the temperature and noise calibration
+            (:class:`SamplingChoice`); training refuses a value above 0 (the ratios
+            do not exist yet), and a bundle without fitted ratios ignores it.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 

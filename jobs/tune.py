@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-choose-sampling", dest="choose_sampling", action="store_false",
                         default=TrainConfig.choose_sampling,
                         help="export the best checkpoint with the default temperature and "
-                             "noise calibration instead of choosing them on the validation "
-                             "split (as `cvae-ray fit --no-choose-sampling`)")
+                             "noise calibration and no spread correction instead of choosing "
+                             "them on the validation split (as `cvae-ray fit "
+                             "--no-choose-sampling`)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job "
                              "submit`; otherwise a new local Ray is started)")

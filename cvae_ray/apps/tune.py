@@ -83,8 +83,8 @@ class TuneRequest:
         worker_start_timeout_s: Seconds a trial waits for its workers' resources.
         time_limit_s: Wall-clock limit of the whole search (``None``: none).
         reduction_factor: ASHA's halving rate.
-        choose_sampling: Choose the exported bundle's temperature and noise calibration
-            on the validation split (:mod:`cvae_ray.model.sampling_choice`, as
+        choose_sampling: Choose the exported bundle's temperature, noise calibration and
+            spread correction on the validation split (:mod:`cvae_ray.model.sampling_choice`, as
             ``cvae-ray fit`` does); ``False`` keeps the defaults.
     """
 

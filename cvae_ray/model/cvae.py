@@ -270,7 +270,7 @@ class CVAE(nn.Module):
             codes: ``(n, n_conditions)`` integer condition codes, one row per sample.
             generator: Random source (CPU generator); ``None`` uses torch's global one.
             sample: Sampling settings (noise, temperature, latent prior, centring,
-                noise calibration).
+                noise calibration, spread correction).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.

@@ -135,8 +135,8 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         model_config: Architecture (defaults from :class:`ModelConfig`).
         train_config: Optimisation (defaults from :class:`TrainConfig`).
         sample_config: Sampling settings used to select the checkpoint; the bundle stores
-            them with the temperature and noise calibration chosen on validation after
-            training (:mod:`cvae_ray.model.sampling_choice`) unless
+            them with the temperature, noise calibration and spread correction chosen on
+            validation after training (:mod:`cvae_ray.model.sampling_choice`) unless
             ``train_config.choose_sampling`` is false (in DP mode nothing is chosen and
             the default is :data:`cvae_ray.config.DP_SAMPLING`: standard prior, no noise
             calibration).

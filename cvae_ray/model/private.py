@@ -25,9 +25,9 @@ from cvae_ray.model.cvae import CVAE
 
 #: What a DP bundle's guarantee covers, recorded in its ``privacy`` block.
 COVERS = ("the model weights, with respect to adding or removing one sample of the "
-          "training split; preprocessing, latent prior and noise calibration use no "
-          "training data; validation rows (checkpoint selection, early stopping) and the "
-          "recorded training condition counts are not covered")
+          "training split; preprocessing, latent prior, noise calibration and spread "
+          "correction use no training data; validation rows (checkpoint selection, early "
+          "stopping) and the recorded training condition counts are not covered")
 
 
 class GeneLogVar(nn.Module):

@@ -65,6 +65,7 @@ def held_out_figures(bundle: ModelBundle, x_train: np.ndarray, x_test: np.ndarra
         # The settings the bundle samples with, and whether fit chose them on validation.
         "sampling": {"temperature": bundle.sample_defaults.temperature,
                      "noise_calibration": bundle.sample_defaults.noise_calibration,
+                     "spread_correction": bundle.sample_defaults.spread_correction,
                      "chosen_on_validation": "chosen" in choice},
         "val_gamma": round(training["val_gamma"], 4),
         "test_gamma_per_seed": [round(g, 4) for g in gammas],
