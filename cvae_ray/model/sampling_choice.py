@@ -298,8 +298,8 @@ def skip_reason(sample_config: SampleConfig, *, enabled: bool, private: bool,
     if not enabled:
         return "switched off (TrainConfig.choose_sampling = false, --no-choose-sampling)"
     if not sample_config.noise:
-        return "decoder noise is off, so temperature, noise calibration and spread correction "
-                "have no effect"
+        return ("decoder noise is off, so temperature, noise calibration and spread "
+                "correction have no effect")
     if n_val < MIN_VALIDATION_SAMPLES:
         return (f"the validation split has {n_val} samples; the choice needs at least "
                 f"{MIN_VALIDATION_SAMPLES}")
