@@ -357,11 +357,12 @@ class SamplingChoice(FromDictMixin):
     1. a setting *passes the copy check* when its mean validation DCR ratio is at
        least :data:`MIN_DCR_RATIO` (the checkpoint rule), and *qualifies* when it
        also has a mean detection AUC of at most ``max_detection_auc``;
-    2. among qualifying settings, the best mean validation gamma wins; settings
-       within one sampling-seed sd of it (of either) tie, and a tie goes to the
-       most noise (higher temperature, then higher calibration: equal gamma with
-       more spread is farther from the training data), then to the larger spread
-       correction (closer to the real per-gene spread);
+    2. among qualifying settings, those *near* the best mean validation gamma
+       (at most ``gamma_tolerance`` below it, or one sampling-seed sd of either
+       when that is larger) compete on per-gene sd agreement (``sd_r``), which
+       gamma does not measure; the best wins, and equal sd agreement goes to the
+       most noise (higher temperature, then higher calibration: farther from the
+       training data), then to the larger spread correction;
     3. when none qualifies, the least detectable setting that passes the copy
        check; when none passes it, the one farthest from the training data
        (highest DCR ratio). The record says which rule decided.
@@ -378,6 +379,10 @@ class SamplingChoice(FromDictMixin):
         spread_corrections: Spread-correction exponents tried (each from 0 to 1;
             :mod:`cvae_ray.model.spread`); ``(0.0,)`` switches the correction off.
         max_detection_auc: Highest mean validation detection AUC a setting may have.
+        gamma_tolerance: Validation gamma a setting may be below the best and still
+            compete on per-gene sd agreement (>= 0; 0: only seed-sd ties). 0.005 is
+            about the sd of real-vs-real gamma at a few hundred samples (0.002-0.004
+            on the RNAseqDB test split).
         seeds: Sampling seeds averaged per setting.
     """
 
@@ -385,6 +390,7 @@ class SamplingChoice(FromDictMixin):
     noise_calibrations: tuple[float, ...] = (0.0, 0.5, 1.0)
     spread_corrections: tuple[float, ...] = (0.0, 0.5, 1.0)
     max_detection_auc: float = 0.6
+    gamma_tolerance: float = 0.005
     seeds: int = 3
 
     def __post_init__(self) -> None:
@@ -402,6 +408,10 @@ class SamplingChoice(FromDictMixin):
                     and not isinstance(self.max_detection_auc, bool)
                     and 0.5 <= self.max_detection_auc <= 1, "max_detection_auc",
                     self.max_detection_auc, "a number from 0.5 to 1")
+        check_value(isinstance(self.gamma_tolerance, (int, float))
+                    and not isinstance(self.gamma_tolerance, bool)
+                    and 0 <= self.gamma_tolerance < 1, "gamma_tolerance",
+                    self.gamma_tolerance, "a number from 0 to 1")
         check_positive_int("seeds", self.seeds)
 
     def settings(self, base: SampleConfig) -> list[SampleConfig]:

@@ -8,8 +8,9 @@ differs between datasets. After training, :func:`choose_sampling` tries the grid
 by its rule (the rule, the grid and the thresholds live there): the best
 validation gamma among settings that pass the copy check (mean DCR ratio >=
 :data:`cvae_ray.config.MIN_DCR_RATIO`, as for checkpoints) and stay hard to detect
-(mean detection AUC <= ``max_detection_auc``). Every grid point's figures go into
-the bundle's training record.
+(mean detection AUC <= ``max_detection_auc``), and among those near it in gamma the
+best per-gene sd agreement. Every grid point's figures go into the bundle's
+training record.
 
 One implementation for every path that exports a bundle: ``cvae-ray fit``
 (:func:`cvae_ray.model.fitting.fit_bundle`), the Tune export
@@ -54,7 +55,8 @@ MIN_TREE_DETECTION_SAMPLES = 25
 FIGURES = ("gamma", "dcr_ratio", "detection_auc", "sd_r", "recall")
 
 #: How the choice was decided (``rule`` of the record).
-RULE_BEST_GAMMA = "best validation gamma among qualifying settings"
+RULE_BEST_GAMMA = ("best validation sd agreement among qualifying settings near the best "
+                   "validation gamma")
 RULE_LEAST_DETECTABLE = "no setting qualifies: the least detectable that passes the copy check"
 RULE_FARTHEST = "no setting passes the copy check: the farthest from the training data"
 
@@ -82,10 +84,12 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
     qualifying = [i for i in passing if qualifies(points[i], choice)]
     if qualifying:
         best = max(qualifying, key=lambda i: (points[i]["gamma"], -i))
-        tied = [i for i in qualifying if ties(points[best], points[i])]
-        # Equal gamma: the most noise wins (farther from copying), then the most
-        # spread correction (closer to the real per-gene spread); then grid order.
-        return min(tied, key=lambda i: (-points[i]["temperature"],
+        near = [i for i in qualifying if is_near(points[best], points[i], choice)]
+        # Near the best gamma, the per-gene spread decides (gamma does not see it);
+        # then the most noise (farther from copying), the most spread correction and
+        # grid order.
+        return min(near, key=lambda i: (-_or_minus_inf(points[i].get("sd_r", math.nan)),
+                                        -points[i]["temperature"],
                                         -points[i]["noise_calibration"],
                                         -points[i].get("spread_correction", 0.0), i)), \
             RULE_BEST_GAMMA
@@ -96,9 +100,12 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
         RULE_FARTHEST
 
 
-def ties(best: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
-    """Whether ``other``'s gamma is within one sampling-seed sd (of either) of ``best``'s."""
-    return best["gamma"] - other["gamma"] <= max(_sd(best), _sd(other))
+def is_near(best: Mapping[str, Any], other: Mapping[str, Any], choice: SamplingChoice) -> bool:
+    """Whether ``other``'s gamma is within ``choice.gamma_tolerance`` of ``best``'s, or
+    within one sampling-seed sd (of either) when that is larger."""
+    slack = max(choice.gamma_tolerance, _sd(best), _sd(other))
+    # Figures are rounded to 4 decimals: 0.9400 - 0.9350 is 0.005 plus float error.
+    return best["gamma"] - other["gamma"] <= slack + 1e-9
 
 
 def passes_copy_check(point: Mapping[str, Any]) -> bool:
@@ -167,8 +174,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     training split, and the validation condition mix is sampled with seeds
     ``0 .. seeds - 1``. Detection, most of the cost, is measured only where it can
     change the choice: for settings that pass the copy check, in order of gamma,
-    until the best qualifying one is found and those that could tie with it are
-    measured. On return the model (moved to CPU, in eval mode) carries the latent
+    until the best qualifying one is found and those near it are measured. On return the model (moved to CPU, in eval mode) carries the latent
     prior, the noise gap and the spread correction of the chosen settings (none
     where the chosen settings do not use them).
 
@@ -192,8 +198,8 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         calibration, spread correction), ``rule``, ``grid`` (every point's settings,
         means of :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and
         ``qualifies``; the detection AUC is ``None`` where it was not measured: a
-        setting that fails the copy check, or one whose gamma is beyond a tie with
-        the best qualifying setting's), the thresholds, ``seeds``, ``detections``
+        setting that fails the copy check, or one whose gamma is not near the best
+        qualifying setting's), the thresholds, ``seeds``, ``detections``
         (settings whose detection was measured) and ``seconds``.
     """
     choice = choice or SamplingChoice()
@@ -253,7 +259,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     measured = 0
     for i in order:
         if best is not None and not (math.isfinite(points[i]["gamma"])
-                                     and ties(points[best], points[i])):
+                                     and is_near(points[best], points[i], choice)):
             continue
         samples = draws(grid[i])
         points[i]["detection_auc"] = _round(_mean([
@@ -271,7 +277,8 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
                          "noise_calibration": chosen.noise_calibration,
                          "spread_correction": chosen.spread_correction},
               "rule": rule, "min_dcr_ratio": MIN_DCR_RATIO,
-              "max_detection_auc": choice.max_detection_auc, "seeds": choice.seeds,
+              "max_detection_auc": choice.max_detection_auc,
+              "gamma_tolerance": choice.gamma_tolerance, "seeds": choice.seeds,
               "genes": None if genes is None else len(genes), "detector": detector,
               "detections": measured,
               "grid": [{k: _json(v) for k, v in p.items()} for p in points],

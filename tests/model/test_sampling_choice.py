@@ -52,9 +52,13 @@ def point(temperature: float, calibration: float, gamma: float, dcr: float,
             "gamma_sd": sd, "dcr_ratio": dcr, "detection_auc": detection}
 
 
-def chosen(points: list[dict]) -> tuple[tuple[float, float], str]:
-    index, rule = pick(points, RULE)
-    return (points[index]["temperature"], points[index]["noise_calibration"]), rule
+#: The rule with no gamma tolerance: only sampling-seed sd ties compete on the tie-breaks.
+EXACT = SamplingChoice(gamma_tolerance=0.0)
+
+
+def chosen(points: list[dict], rule: SamplingChoice = EXACT) -> tuple[tuple[float, float], str]:
+    index, decided = pick(points, rule)
+    return (points[index]["temperature"], points[index]["noise_calibration"]), decided
 
 
 # ------------------------------------------------------------------ the rule
@@ -83,7 +87,7 @@ def test_ties_within_one_seed_sd_go_to_the_most_noise_then_grid_order():
     assert chosen(same) == chosen(same[::-1]) == ((1.0, 0.5), RULE_BEST_GAMMA)
     # Identical settings and figures: the first in grid order.
     twins = [point(1.0, 0.5, 0.93, OK, 0.5), point(1.0, 0.5, 0.93, OK, 0.5)]
-    assert pick(twins, RULE) == (0, RULE_BEST_GAMMA)
+    assert pick(twins, EXACT) == (0, RULE_BEST_GAMMA)
 
 
 def test_without_a_qualifying_setting_the_least_detectable_non_copying_one():
@@ -108,8 +112,25 @@ def test_equal_gamma_goes_to_the_larger_spread_correction_after_the_noise():
     a = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 0.5}
     b = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 1.0}
     c = {**point(1.2, 0.0, 0.93, OK, 0.5), "spread_correction": 0.0}
-    assert pick([a, b], RULE) == (1, RULE_BEST_GAMMA)
-    assert pick([a, b, c], RULE) == (2, RULE_BEST_GAMMA)  # more noise first
+    assert pick([a, b], EXACT) == (1, RULE_BEST_GAMMA)
+    assert pick([a, b, c], EXACT) == (2, RULE_BEST_GAMMA)  # more noise first
+
+
+def test_near_the_best_gamma_the_best_sd_agreement_wins():
+    tolerance = RULE.gamma_tolerance
+    best = {**point(0.8, 0.0, 0.940, OK, 0.5), "sd_r": 0.25}
+    near = {**point(0.6, 0.5, 0.940 - tolerance, OK, 0.5), "sd_r": 0.36}
+    far = {**point(1.0, 0.0, 0.940 - 2 * tolerance, OK, 0.5), "sd_r": 0.40}
+    assert pick([best, near, far], RULE) == (1, RULE_BEST_GAMMA)
+    # Without the tolerance the best gamma wins; a seed sd larger than it widens it.
+    assert pick([best, near, far], EXACT) == (0, RULE_BEST_GAMMA)
+    far["gamma_sd"] = 2 * tolerance
+    assert pick([best, near, far], RULE) == (2, RULE_BEST_GAMMA)
+    # A near setting must still qualify: one that copies or is detected is out.
+    for bad in ({"dcr_ratio": COPYING}, {"detection_auc": RULE.max_detection_auc + 0.01}):
+        assert pick([best, {**near, **bad}], RULE) == (0, RULE_BEST_GAMMA)
+    # Unmeasured sd agreement loses to a measured one.
+    assert pick([best, {**near, "sd_r": float("nan")}], RULE) == (0, RULE_BEST_GAMMA)
 
 
 def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the_rest():
@@ -157,6 +178,7 @@ def test_the_target_spread_is_the_unbiased_shrunk_training_sd():
     ({"noise_calibrations": (0.0, 1.5)}, "noise_calibrations=(0.0, 1.5)"),
     ({"noise_calibrations": (0.5, 0.5)}, "distinct numbers from 0 to 1"),
     ({"max_detection_auc": 0.4}, "max_detection_auc=0.4"),
+    ({"gamma_tolerance": -0.1}, "gamma_tolerance=-0.1"),
     ({"spread_corrections": (0.0, 2.0)}, "spread_corrections=(0.0, 2.0)"),
     ({"seeds": 0}, "seeds=0"),
 ])
@@ -218,12 +240,12 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
     assert record["min_dcr_ratio"] == MIN_DCR_RATIO and record["seeds"] == SMALL.seeds
     assert record["detections"] == sum(p["detection_auc"] is not None for p in record["grid"])
     # Unmeasured detection never hides a winner: every setting that passes the copy
-    # check and was not measured has a gamma beyond a tie with the chosen one's.
+    # check and was not measured is not near the best qualifying gamma.
     if rule == RULE_BEST_GAMMA:
-        best = figures[index]
+        top = max(p["gamma"] for p in figures if p["qualifies"])
         for p in figures:
             if p["passes_copy_check"] and math.isnan(p["detection_auc"]):
-                assert best["gamma"] - p["gamma"] > max(best["gamma_sd"], p["gamma_sd"])
+                assert top - p["gamma"] > max(SMALL.gamma_tolerance, p["gamma_sd"])
     # Everything else about sampling is kept.
     assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5,
                                spread_correction=0.0) == SampleConfig()
