@@ -473,6 +473,7 @@ def test_measure_bundle_scores_its_own_test_split_and_refuses_other_data(
     defaults = ModelBundle.load(tiny_bundle_dir).sample_defaults
     assert row["sampling"] == {"temperature": defaults.temperature,
                                "noise_calibration": defaults.noise_calibration,
+                               "spread_correction": defaults.spread_correction,
                                "chosen_on_validation": False}
     with pytest.raises(IncompatibleBundleError, match="fingerprint"):
         measure_bundle(str(tiny_bundle_dir), str(other_path))
