@@ -85,13 +85,11 @@ class SpreadCorrection:
         Returns:
             ``(n,)`` int64 tensor on ``codes``' device; -1 for a combination not fitted.
         """
-        known = self.codes.to(codes.device)
-        index = torch.full((codes.shape[0],), -1, dtype=torch.long, device=codes.device)
-        # One comparison per fitted combination: (n, K, n_conditions) at once would
-        # cost memory in K for large requests.
-        for k in range(known.shape[0]):
-            index[(codes == known[k]).all(dim=1)] = k
-        return index
+        # One broadcast comparison, as LatentPrior.transform matches rows: a loop over
+        # the K combinations would cost K small ops per request, n = 1 included.
+        match = (codes[:, None, :] == self.codes.to(codes.device)[None, :, :]).all(dim=2)
+        return torch.where(match.any(dim=1), match.long().argmax(dim=1),
+                           torch.full_like(match[:, 0], -1, dtype=torch.long))
 
     @torch.no_grad()
     def apply(self, samples: torch.Tensor, index: torch.Tensor, exponent: float) -> torch.Tensor:
