@@ -86,10 +86,42 @@ class GammaResult:
 _as_matrix = check_matrix
 
 
-def _upper_correlations(x: np.ndarray) -> np.ndarray:
-    z = (x - x.mean(axis=0)) / x.std(axis=0)
-    corr = (z.T @ z) / x.shape[0]
-    return corr[np.triu_indices(corr.shape[0], k=1)]
+# Bytes of one block of correlation rows: gamma over all pairs of 18,154 genes then
+# needs ~0.2 GB at any time instead of the ~10 GB of the full matrices and pair vectors.
+_GAMMA_BLOCK_BYTES = 64 * 2 ** 20
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(axis=0)) / x.std(axis=0)
+
+
+def _correlation_of_correlations(real: np.ndarray, synthetic: np.ndarray) -> float:
+    """Pearson r between the gene-pair correlations of two sets, over the strict upper triangle.
+
+    Computed in blocks of rows of the two correlation matrices, each holding only the
+    pairs (i, j > i) of its rows, with the five sums Pearson's r needs accumulated in
+    float64: the result equals ``np.corrcoef`` of the two full pair vectors (to rounding)
+    while memory stays at a few blocks of rows.
+    """
+    z_real, z_syn = _standardised(real), _standardised(synthetic)
+    n_genes = real.shape[1]
+    rows = max(1, _GAMMA_BLOCK_BYTES // (8 * n_genes))
+    sums = np.zeros(5)  # sum a, sum b, sum a^2, sum b^2, sum ab
+    count = 0
+    for start in range(0, n_genes - 1, rows):
+        stop = min(start + rows, n_genes - 1)
+        a = (z_real[:, start:stop].T @ z_real[:, start:]) / real.shape[0]
+        b = (z_syn[:, start:stop].T @ z_syn[:, start:]) / synthetic.shape[0]
+        # Row i of the block keeps columns j > i (offset by `start` in these blocks).
+        upper = np.arange(n_genes - start)[None, :] > np.arange(stop - start)[:, None]
+        a, b = a[upper], b[upper]
+        sums += (a.sum(), b.sum(), a @ a, b @ b, a @ b)
+        count += a.size
+    mean_a, mean_b = sums[0] / count, sums[1] / count
+    cov = sums[4] / count - mean_a * mean_b
+    var_a = sums[2] / count - mean_a ** 2
+    var_b = sums[3] / count - mean_b ** 2
+    return float(cov / np.sqrt(var_a * var_b))
 
 
 def gamma_detail(real: np.ndarray, synthetic: np.ndarray) -> GammaResult:
@@ -97,11 +129,15 @@ def gamma_detail(real: np.ndarray, synthetic: np.ndarray) -> GammaResult:
 
     For each set, the Pearson correlation of every gene pair gives distances
     d = 1 - r over the strict upper triangle; gamma is the Pearson correlation of
-    the two distance vectors. The sets may have different numbers of samples.
+    the two distance vectors (equal to that of the two correlation vectors, which is
+    how it is computed: in blocks, so memory stays bounded at any number of genes).
+    The sets may have different numbers of samples.
     Genes constant in either set have no correlation and are excluded.
 
     Range [-1, 1], higher is better; two independent real samples of the same
     population give the real-vs-real ceiling (about 0.97 on the RNAseqDB L1000 set).
+    Cost: two (genes x samples) by (samples x genes) products, ~10 s on 2 CPUs at
+    18,154 genes and ~200 samples.
 
     Args:
         real: Real samples x genes (log scale; per-gene scaling does not matter).
@@ -121,9 +157,7 @@ def gamma_detail(real: np.ndarray, synthetic: np.ndarray) -> GammaResult:
     keep = (real.std(axis=0) > 0) & (synthetic.std(axis=0) > 0)
     if keep.sum() < 3:
         raise InvalidDataError("gamma needs at least 3 genes that vary in both sets.")
-    d_real = 1.0 - _upper_correlations(real[:, keep])
-    d_syn = 1.0 - _upper_correlations(synthetic[:, keep])
-    value = float(np.corrcoef(d_real, d_syn)[0, 1])
+    value = _correlation_of_correlations(real[:, keep], synthetic[:, keep])
     return GammaResult(value=value, excluded_genes=tuple(int(i) for i in np.flatnonzero(~keep)))
 
 

@@ -9,6 +9,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from cvae_ray.errors import InvalidConfigError, InvalidDataError
+from cvae_ray.metrics import registry
 from cvae_ray.metrics.fidelity import infer_decimals
 from cvae_ray.metrics.registry import (
     METRICS,
@@ -110,6 +111,27 @@ def test_identical_sets_score_perfectly():
     assert neighbours["precision"] == 1.0 and neighbours["recall"] == 1.0
     assert neighbours["coverage"] == 1.0
     assert neighbours["density"] == pytest.approx(1.0)
+
+
+def test_gamma_in_blocks_equals_the_definition_on_the_full_pair_vectors(monkeypatch):
+    # Setup: genes correlated the same way in both sets; a block of 3 rows of 40 genes cuts the triangle into
+    # many blocks, the last one shorter. The definition: Pearson r of 1 - r over
+    # the strict upper triangles of the two correlation matrices.
+    rng = np.random.default_rng(0)
+    loadings = rng.normal(size=(3, 40))  # shared gene-gene structure
+    real = rng.normal(size=(60, 3)) @ loadings + rng.normal(size=(60, 40))
+    synthetic = rng.normal(size=(50, 3)) @ loadings + rng.normal(size=(50, 40))
+    upper = np.triu_indices(40, k=1)
+    expected = np.corrcoef(1 - np.corrcoef(real, rowvar=False)[upper],
+                           1 - np.corrcoef(synthetic, rowvar=False)[upper])[0, 1]
+    monkeypatch.setattr(registry, "_GAMMA_BLOCK_BYTES", 3 * 8 * 40)
+
+    # Run
+    value = gamma(real, synthetic)
+
+    # Assert
+    assert value == pytest.approx(expected, abs=1e-12)
+    assert 0.3 < value < 1.0
 
 
 def test_destroyed_correlations_raise_the_correlation_distance():
