@@ -4,7 +4,8 @@
         [--genes LIST_FILE] [--no-log] [--nan-policy impute_mean]
         [--generators cvae,gaussian,wgan-gp,tvae,ctgan] [--seeds N]
         [--time-budget SECONDS] [--options OPTIONS.json]
-        [--max-train-per-combination K] --out DIR
+        [--max-train-per-combination K] [--gamma-subset K] [--gamma-genes LIST_FILE ...]
+        --out DIR
 
 Prints one table and one verdict line per metric, and writes DIR/results.md,
 DIR/results.json, DIR/verdicts.json and DIR/run.json.
@@ -24,7 +25,7 @@ from cvae_ray.cli import (
     data_spec_from_args,
     read_dataset_from_args,
 )
-from cvae_ray.config import EVALUATION_SEEDS
+from cvae_ray.config import EVALUATION_SEEDS, TrainConfig
 from cvae_ray.errors import CvaeRayError, InvalidConfigError
 
 ALL_GENERATORS = "cvae,gaussian,wgan-gp,tvae,ctgan"
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="small-data scenario: keep at most K training samples per "
                              "condition combination (seeded by --seed; validation and test "
                              "unchanged)")
+    parser.add_argument("--gamma-subset", type=int, default=TrainConfig().val_gamma_genes,
+                        metavar="K",
+                        help="with more genes than K, also report gamma on a seeded subset of K "
+                             "genes (another draw than validation's)")
+    parser.add_argument("--gamma-genes", action="append", default=[], metavar="LIST_FILE",
+                        help="also report gamma on the listed genes (a column per file, named "
+                             "by its stem, e.g. the L1000 landmark list); repeatable")
     parser.add_argument("--out", required=True, help="directory for results.md/.json")
     return parser
 
@@ -60,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cvae_ray.evaluation.benchmark import (
         format_table,
         format_verdicts,
+        gamma_gene_sets,
         run_benchmark,
         write_results,
     )
@@ -80,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cap = args.max_train_per_combination
         if cap is not None and cap < 1:
             raise InvalidConfigError(f"--max-train-per-combination {cap} must be at least 1.")
+        if args.gamma_subset is not None and args.gamma_subset < 3:
+            raise InvalidConfigError(f"--gamma-subset {args.gamma_subset} must be at least 3.")
         check_time_budget(args.time_budget, "--time-budget")
         options = read_generator_options(args.options, GENERATORS)
         spec = data_spec_from_args(args)
@@ -88,16 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; split "
               f"train/val/test = {len(prepared.split.train)}/{len(prepared.split.val)}/"
               f"{len(prepared.split.test)}; conditions {list(prepared.vocab)}", flush=True)
+        gene_sets, gene_sets_run = gamma_gene_sets(prepared.genes, args.gamma_subset,
+                                                   args.gamma_genes)
+        for name, info in gene_sets_run.items():
+            print(f"gamma also on {name!r}: {info}", flush=True)
         started = time.perf_counter()
         rows = run_benchmark(prepared, names, seeds=args.seeds, time_budget_s=args.time_budget,
-                             options=options, progress=lambda line: print(line, flush=True))
+                             options=options, gamma_gene_sets=gene_sets,
+                             progress=lambda line: print(line, flush=True))
         run = {"data": args.data, "conditions": list(prepared.vocab),
                "genes": len(prepared.genes), "samples": len(prepared.sample_ids),
                "split": {p: int(len(getattr(prepared.split, p))) for p in ("train", "val", "test")},
                "max_train_per_combination": cap,
                "data_spec": spec.to_dict(), "fingerprint": prepared.fingerprint,
                "generators": names, "seeds": args.seeds, "time_budget_s": args.time_budget,
-               "options": options, "minutes": round((time.perf_counter() - started) / 60, 1)}
+               "options": options, "gamma_gene_sets": gene_sets_run,
+               "minutes": round((time.perf_counter() - started) / 60, 1)}
         path = write_results(rows, args.out, run)
     except (CvaeRayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ DEFAULTS = {
     ("jobs/bench_unseen.py", None, "--min-samples"): config.UNSEEN_MIN_SAMPLES,
     ("jobs/bench_unseen.py", None, "--generators"): ",".join(config.UNSEEN_GENERATORS),
     ("jobs/benchmark.py", None, "--seed"): config.DEFAULT_SEED,
+    ("jobs/benchmark.py", None, "--gamma-subset"): config.TrainConfig.val_gamma_genes,
     ("jobs/tune.py", None, "--seed"): config.DEFAULT_SEED,
     ("jobs/demo.py", None, "--num-trials"): config.DEMO_TRIALS,
     ("jobs/demo.py", None, "--cohort-size"): config.DEMO_COHORT_SIZE,

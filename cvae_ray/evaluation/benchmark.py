@@ -23,8 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cvae_ray.config import EVALUATION_SEEDS
+from cvae_ray.config import BENCHMARK_GAMMA_GENES_SEED, EVALUATION_SEEDS
 from cvae_ray.data.conditions import joint_labels
+from cvae_ray.data.genes import match_gene_list, read_gene_list
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.evaluation.generators import (
@@ -38,6 +39,7 @@ from cvae_ray.metrics.registry import (
     MEMBERSHIP_MIN_HELD_OUT,
     METRICS,
     evaluate_all,
+    gamma,
     metric_info,
     real_vs_real,
     summary_metrics,
@@ -46,7 +48,8 @@ from cvae_ray.metrics.registry import (
 )
 
 __all__ = ["COPY_DCR_RATIO", "REAL_ROW", "SAMPLE_SEED_OFFSET", "copy_check", "direction",
-           "format_table", "format_verdicts", "metric_columns", "run_benchmark", "summarise",
+           "format_table", "format_verdicts", "gamma_gene_sets", "metric_columns",
+           "run_benchmark", "summarise",
            "verdict", "verdicts", "write_results"]
 
 REAL_ROW = "real-vs-real"
@@ -216,6 +219,53 @@ def _per_column(score: Callable[..., dict[str, float]], x_fit: np.ndarray, cond_
     return out
 
 
+def gamma_gene_sets(genes: Sequence[str], subset_size: int | None,
+                    gene_lists: Sequence[str | Path] = ()) -> tuple[dict[str, np.ndarray], dict]:
+    """The gene subsets a benchmark also reports gamma on, and what they are.
+
+    Args:
+        genes: The prepared dataset's genes (column order).
+        subset_size: With more genes than this, a seeded subset of this size
+            (:data:`cvae_ray.config.BENCHMARK_GAMMA_GENES_SEED`), named
+            ``"<size> seeded"``; ``None``: none.
+        gene_lists: Gene-list files (as ``--genes`` reads them); each adds the listed
+            genes present in the data, named by the file's stem.
+
+    Returns:
+        ``({name: sorted column indices}, {name: description for run.json})``.
+
+    Raises:
+        InvalidDataError: A list file that cannot be read or matches no gene.
+        InvalidConfigError: Two lists with the same stem, or fewer than 3 genes matched.
+    """
+    sets: dict[str, np.ndarray] = {}
+    described: dict[str, Any] = {}
+    if subset_size is not None and len(genes) > subset_size:
+        rng = np.random.default_rng(BENCHMARK_GAMMA_GENES_SEED)
+        name = f"{subset_size} seeded"
+        sets[name] = np.sort(rng.choice(len(genes), size=subset_size, replace=False))
+        described[name] = {"genes": subset_size, "seed": BENCHMARK_GAMMA_GENES_SEED}
+    position = {g: i for i, g in enumerate(genes)}
+    for path in gene_lists:
+        name = Path(path).stem
+        if name in sets:
+            raise InvalidConfigError(f"two gamma gene lists are named {name!r}; rename one.")
+        match = match_gene_list(list(genes), read_gene_list(path))
+        if len(match.columns) < 3:
+            raise InvalidConfigError(f"gamma gene list {str(path)!r} matches {len(match.columns)} "
+                                     "genes of the data; gamma needs at least 3.")
+        sets[name] = np.array([position[g] for g in match.columns], dtype=np.int64)
+        described[name] = {"file": str(path), "genes": len(match.columns),
+                           "listed_not_in_data": len(match.not_found)}
+    return sets, described
+
+
+def _subset_gammas(real: np.ndarray, synthetic: np.ndarray,
+                   gene_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {f"gamma[{name}]": gamma(real[:, genes], synthetic[:, genes])
+            for name, genes in gene_sets.items()}
+
+
 def _row(name: str, per_seed: list[dict[str, float]], columns: list[str], **extra: Any) -> dict:
     metrics = {}
     for column in columns:
@@ -228,6 +278,7 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
                   seeds: int = EVALUATION_SEEDS,
                   time_budget_s: float | None = None,
                   options: Mapping[str, Mapping[str, Any]] | None = None,
+                  gamma_gene_sets: Mapping[str, Sequence[int]] | None = None,
                   progress: Callable[[str], None] = print) -> list[dict]:
     """Fit, sample and score each generator for several seeds on one prepared split.
 
@@ -237,6 +288,9 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
         seeds: Fit/sampling seed pairs per generator (at least 1; 3 or more for a report).
         time_budget_s: Wall-clock budget of each fit (None: each generator's own epochs).
         options: Per-generator constructor options, by name.
+        gamma_gene_sets: Gene subsets gamma is also reported on, by name: a column
+            ``gamma[name]`` per subset (column indices of ``prepared.genes``), e.g. a
+            seeded subset and the L1000 landmarks of a whole-transcriptome dataset.
         progress: Called with one line per step.
 
     Returns:
@@ -266,7 +320,14 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
         # Refuse a bad budget or an option a generator does not take before any fit.
         make_generator(name, options.get(name), time_budget_s)
     conditions = list(prepared.vocab)
-    columns = metric_columns(conditions)
+    gene_sets = {name: np.asarray(genes, dtype=np.int64)
+                 for name, genes in (gamma_gene_sets or {}).items()}
+    for name, genes in gene_sets.items():
+        inside = np.all((genes >= 0) & (genes < len(prepared.genes)))
+        if genes.ndim != 1 or len(genes) < 3 or not inside:
+            raise InvalidConfigError(f"gamma gene set {name!r} must hold at least 3 column "
+                                     f"indices from 0 to {len(prepared.genes) - 1}.")
+    columns = metric_columns(conditions) + [f"gamma[{name}]" for name in gene_sets]
     x_train, _ = prepared.part("train")
     x_val, _ = prepared.part("val")
     x_test, _ = prepared.part("test")
@@ -293,6 +354,10 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
         values = real_vs_real(x_train, x_test, y_train, y_test, metrics=wanted, seed=s,
                               conditions_train=cond_train, **contrast_inputs)
         values.update(_per_column(trtr, x_train, cond_train, x_test, cond_test, conditions, s))
+        for name, genes in gene_sets.items():  # the same stand-in rows, on the subset's genes
+            values[f"gamma[{name}]"] = real_vs_real(
+                x_train[:, genes], x_test[:, genes], y_train, y_test, metrics=["gamma"],
+                seed=s)["gamma"]
         reference.append(values)
     rows = [_row(REAL_ROW, reference, columns, fit_seconds=summarise([]),
                  samples_per_second=summarise([]), fit_info=[], stand_in_rows=stand_in)]
@@ -318,6 +383,7 @@ def run_benchmark(prepared: Prepared, generators: Sequence[str], *,
                                       conditions_released=cond_train, **contrast_inputs)
                 values.update(_per_column(tstr, synthetic_train, cond_train, x_test, cond_test,
                                           conditions, s))
+                values.update(_subset_gammas(x_test, synthetic, gene_sets))
                 per_seed.append(values)
                 progress(f"{name} seed {s}: fit {fit_s[-1]:.1f} s, gamma {values['gamma']:.4f}, "
                          f"detection AUC {values['detection_auc']:.3f}, worst membership "

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -214,6 +215,48 @@ def test_benchmark_job_small_data_scenario_caps_training_and_writes_verdicts(
     markdown = (out_small / "results.md").read_text()
     assert "## Verdicts" in markdown and f"- {verdicts[0]['text']}" in markdown
     assert verdicts[0]["text"] in capsys.readouterr().out
+
+
+def test_benchmark_job_reports_gamma_on_gene_subsets(demo_path, tmp_path, capsys):
+    # Setup: a list naming every gene (its gamma must equal the all-gene column, row by
+    # row), and a seeded subset of 20 of the demo's genes.
+    genes = [c for c in pd.read_parquet(demo_path).columns
+             if c not in ("sample_id", "tissue", "source")]
+    every = tmp_path / "every_gene.txt"
+    every.write_text("\n".join(genes) + "\n")
+    out = tmp_path / "bench"
+
+    # Run
+    code = _job("benchmark").main([
+        "--data", str(demo_path), "--condition", "tissue", "--condition", "source",
+        "--generators", "gaussian", "--seeds", "2", "--gamma-subset", "20",
+        "--gamma-genes", str(every), "--out", str(out)])
+
+    # Assert
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())
+    for row in rows:
+        metrics = row["metrics"]
+        assert list(metrics)[-2:] == ["gamma[20 seeded]", "gamma[every_gene]"]
+        assert metrics["gamma[every_gene]"]["mean"] == pytest.approx(metrics["gamma"]["mean"])
+        assert metrics["gamma[20 seeded]"]["mean"] != pytest.approx(metrics["gamma"]["mean"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["gamma_gene_sets"]["20 seeded"] == {"genes": 20, "seed": 1}
+    assert run["gamma_gene_sets"]["every_gene"]["genes"] == len(genes)
+    assert "gamma[20 seeded]" in (out / "results.md").read_text()
+
+
+def test_benchmark_gene_subset_is_not_the_one_validation_selects_on():
+    from cvae_ray.config import TrainConfig
+    from cvae_ray.evaluation.benchmark import gamma_gene_sets
+    from cvae_ray.model.loop import gamma_genes
+
+    genes = [f"g{i}" for i in range(5000)]
+    sets, described = gamma_gene_sets(genes, 2000)
+    validation = gamma_genes(len(genes), TrainConfig())
+    assert len(sets["2000 seeded"]) == len(validation) == 2000
+    assert not np.array_equal(sets["2000 seeded"], validation)
+    assert gamma_gene_sets(genes[:2000], 2000) == ({}, {})
 
 
 def test_benchmark_job_refuses_a_cap_below_one(demo_path, tmp_path, capsys):
