@@ -25,6 +25,7 @@ from cvae_ray.metrics.fidelity import (
     check_matrix,
     check_same_genes,
     correlation_distance,
+    correlation_row_blocks,
     detection_auc,
     marginal_agreement,
     mmd,
@@ -86,15 +87,6 @@ class GammaResult:
 _as_matrix = check_matrix
 
 
-# Bytes of one block of correlation rows: gamma over all pairs of 18,154 genes then
-# needs ~0.2 GB at any time instead of the ~10 GB of the full matrices and pair vectors.
-_GAMMA_BLOCK_BYTES = 64 * 2 ** 20
-
-
-def _standardised(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(axis=0)) / x.std(axis=0)
-
-
 def _correlation_of_correlations(real: np.ndarray, synthetic: np.ndarray) -> float:
     """Pearson r between the gene-pair correlations of two sets, over the strict upper triangle.
 
@@ -103,18 +95,9 @@ def _correlation_of_correlations(real: np.ndarray, synthetic: np.ndarray) -> flo
     float64: the result equals ``np.corrcoef`` of the two full pair vectors (to rounding)
     while memory stays at a few blocks of rows.
     """
-    z_real, z_syn = _standardised(real), _standardised(synthetic)
-    n_genes = real.shape[1]
-    rows = max(1, _GAMMA_BLOCK_BYTES // (8 * n_genes))
     sums = np.zeros(5)  # sum a, sum b, sum a^2, sum b^2, sum ab
     count = 0
-    for start in range(0, n_genes - 1, rows):
-        stop = min(start + rows, n_genes - 1)
-        a = (z_real[:, start:stop].T @ z_real[:, start:]) / real.shape[0]
-        b = (z_syn[:, start:stop].T @ z_syn[:, start:]) / synthetic.shape[0]
-        # Row i of the block keeps columns j > i (offset by `start` in these blocks).
-        upper = np.arange(n_genes - start)[None, :] > np.arange(stop - start)[:, None]
-        a, b = a[upper], b[upper]
+    for a, b in correlation_row_blocks(real, synthetic, upper=True):
         sums += (a.sum(), b.sum(), a @ a, b @ b, a @ b)
         count += a.size
     mean_a, mean_b = sums[0] / count, sums[1] / count

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from cvae_ray.errors import InvalidConfigError, InvalidDataError
-from cvae_ray.metrics import registry
+from cvae_ray.metrics import fidelity
 from cvae_ray.metrics.fidelity import infer_decimals
 from cvae_ray.metrics.registry import (
     METRICS,
@@ -113,25 +113,29 @@ def test_identical_sets_score_perfectly():
     assert neighbours["density"] == pytest.approx(1.0)
 
 
-def test_gamma_in_blocks_equals_the_definition_on_the_full_pair_vectors(monkeypatch):
-    # Setup: genes correlated the same way in both sets; a block of 3 rows of 40 genes cuts the triangle into
-    # many blocks, the last one shorter. The definition: Pearson r of 1 - r over
-    # the strict upper triangles of the two correlation matrices.
+def test_pair_metrics_in_blocks_equal_their_definitions_on_full_matrices(monkeypatch):
+    # Setup: genes correlated the same way in both sets; a block of 3 rows of 40 genes
+    # cuts the matrices into many blocks, the last one shorter. Definitions: gamma is
+    # Pearson r of 1 - r over the strict upper triangles of the two correlation
+    # matrices; correlation_distance is ||C_real - C_syn||_F / ||C_real||_F.
     rng = np.random.default_rng(0)
     loadings = rng.normal(size=(3, 40))  # shared gene-gene structure
     real = rng.normal(size=(60, 3)) @ loadings + rng.normal(size=(60, 40))
     synthetic = rng.normal(size=(50, 3)) @ loadings + rng.normal(size=(50, 40))
+    c_real, c_syn = np.corrcoef(real, rowvar=False), np.corrcoef(synthetic, rowvar=False)
     upper = np.triu_indices(40, k=1)
-    expected = np.corrcoef(1 - np.corrcoef(real, rowvar=False)[upper],
-                           1 - np.corrcoef(synthetic, rowvar=False)[upper])[0, 1]
-    monkeypatch.setattr(registry, "_GAMMA_BLOCK_BYTES", 3 * 8 * 40)
+    expected_gamma = np.corrcoef(1 - c_real[upper], 1 - c_syn[upper])[0, 1]
+    expected_distance = np.linalg.norm(c_real - c_syn) / np.linalg.norm(c_real)
+    monkeypatch.setattr(fidelity, "CORRELATION_BLOCK_BYTES", 3 * 8 * 40)
 
     # Run
     value = gamma(real, synthetic)
+    distance = correlation_distance(real, synthetic)
 
     # Assert
-    assert value == pytest.approx(expected, abs=1e-12)
-    assert 0.3 < value < 1.0
+    assert value == pytest.approx(expected_gamma, abs=1e-12)
+    assert distance == pytest.approx(expected_distance, abs=1e-12)
+    assert 0.3 < value < 1.0 and 0.1 < distance < 1.0
 
 
 def test_destroyed_correlations_raise_the_correlation_distance():
