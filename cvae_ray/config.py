@@ -170,9 +170,10 @@ class TrainConfig(FromDictMixin):
             selection, early stopping, a search's trial ranking) is computed on. With more
             genes it uses this many, drawn once per fit with
             :data:`VAL_GAMMA_GENES_SEED` (the same genes at every evaluation, recorded in
-            the bundle's training record): gamma compares all gene pairs, so its cost and
-            memory grow with the square of the genes (about 47 s of CPU and 10 GB per
-            evaluation draw at 18,154 genes). ``None``: always all genes.
+            the bundle's training record): gamma compares all gene pairs, so its cost
+            grows with the square of the genes (about 7.6 s on 2 CPUs per evaluation
+            draw at 18,154 genes and 213 samples, three draws per evaluation).
+            ``None``: always all genes.
         choose_sampling: After training, choose the bundle's temperature, noise
             calibration and spread correction on the validation split (:class:`SamplingChoice`,
             :mod:`cvae_ray.model.sampling_choice`); ``False`` keeps the sampling settings
