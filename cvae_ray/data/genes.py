@@ -122,3 +122,23 @@ def top_variable_genes(values: np.ndarray, columns: Sequence[str], k: int) -> tu
                                f"choose 1..{len(columns)}.")
     order = np.argsort(-np.nanvar(values, axis=0), kind="stable")[:k]
     return tuple(columns[i] for i in sorted(order))
+
+
+def seeded_gene_subset(n_genes: int, size: int, seed: int) -> np.ndarray:
+    """``size`` of ``n_genes`` column indices drawn without replacement, sorted.
+
+    The one draw behind the gene subsets gamma is computed on when the data are wide
+    (validation: :func:`cvae_ray.model.loop.gamma_genes`; the benchmark's extra
+    column: :func:`cvae_ray.evaluation.benchmark.gamma_gene_sets`); it depends only on
+    its arguments, so a seed names the subset.
+
+    Args:
+        n_genes: Number of columns to draw from.
+        size: Number drawn (at most ``n_genes``).
+        seed: Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        ``(size,)`` sorted int64 indices.
+    """
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_genes, size=size, replace=False))

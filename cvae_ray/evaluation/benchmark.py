@@ -25,7 +25,7 @@ import numpy as np
 
 from cvae_ray.config import BENCHMARK_GAMMA_GENES_SEED, EVALUATION_SEEDS
 from cvae_ray.data.conditions import joint_labels
-from cvae_ray.data.genes import match_gene_list, read_gene_list
+from cvae_ray.data.genes import match_gene_list, read_gene_list, seeded_gene_subset
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.evaluation.generators import (
@@ -241,9 +241,8 @@ def gamma_gene_sets(genes: Sequence[str], subset_size: int | None,
     sets: dict[str, np.ndarray] = {}
     described: dict[str, Any] = {}
     if subset_size is not None and len(genes) > subset_size:
-        rng = np.random.default_rng(BENCHMARK_GAMMA_GENES_SEED)
         name = f"{subset_size} seeded"
-        sets[name] = np.sort(rng.choice(len(genes), size=subset_size, replace=False))
+        sets[name] = seeded_gene_subset(len(genes), subset_size, BENCHMARK_GAMMA_GENES_SEED)
         described[name] = {"genes": subset_size, "seed": BENCHMARK_GAMMA_GENES_SEED}
     position = {g: i for i, g in enumerate(genes)}
     for path in gene_lists:

@@ -25,6 +25,7 @@ from cvae_ray.config import (
     SampleConfig,
     TrainConfig,
 )
+from cvae_ray.data.genes import seeded_gene_subset
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.metrics.registry import dcr, gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
@@ -115,8 +116,7 @@ def gamma_genes(n_genes: int, config: TrainConfig) -> np.ndarray | None:
     limit = config.val_gamma_genes
     if limit is None or n_genes <= limit:
         return None
-    rng = np.random.default_rng(VAL_GAMMA_GENES_SEED)
-    return np.sort(rng.choice(n_genes, size=limit, replace=False))
+    return seeded_gene_subset(n_genes, limit, VAL_GAMMA_GENES_SEED)
 
 
 def kl_weight(epoch: int, config: TrainConfig) -> float:
@@ -141,7 +141,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     params = list(model.parameters())
     fused = bool(params) and params[0].device.type in FUSED_ADAMW_DEVICES
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                             fused=fused or None)
+                             fused=fused)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
