@@ -54,6 +54,9 @@ def dcr(x_train: np.ndarray, x_holdout: np.ndarray, x_syn: np.ndarray,
       [0, 1], lower is better; about ``copy_quantile`` (0 by default) for real
       held-out data.
 
+    Scoring several synthetic sets against the same two real sets (a choice among
+    settings, several seeds): :class:`DcrReference` measures the held-out side once.
+
     Args:
         x_train: Real training samples x genes.
         x_holdout: Real samples x genes not used in training (e.g. the test split).
@@ -68,24 +71,59 @@ def dcr(x_train: np.ndarray, x_holdout: np.ndarray, x_syn: np.ndarray,
         InvalidDataError: Bad shapes or values, a bad quantile, or held-out
             samples whose median DCR is 0 (they duplicate training samples).
     """
-    x_train = check_matrix(x_train, "x_train", min_samples=1)
-    x_holdout = check_matrix(x_holdout, "x_holdout", min_samples=1)
-    x_syn = check_matrix(x_syn, "x_syn", min_samples=1)
-    check_same_genes(x_train=x_train, x_holdout=x_holdout, x_syn=x_syn)
-    if not 0.0 <= copy_quantile < 1.0:
-        raise InvalidDataError(f"copy_quantile must be in [0, 1), got {copy_quantile}.")
-    d_syn = _nearest(x_train, x_syn)
-    d_holdout = _nearest(x_train, x_holdout)
-    holdout_median = float(np.median(d_holdout))
-    if holdout_median == 0:
-        raise InvalidDataError(
-            "x_holdout median distance to x_train is 0: the held-out samples duplicate "
-            "training samples, so they cannot serve as the unseen reference.")
-    threshold = float(np.quantile(d_holdout, copy_quantile))
-    copies = (d_syn <= copy_epsilon) | (d_syn < threshold)
-    return {"dcr_median": float(np.median(d_syn)), "dcr_holdout_median": holdout_median,
-            "dcr_ratio": float(np.median(d_syn)) / holdout_median,
-            "copy_fraction": float(np.mean(copies))}
+    return DcrReference(x_train, x_holdout, copy_quantile, copy_epsilon).score(x_syn)
+
+
+class DcrReference:
+    """The real side of :func:`dcr`, measured once for many synthetic sets.
+
+    Holds the training samples (float64, validated) and the held-out samples'
+    DCRs, so that each :meth:`score` costs only the synthetic samples' nearest
+    training neighbours. ``DcrReference(t, h).score(s)`` equals ``dcr(t, h, s)``.
+
+    Args:
+        x_train: ``(n_train, n_genes)`` real training samples.
+        x_holdout: ``(n_holdout, n_genes)`` real samples not used in training.
+        copy_quantile: Quantile of held-out DCRs used as copy threshold, in [0, 1).
+        copy_epsilon: Absolute distance at or below which a sample is a copy.
+
+    Raises:
+        InvalidDataError: As :func:`dcr`, for the two real sets and the quantile.
+    """
+
+    def __init__(self, x_train: np.ndarray, x_holdout: np.ndarray,
+                 copy_quantile: float = 0.0, copy_epsilon: float = 1e-8) -> None:
+        self._train = check_matrix(x_train, "x_train", min_samples=1)
+        x_holdout = check_matrix(x_holdout, "x_holdout", min_samples=1)
+        check_same_genes(x_train=self._train, x_holdout=x_holdout)
+        if not 0.0 <= copy_quantile < 1.0:
+            raise InvalidDataError(f"copy_quantile must be in [0, 1), got {copy_quantile}.")
+        d_holdout = _nearest(self._train, x_holdout)
+        self.holdout_median = float(np.median(d_holdout))
+        if self.holdout_median == 0:
+            raise InvalidDataError(
+                "x_holdout median distance to x_train is 0: the held-out samples duplicate "
+                "training samples, so they cannot serve as the unseen reference.")
+        self._threshold = float(np.quantile(d_holdout, copy_quantile))
+        self._epsilon = copy_epsilon
+
+    def score(self, x_syn: np.ndarray) -> dict[str, float]:
+        """:func:`dcr`'s four values for one synthetic set.
+
+        Args:
+            x_syn: ``(n_syn, n_genes)`` synthetic samples.
+
+        Raises:
+            InvalidDataError: ``x_syn`` is not a finite 2-D array with the training
+                samples' number of genes.
+        """
+        x_syn = check_matrix(x_syn, "x_syn", min_samples=1)
+        check_same_genes(x_train=self._train, x_syn=x_syn)
+        d_syn = _nearest(self._train, x_syn)
+        copies = (d_syn <= self._epsilon) | (d_syn < self._threshold)
+        return {"dcr_median": float(np.median(d_syn)), "dcr_holdout_median": self.holdout_median,
+                "dcr_ratio": float(np.median(d_syn)) / self.holdout_median,
+                "copy_fraction": float(np.mean(copies))}
 
 
 def aa_ts_detail(real: np.ndarray, synthetic: np.ndarray, max_samples: int = 4096,

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 from cvae_ray.errors import InvalidConfigError, InvalidDataError
 from cvae_ray.metrics import fidelity
 from cvae_ray.metrics.fidelity import infer_decimals
+from cvae_ray.metrics.privacy import DcrReference
 from cvae_ray.metrics.registry import (
     METRICS,
     MetricInfo,
@@ -352,6 +353,15 @@ def test_dcr_refuses_held_out_samples_that_duplicate_training():
     train = gaussian(50, 0)
     with pytest.raises(InvalidDataError, match="held-out samples duplicate training samples"):
         dcr(train, train[:20], gaussian(20, 1))
+
+
+def test_a_dcr_reference_scores_each_synthetic_set_as_dcr_does():
+    train, holdout = gaussian(120, 0), gaussian(60, 1)
+    reference = DcrReference(train, holdout, copy_quantile=0.1)
+    for synthetic in (gaussian(70, 2), np.vstack([train[:10], gaussian(40, 3)])):
+        assert reference.score(synthetic) == dcr(train, holdout, synthetic, copy_quantile=0.1)
+    with pytest.raises(InvalidDataError, match=f"x_train has {GENES} genes but x_syn has"):
+        reference.score(gaussian(20, 4)[:, :-1])
 
 
 # --- bad input --------------------------------------------------------------
