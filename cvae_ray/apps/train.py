@@ -47,6 +47,7 @@ from cvae_ray.model.fitting import (
     training_record,
 )
 from cvae_ray.model.loop import (
+    copy_check_reference,
     gamma_genes,
     kl_weight,
     make_optimizer,
@@ -157,6 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batch_size = max(2, train_config.batch_size // world)
     # The same seeded genes as a single-process fit of this data (and every trial).
     genes = gamma_genes(xt.shape[1], train_config)
+    copy_check = copy_check_reference(xt, data["x_val"]) if rank == 0 else None
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
         tick = time.perf_counter()
@@ -172,7 +174,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             val_loss = validation_loss(model, xv, cv, weight)
             val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config,
-                                              genes=genes)
+                                              genes=genes, copy_check=copy_check)
         elapsed = time.perf_counter() - started
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
         val_loss, val_g, ratio, over_time = _broadcast(

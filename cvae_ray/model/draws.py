@@ -106,3 +106,80 @@ def request_draws(codes: np.ndarray, latent_dim: int, n_genes: int,
         if noise is not None:
             centre_by_group(noise, groups, sample.noise_centring)
     return latent, noise
+
+
+class SharedDraws:
+    """One request's draws, decoded once, as samples under several sampling settings.
+
+    Temperature, noise calibration and spread correction act after the decoder: they
+    scale the decoder noise or rescale the decoder's output. So the samples of one
+    request (condition codes and seed) under settings that differ only in them share
+    the latent draws, the decoder means and the noise draws, and a search over those
+    settings (:mod:`cvae_ray.model.sampling_choice`, the noise-gap and spread fits)
+    decodes once instead of once per setting. With ``shared = SharedDraws(model,
+    codes, seed, base)``, ``shared.sample(s)`` equals ``model.sample(codes,
+    torch.Generator().manual_seed(seed), s)`` for every ``s`` that differs from
+    ``base`` only in those three settings, with the model's noise gap and spread
+    correction as they are when it is called.
+
+    Args:
+        model: A CVAE (:class:`cvae_ray.model.cvae.CVAE`) with its latent prior set.
+        codes: ``(n, n_conditions)`` integer condition codes.
+        seed: Seed of the request's generator.
+        base: Sampling settings; only ``noise``, ``latent``, ``draws`` and
+            ``noise_centring`` matter here (the noise is drawn when ``noise`` is on,
+            whatever the temperature).
+
+    Attributes:
+        means: ``(n, n_genes)`` decoder means of the request's latent codes.
+        noise: ``(n, n_genes)`` standard-normal decoder-noise draws, or ``None``.
+    """
+
+    #: The settings the shared draws depend on; a sample's other settings may differ.
+    FIXED = ("noise", "latent", "draws", "noise_centring")
+
+    def __init__(self, model: torch.nn.Module, codes: torch.Tensor, seed: int,
+                 base: SampleConfig) -> None:
+        self._model, self._codes, self._base = model, codes, base
+        # Noise is drawn after the latent codes and only when added; a temperature of 1
+        # draws it for every setting here (temperature 0 then just leaves it unused).
+        drawing = SampleConfig(noise=base.noise, temperature=1.0, latent=base.latent,
+                               draws=base.draws, noise_centring=base.noise_centring)
+        latent, self.noise = request_draws(
+            codes.cpu().numpy(), model.config.latent_dim, model.n_genes,
+            torch.Generator().manual_seed(seed), drawing)
+        self.means = model.draw(codes, latent, None, drawing)
+
+    def noisy(self, scale: torch.Tensor | None) -> torch.Tensor:
+        """The decoder means plus the noise draws times a per-gene scale.
+
+        Args:
+            scale: ``(n_genes,)`` noise standard deviation (``CVAE.noise_scale``);
+                ``None``: the decoder means.
+
+        Returns:
+            A new ``(n, n_genes)`` tensor, without spread correction.
+        """
+        out = self.means.clone()
+        if scale is not None and self.noise is not None:
+            out.addcmul_(self.noise.to(out.device), scale)
+        return out
+
+    def sample(self, settings: SampleConfig) -> torch.Tensor:
+        """The request's samples under ``settings`` (see the class docstring).
+
+        Raises:
+            ValueError: ``settings`` differs from the base in one of :attr:`FIXED`.
+        """
+        changed = [name for name in self.FIXED
+                   if getattr(settings, name) != getattr(self._base, name)]
+        if changed:
+            raise ValueError(f"settings differ from the shared draws' in {changed}; "
+                             f"only temperature, noise_calibration and spread_correction may.")
+        model = self._model
+        noisy = settings.noise and settings.temperature > 0
+        out = self.noisy(model.noise_scale(settings) if noisy else None)
+        if noisy and model.spread is not None and settings.spread_correction > 0:
+            model.spread.apply(out, model.spread.index(self._codes.to(out.device)),
+                               settings.spread_correction)
+        return out

@@ -27,7 +27,8 @@ from cvae_ray.config import (
 )
 from cvae_ray.data.genes import seeded_gene_subset
 from cvae_ray.errors import InvalidConfigError
-from cvae_ray.metrics.registry import dcr, gamma
+from cvae_ray.metrics.privacy import DcrReference
+from cvae_ray.metrics.registry import gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gap
@@ -198,11 +199,22 @@ def refit_sampler(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
 
 
 
+def copy_check_reference(x_train: torch.Tensor, x_val: np.ndarray) -> DcrReference:
+    """The training-versus-validation side of the validation DCR ratio, measured once.
+
+    Args:
+        x_train: ``(n_train, n_genes)`` standardised training expression.
+        x_val: ``(n_val, n_genes)`` standardised validation expression.
+    """
+    return DcrReference(x_train.cpu().numpy(), x_val)
+
+
 @torch.no_grad()
 def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Tensor,
                        x_val: np.ndarray, codes_val: torch.Tensor, sample_config: SampleConfig,
                        seeds: int = VAL_GAMMA_SEEDS, *, private: bool = False,
-                       genes: np.ndarray | None = None) -> tuple[float, float | None]:
+                       genes: np.ndarray | None = None,
+                       copy_check: DcrReference | None = None) -> tuple[float, float | None]:
     """Refit the sampler on the training split, then validation gamma and DCR ratio.
 
     The refit (:func:`refit_sampler`) comes first because the prior and noise gap
@@ -224,6 +236,8 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
             which would compare samples with training rows outside the privacy budget).
         genes: Column indices gamma is computed on (:func:`gamma_genes`); ``None``: all.
             The DCR ratio always uses all genes (its cost is linear in them).
+        copy_check: The DCR reference of ``x_train`` and ``x_val``
+            (:func:`copy_check_reference`), built once per fit; ``None``: built here.
 
     Returns:
         ``(gamma, dcr_ratio)``: the mean gamma over ``seeds`` draws, and the median
@@ -236,7 +250,8 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
     if not private:
         refit_sampler(model, x_train, codes_train, sample_config)
     model.eval()
-    reference = x_train.cpu().numpy()
+    if copy_check is None and not private:
+        copy_check = copy_check_reference(x_train, x_val)
     real = x_val if genes is None else x_val[:, genes]
     gammas, ratio = [], float("nan")
     for seed in range(seeds):
@@ -244,7 +259,7 @@ def validation_figures(model: CVAE, x_train: torch.Tensor, codes_train: torch.Te
         synthetic = model.sample(codes_val, generator, sample_config).cpu().numpy()
         gammas.append(gamma(real, synthetic if genes is None else synthetic[:, genes]))
         if seed == 0 and not private:
-            ratio = float(dcr(reference, x_val, synthetic)["dcr_ratio"])
+            ratio = float(copy_check.score(synthetic)["dcr_ratio"])
     return float(np.mean(gammas)), (None if private else ratio)
 
 
@@ -333,6 +348,7 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf,
                      gamma_genes=gamma_genes(x_train.shape[1], train_config))
     selector = CheckpointSelector(train_config)
+    copy_check = None if private else copy_check_reference(xt, x_val)
     started = time.perf_counter()
     for epoch in range(1, train_config.epochs + 1):
         tick = time.perf_counter()
@@ -347,7 +363,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         val_g = ratio = None
         if evaluate:
             val_g, ratio = validation_figures(model, xt, ct, x_val, cv, sample_config,
-                                              private=private, genes=best.gamma_genes)
+                                              private=private, genes=best.gamma_genes,
+                                              copy_check=copy_check)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_g, weight,
                                time.perf_counter() - tick, ratio)
         best.history.append(metrics)
@@ -369,7 +386,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     if not best.state_dict:  # Budget ran out before any evaluation: keep the last weights.
         best.best_epoch = len(best.history)
         best.best_val_gamma, _ = validation_figures(model, xt, ct, x_val, cv, sample_config,
-                                                    private=private, genes=best.gamma_genes)
+                                                    private=private, genes=best.gamma_genes,
+                                                    copy_check=copy_check)
         best.state_dict = state()
         best.best_val_loss = best.history[-1].val_loss
     best.seconds = time.perf_counter() - started

@@ -31,17 +31,18 @@ import torch
 
 from cvae_ray.config import MIN_DCR_RATIO, ModelConfig, SampleConfig, SamplingChoice
 from cvae_ray.errors import InvalidDataError
+from cvae_ray.metrics.privacy import DcrReference
 from cvae_ray.metrics.registry import (
-    dcr,
     detection_auc,
     gamma,
     marginal_agreement,
     prdc,
 )
 from cvae_ray.model.cvae import CVAE, cpu_state
+from cvae_ray.model.draws import SharedDraws
 from cvae_ray.model.latent_prior import fit_latent_prior
-from cvae_ray.model.noise_gap import fit_noise_gap
-from cvae_ray.model.spread import SpreadCorrection, fit_spread
+from cvae_ray.model.noise_gap import fit_noise_gaps
+from cvae_ray.model.spread import SpreadCorrection, fit_spreads
 
 #: Fewest validation samples the choice needs (the detection classifier's 5 folds
 #: and the k-NN balls of recall need several per side); below it the settings are kept.
@@ -139,15 +140,16 @@ def _labels(codes: np.ndarray) -> np.ndarray:
     return np.array(["|".join(str(int(c)) for c in row) for row in np.asarray(codes)])
 
 
-def _figures(x_train: np.ndarray, x_val: np.ndarray, labels: np.ndarray,
+def _figures(copy_check: DcrReference, x_val: np.ndarray, labels: np.ndarray,
              synthetic: np.ndarray, seed: int, genes: np.ndarray | None) -> dict[str, float]:
     """One sampling seed's validation figures but detection (NaN where one cannot be had).
 
-    The copy check uses every gene; the other figures use ``genes`` (None: all).
+    The copy check (training versus validation samples, measured once) uses every
+    gene; the other figures use ``genes`` (None: all).
     """
     val, syn = (x_val, synthetic) if genes is None else (x_val[:, genes], synthetic[:, genes])
     values = {"gamma": gamma(val, syn),
-              "dcr_ratio": float(dcr(x_train, x_val, synthetic)["dcr_ratio"]),
+              "dcr_ratio": float(copy_check.score(synthetic)["dcr_ratio"]),
               "recall": prdc(val, syn, seed=seed)["recall"]}
     try:
         values["sd_r"] = marginal_agreement(val, syn, labels, labels)["sd_r"]
@@ -172,11 +174,15 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     (:mod:`cvae_ray.model.noise_gap`, per temperature) and the spread correction
     (:mod:`cvae_ray.model.spread`, per temperature and calibration) are fitted on the
     training split, and the validation condition mix is sampled with seeds
-    ``0 .. seeds - 1``. Detection, most of the cost, is measured only where it can
-    change the choice: for settings that pass the copy check, in order of gamma,
-    until the best qualifying one is found and those near it are measured. On return the model (moved to CPU, in eval mode) carries the latent
-    prior, the noise gap and the spread correction of the chosen settings (none
-    where the chosen settings do not use them).
+    ``0 .. seeds - 1``. The settings act after the decoder, so each of these decodes
+    its draws once for the whole grid (:class:`cvae_ray.model.draws.SharedDraws`),
+    and the copy check measures the validation samples' distances once
+    (:class:`cvae_ray.metrics.privacy.DcrReference`). Detection, most of the
+    remaining cost, is measured only where it can change the choice: for settings
+    that pass the copy check, in order of gamma, until the best qualifying one is
+    found and those near it are measured. On return the model (moved to CPU, in
+    eval mode) carries the latent prior, the noise gap and the spread correction of
+    the chosen settings (none where the chosen settings do not use them).
 
     Args:
         model: The trained CVAE (its weights are not changed).
@@ -210,35 +216,56 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     xt, ct = torch.from_numpy(x_train), torch.from_numpy(np.asarray(codes_train))
     cv = torch.from_numpy(np.asarray(codes_val))
     labels = _labels(codes_val)
+    copy_check = DcrReference(x_train, x_val)
     val_genes = x_val if genes is None else x_val[:, genes]
     detector = "hgb" if len(x_val) >= MIN_TREE_DETECTION_SAMPLES else "logistic"
     if base.fitted_prior:
         model.latent_prior = fit_latent_prior(model, xt, ct)
-    gaps: dict[float, torch.Tensor] = {}
-    spreads: dict[tuple[float, float], SpreadCorrection] = {}
+    grid = choice.settings(base)
+    # What sampling fits on the training split is fitted up front, each kind from one
+    # set of draws: temperature, calibration and spread act after the decoder, so the
+    # settings share decoder means and noise draws (SharedDraws).
+    model.spread = None
+    gap_temperatures = sorted({s.temperature for s in grid if s.noise_calibration > 0})
+    gaps = fit_noise_gaps(model, xt, ct, base, gap_temperatures) if gap_temperatures else {}
+
+    def set_gap(settings: SampleConfig) -> None:
+        # The gap is measured without calibration, so it depends on the temperature only.
+        model.noise_gap = gaps[settings.temperature] if settings.noise_calibration > 0 else None
+
+    scales = {}
+    for settings in grid:
+        key = (settings.temperature, settings.noise_calibration)
+        if settings.spread_correction > 0 and key not in scales:
+            set_gap(settings)
+            scales[key] = (model.noise_scale(settings)
+                           if settings.noise and settings.temperature > 0 else None)
+    spreads: dict[Any, SpreadCorrection] = (fit_spreads(model, xt, ct, base, scales)
+                                            if scales else {})
 
     def use(settings: SampleConfig) -> None:
         """Set the model's fitted noise gap and spread correction for ``settings``."""
-        # The gap is measured without calibration, so it depends on the temperature only.
-        model.spread = None
-        if settings.noise_calibration > 0 and settings.temperature not in gaps:
-            gaps[settings.temperature] = fit_noise_gap(model, xt, ct, settings)
-        model.noise_gap = gaps[settings.temperature] if settings.noise_calibration > 0 else None
-        key = (settings.temperature, settings.noise_calibration)
-        if settings.spread_correction > 0 and key not in spreads:
-            spreads[key] = fit_spread(model, xt, ct, settings)
-        model.spread = spreads[key] if settings.spread_correction > 0 else None
+        set_gap(settings)
+        model.spread = (spreads[(settings.temperature, settings.noise_calibration)]
+                        if settings.spread_correction > 0 else None)
 
     def draws(settings: SampleConfig) -> list[np.ndarray]:
         use(settings)
         return [model.sample(cv, torch.Generator().manual_seed(seed), settings).numpy()
                 for seed in range(choice.seeds)]
 
-    grid = choice.settings(base)
+    # Seed by seed, one decoding serves every grid point (the same samples as
+    # model.sample with that seed gives each setting).
+    per_point: list[list[dict[str, float]]] = [[] for _ in grid]
+    for seed in range(choice.seeds):
+        shared = SharedDraws(model, cv, seed, base)
+        for settings, figures in zip(grid, per_point):
+            use(settings)
+            figures.append(_figures(copy_check, x_val, labels, shared.sample(settings).numpy(),
+                                    seed, genes))
+        del shared
     points = []
-    for settings in grid:
-        per_seed = [_figures(x_train, x_val, labels, synthetic, seed, genes)
-                    for seed, synthetic in enumerate(draws(settings))]
+    for settings, per_seed in zip(grid, per_point):
         point: dict[str, Any] = {"temperature": settings.temperature,
                                  "noise_calibration": settings.noise_calibration,
                                  "spread_correction": settings.spread_correction}

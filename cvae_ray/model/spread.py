@@ -31,13 +31,14 @@ request that overrides the temperature keeps the same ratios. Decoder means
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Hashable, Mapping
 
 import numpy as np
 import torch
 
 from cvae_ray.config import SampleConfig
+from cvae_ray.model.draws import SharedDraws
 
 #: Samples of the model drawn per combination to estimate its centre and sd.
 DRAWS = 256
@@ -132,7 +133,35 @@ def fit_spread(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch
     Returns:
         The correction, on CPU.
     """
-    plain = dataclasses.replace(sample, spread_correction=0.0)
+    noisy = sample.noise and sample.temperature > 0
+    scale = model.noise_scale(sample) if noisy else None
+    return fit_spreads(model, x_train, codes_train, sample, {None: scale}, draws)[None]
+
+
+@torch.no_grad()
+def fit_spreads(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch.Tensor,
+                sample: SampleConfig, scales: Mapping[Hashable, torch.Tensor | None],
+                draws: int = DRAWS) -> dict[Hashable, SpreadCorrection]:
+    """:func:`fit_spread` for several decoder-noise scales from one set of draws.
+
+    Temperature and noise calibration only change the per-gene scale of the decoder
+    noise (``CVAE.noise_scale``), so the samples of every setting come from the same
+    decoder means and noise draws (:class:`SharedDraws`), decoded once per
+    combination: the correction for a scale equals :func:`fit_spread` with the
+    settings that give that scale.
+
+    Args:
+        model: The CVAE with its latent prior set.
+        x_train: ``(n, n_genes)`` standardised training expression.
+        codes_train: ``(n, n_conditions)`` training condition codes.
+        sample: ``noise``, ``latent``, ``draws`` and ``noise_centring`` of the samples.
+        scales: Per setting (any key), the ``(n_genes,)`` noise standard deviation
+            ``model.noise_scale(setting)``, or ``None`` for decoder means.
+        draws: Samples of the model per combination (seeded by the combination's position).
+
+    Returns:
+        One correction per key of ``scales``, on CPU.
+    """
     x = x_train.detach().cpu().double().numpy()
     combos, inverse = np.unique(codes_train.cpu().numpy(), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -149,17 +178,22 @@ def fit_spread(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch
         pooled = x.var(axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
     was_training = model.training
     model.eval()
-    centres, ratios = [], []
+    centres: dict[Hashable, list[np.ndarray]] = {key: [] for key in scales}
+    ratios: dict[Hashable, list[np.ndarray]] = {key: [] for key in scales}
     for k, combo in enumerate(combos):
         codes = torch.from_numpy(np.repeat(combo[None, :], draws, axis=0))
-        synthetic = model.sample(codes, torch.Generator().manual_seed(k), plain).cpu().double()
-        centres.append(synthetic.mean(dim=0).numpy())
+        shared = SharedDraws(model, codes, k, sample)
         weight = counts[k] / (counts[k] + SHRINKAGE_ROWS) if several[k] else 0.0
         target = weight * within[k] + (1.0 - weight) * pooled if several[k] else pooled
-        ratio = np.sqrt(target / np.maximum(synthetic.var(dim=0).numpy(), _EPS))
-        # A NaN (no spread anywhere) leaves the gene as drawn.
-        ratios.append(np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, MAX_RATIO))
+        for key, scale in scales.items():
+            synthetic = shared.noisy(scale).cpu().double()
+            centres[key].append(synthetic.mean(dim=0).numpy())
+            ratio = np.sqrt(target / np.maximum(synthetic.var(dim=0).numpy(), _EPS))
+            # A NaN (no spread anywhere) leaves the gene as drawn.
+            ratios[key].append(np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, MAX_RATIO))
     model.train(was_training)
-    return SpreadCorrection(codes=torch.from_numpy(combos.astype(np.int64)),
-                            centres=torch.from_numpy(np.stack(centres).astype(np.float32)),
-                            ratios=torch.from_numpy(np.stack(ratios).astype(np.float32)))
+    codes = torch.from_numpy(combos.astype(np.int64))
+    return {key: SpreadCorrection(codes=codes,
+                                  centres=torch.from_numpy(np.stack(centres[key]).astype(np.float32)),
+                                  ratios=torch.from_numpy(np.stack(ratios[key]).astype(np.float32)))
+            for key in scales}
