@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -86,19 +86,72 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
     if qualifying:
         best = max(qualifying, key=lambda i: (points[i]["gamma"], -i))
         near = [i for i in qualifying if is_near(points[best], points[i], choice)]
-        # Near the best gamma, the per-gene spread decides (gamma does not see it);
-        # then the most noise (farther from copying), the most spread correction and
-        # grid order.
-        return min(near, key=lambda i: (-_or_minus_inf(points[i].get("sd_r", math.nan)),
-                                        -points[i]["temperature"],
-                                        -points[i]["noise_calibration"],
-                                        -points[i].get("spread_correction", 0.0), i)), \
-            RULE_BEST_GAMMA
+        return min(near, key=lambda i: _near_rank(points, i)), RULE_BEST_GAMMA
     if passing:
         return min(passing, key=lambda i: (_or_inf(points[i]["detection_auc"]), i)), \
             RULE_LEAST_DETECTABLE
     return min(range(len(points)), key=lambda i: (-_or_minus_inf(points[i]["dcr_ratio"]), i)), \
         RULE_FARTHEST
+
+
+def _near_rank(points: Sequence[Mapping[str, Any]], i: int) -> tuple:
+    """Order among qualifying settings near the best gamma (lowest wins).
+
+    The per-gene spread decides (gamma does not see it); then the most noise
+    (farther from copying), the most spread correction and grid order.
+    """
+    p = points[i]
+    return (-_or_minus_inf(p.get("sd_r", math.nan)), -p["temperature"],
+            -p["noise_calibration"], -p.get("spread_correction", 0.0), i)
+
+
+def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
+                      measure: Callable[[int], float]) -> int:
+    """Fill in ``detection_auc`` where it can change :func:`pick`'s choice.
+
+    Detection is most of the choice's cost, and only a setting that passes the
+    copy check can use it. First in order of gamma, until the best qualifying
+    setting is found (when none qualifies, every setting that passes the copy
+    check is measured: the least detectable wins). Then, among the settings near
+    it, in the order :func:`pick` ranks them, until one qualifies: that one wins,
+    and the settings ranked after it cannot. So :func:`pick` chooses as it would
+    with every detection measured.
+
+    Args:
+        points: Grid points as :func:`pick` takes them, with ``detection_auc`` NaN;
+            changed in place.
+        choice: The thresholds.
+        measure: Gives the mean detection AUC of the point at an index.
+
+    Returns:
+        How many points were measured.
+    """
+    measured: set[int] = set()
+
+    def fill(i: int) -> None:
+        points[i]["detection_auc"] = measure(i)
+        measured.add(i)
+
+    order = sorted((i for i, p in enumerate(points) if passes_copy_check(p)),
+                   key=lambda i: (-_or_minus_inf(points[i]["gamma"]), i))
+    best = None
+    for i in order:
+        fill(i)
+        if qualifies(points[i], choice):
+            best = i
+            break
+    if best is None:
+        return len(measured)
+    near = sorted((i for i in order if math.isfinite(points[i]["gamma"])
+                   and is_near(points[best], points[i], choice)
+                   and (i == best or i not in measured)),
+                  key=lambda i: _near_rank(points, i))
+    for i in near:
+        if i not in measured:
+            fill(i)
+        if qualifies(points[i], choice):
+            break
+    return len(measured)
 
 
 def is_near(best: Mapping[str, Any], other: Mapping[str, Any], choice: SamplingChoice) -> bool:
@@ -178,9 +231,8 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     its draws once for the whole grid (:class:`cvae_ray.model.draws.SharedDraws`),
     and the copy check measures the validation samples' distances once
     (:class:`cvae_ray.metrics.privacy.DcrReference`). Detection, most of the
-    remaining cost, is measured only where it can change the choice: for settings
-    that pass the copy check, in order of gamma, until the best qualifying one is
-    found and those near it are measured. On return the model (moved to CPU, in
+    remaining cost, is measured only where it can change the choice
+    (:func:`measure_detection`). On return the model (moved to CPU, in
     eval mode) carries the latent prior, the noise gap and the spread correction of
     the chosen settings (none where the chosen settings do not use them).
 
@@ -278,23 +330,13 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
         point["passes_copy_check"] = passes_copy_check(point)
         points.append(point)
-    # Detection in order of gamma, for settings that pass the copy check (one that
-    # copies is out whatever its detection), until it can no longer change the choice.
-    order = sorted((i for i, p in enumerate(points) if p["passes_copy_check"]),
-                   key=lambda i: (-_or_minus_inf(points[i]["gamma"]), i))
-    best = None
-    measured = 0
-    for i in order:
-        if best is not None and not (math.isfinite(points[i]["gamma"])
-                                     and is_near(points[best], points[i], choice)):
-            continue
-        samples = draws(grid[i])
-        points[i]["detection_auc"] = _round(_mean([
+    def detection(i: int) -> float:
+        return _round(_mean([
             detection_auc(val_genes, synthetic if genes is None else synthetic[:, genes],
-                          model=detector, seed=seed) for seed, synthetic in enumerate(samples)]))
-        measured += 1
-        if best is None and qualifies(points[i], choice):
-            best = i
+                          model=detector, seed=seed)
+            for seed, synthetic in enumerate(draws(grid[i]))]))
+
+    measured = measure_detection(points, choice, detection)
     for point in points:
         point["qualifies"] = qualifies(point, choice)
     index, rule = pick(points, choice)
