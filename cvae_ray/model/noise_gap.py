@@ -57,8 +57,8 @@ def fit_noise_gaps(model: torch.nn.Module, x_train: torch.Tensor, codes_train: t
     The temperature only scales the decoder noise, so every temperature's samples come
     from the same decoder means and noise draws (:class:`SharedDraws`), decoded once.
     The samples' per-gene variance over the ``draws`` copies is the population
-    variance of all of them, combined from each copy's mean and variance (float32
-    per copy, float64 across copies) rather than from one float64 copy of them all.
+    variance of all of them, combined from each copy's float64 mean and variance rather than
+    from one float64 copy of them all.
 
     Args:
         model: The CVAE, with its latent prior already refitted for these weights.
@@ -80,7 +80,7 @@ def fit_noise_gaps(model: torch.nn.Module, x_train: torch.Tensor, codes_train: t
     for seed in range(draws):
         shared = SharedDraws(model, codes_train, seed, sample)
         for t, setting in settings.items():
-            variance, mean = torch.var_mean(shared.sample(setting).cpu(), dim=0,
+            variance, mean = torch.var_mean(shared.sample(setting).cpu().double(), dim=0,
                                             unbiased=False)
             moments[t].append((mean.double(), variance.double()))
     model.train(was_training)

@@ -256,8 +256,8 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         calibration, spread correction), ``rule``, ``grid`` (every point's settings,
         means of :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and
         ``qualifies``; the detection AUC is ``None`` where it was not measured: a
-        setting that fails the copy check, or one whose gamma is not near the best
-        qualifying setting's), the thresholds, ``seeds``, ``detections``
+        setting that fails the copy check, or one that could not change the choice,
+        :func:`measure_detection`), the thresholds, ``seeds``, ``detections``
         (settings whose detection was measured) and ``seconds``.
     """
     choice = choice or SamplingChoice()
