@@ -108,6 +108,12 @@ def request_draws(codes: np.ndarray, latent_dim: int, n_genes: int,
     return latent, noise
 
 
+def noise_scale_of(model: torch.nn.Module, settings: SampleConfig) -> torch.Tensor | None:
+    """The ``(n_genes,)`` decoder-noise sd ``settings`` add, or ``None`` when they add none
+    (noise off or temperature 0), as ``CVAE.draw`` decides."""
+    return model.noise_scale(settings) if settings.noise and settings.temperature > 0 else None
+
+
 class SharedDraws:
     """One request's draws, decoded once, as samples under several sampling settings.
 
@@ -177,9 +183,9 @@ class SharedDraws:
             raise ValueError(f"settings differ from the shared draws' in {changed}; "
                              f"only temperature, noise_calibration and spread_correction may.")
         model = self._model
-        noisy = settings.noise and settings.temperature > 0
-        out = self.noisy(model.noise_scale(settings) if noisy else None)
-        if noisy and model.spread is not None and settings.spread_correction > 0:
+        scale = noise_scale_of(model, settings)
+        out = self.noisy(scale)
+        if scale is not None and model.spread is not None and settings.spread_correction > 0:
             model.spread.apply(out, model.spread.index(self._codes.to(out.device)),
                                settings.spread_correction)
         return out

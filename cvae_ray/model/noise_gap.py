@@ -82,7 +82,7 @@ def fit_noise_gaps(model: torch.nn.Module, x_train: torch.Tensor, codes_train: t
         for t, setting in settings.items():
             variance, mean = torch.var_mean(shared.sample(setting).cpu().double(), dim=0,
                                             unbiased=False)
-            moments[t].append((mean.double(), variance.double()))
+            moments[t].append((mean, variance))
     model.train(was_training)
     real = x_train.detach().cpu().double().var(dim=0, unbiased=False)
     gaps = {}

@@ -39,7 +39,7 @@ from cvae_ray.metrics.registry import (
     prdc,
 )
 from cvae_ray.model.cvae import CVAE, cpu_state
-from cvae_ray.model.draws import SharedDraws
+from cvae_ray.model.draws import SharedDraws, noise_scale_of
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gaps
 from cvae_ray.model.spread import SpreadCorrection, fit_spreads
@@ -290,8 +290,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         key = (settings.temperature, settings.noise_calibration)
         if settings.spread_correction > 0 and key not in scales:
             set_gap(settings)
-            scales[key] = (model.noise_scale(settings)
-                           if settings.noise and settings.temperature > 0 else None)
+            scales[key] = noise_scale_of(model, settings)
     spreads: dict[Any, SpreadCorrection] = (fit_spreads(model, xt, ct, base, scales)
                                             if scales else {})
 

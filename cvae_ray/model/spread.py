@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from cvae_ray.config import SampleConfig
-from cvae_ray.model.draws import SharedDraws
+from cvae_ray.model.draws import SharedDraws, noise_scale_of
 
 #: Samples of the model drawn per combination to estimate its centre and sd.
 DRAWS = 256
@@ -133,9 +133,8 @@ def fit_spread(model: torch.nn.Module, x_train: torch.Tensor, codes_train: torch
     Returns:
         The correction, on CPU.
     """
-    noisy = sample.noise and sample.temperature > 0
-    scale = model.noise_scale(sample) if noisy else None
-    return fit_spreads(model, x_train, codes_train, sample, {None: scale}, draws)[None]
+    return fit_spreads(model, x_train, codes_train, sample,
+                       {None: noise_scale_of(model, sample)}, draws)[None]
 
 
 @torch.no_grad()
