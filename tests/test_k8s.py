@@ -23,6 +23,8 @@ import yaml
 from jobs_cli import job_args_error
 from packaging.requirements import Requirement
 
+from cvae_ray.apps.serve_api import HAPROXY_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
@@ -361,14 +363,15 @@ def test_ray_service_reads_bundle_and_api_token_on_every_pod() -> None:
 
 @pytest.mark.parametrize("name", ["ray-service.cvae.yaml", "ray-cluster.cvae.yaml"])
 def test_serve_clusters_start_haproxy_ingress_on_every_pod(name: str) -> None:
-    # Ray reads the switch when it starts on a node, so one pod without it would
-    # serve through the Python proxy.
+    # Ray reads the switch and the retry policy when it starts on a node, so one pod
+    # without them would serve through the Python proxy, or answer 500 for requests
+    # whose replica died.
     (doc,) = _load(K8S / name)
 
     for container in _containers(doc):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", (
-            f"{name} {container['name']}: set RAY_SERVE_ENABLE_HA_PROXY=1")
+        for key, value in HAPROXY_ENV.items():
+            assert env.get(key) == value, f"{name} {container['name']}: set {key}={value!r}"
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=_ids(MANIFESTS))

@@ -34,6 +34,17 @@ BUNDLE_ENV = "CVAE_RAY_BUNDLE"
 TOKEN_ENV = "CVAE_RAY_API_TOKEN"
 TOKEN_FILE_ENV = "CVAE_RAY_API_TOKEN_FILE"
 
+#: The environment that starts Serve's HAProxy ingress, the production way (the docs'
+#: commands, k8s/, tests/apps/test_serve.py). Ray reads it when it starts on a node.
+#: ``RAY_SERVE_HAPROXY_RETRY_ON`` widens Ray's retry policy (``conn-failure``: the
+#: request never reached a replica) to requests whose replica died before answering
+#: (``empty-response``, ``junk-response``): HAProxy sends them again to another
+#: replica (``option redispatch``) instead of answering 500. That is safe because a
+#: sampling request changes nothing on the server. Slow answers are not sent again
+#: (no ``response-timeout``), which would double the work of a large request.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+               "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response"}
+
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"

