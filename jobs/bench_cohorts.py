@@ -1,6 +1,6 @@
-"""Benchmark cohort generation against the raw decoder (see cvae_ray/tools/bench_cohorts.py).
+"""Benchmark cohort generation against the same work without Ray (see cvae_ray/tools/bench_cohorts.py).
 
-    python jobs/bench_cohorts.py [--bundle B] [--sizes 100000 1000000] [--cpus 2]
+    python jobs/bench_cohorts.py [--bundle B | --data D] [--sizes 100000 1000000] [--cpus 2]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Sequence
 
-from cvae_ray.apps.cohort_plan import BLOCK_ROWS
+from cvae_ray.apps.cohort_plan import BLOCK_ROWS, BLOCK_VALUES
 from cvae_ray.config import COHORT_MIX, DEFAULT_SEED, SCALES, SampleConfig
 from cvae_ray.errors import CvaeRayError
 
@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a non-empty --out (otherwise the job refuses)")
     parser.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
                         help=f"Parquet codec (default: {DEFAULT_COMPRESSION})")
-    parser.add_argument("--block-rows", type=int, default=BLOCK_ROWS, metavar="N",
-                        help=f"samples per generated block (default: {BLOCK_ROWS})")
+    parser.add_argument("--block-rows", type=int, default=None, metavar="N",
+                        help=f"samples per generated block (default: {BLOCK_ROWS:,}, fewer "
+                             f"for models of more than {BLOCK_VALUES // BLOCK_ROWS:,} genes: "
+                             f"at most {BLOCK_VALUES:,} values per block)")
     return parser
 
 

@@ -45,9 +45,27 @@ from cvae_ray.model.bundle import (
     unseen_in,
 )
 
-#: Rows per generated block: big enough that per-block overhead vanishes, small
-#: enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
+#: Rows per generated block at most: big enough that per-block overhead vanishes,
+#: small enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
 BLOCK_ROWS = 10_000
+#: Values (rows x genes) per generated block at most, so that a wide model's blocks
+#: stay the size of a 1,000-gene model's (40 MB of float32): at 18,154 genes a
+#: 10,000-row block would be 726 MB per copy, and a 100,000-sample cohort only ten
+#: blocks to spread over the actors and writers.
+BLOCK_VALUES = 10_000_000
+
+
+def default_block_rows(n_genes: int) -> int:
+    """Rows per block when none are given: :data:`BLOCK_ROWS`, fewer for wide models.
+
+    Args:
+        n_genes: Genes of the bundle.
+
+    Returns:
+        ``min(BLOCK_ROWS, BLOCK_VALUES // n_genes)``, at least 1: 10,000 up to 1,000
+        genes, 550 at 18,154.
+    """
+    return max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(1, int(n_genes))))
 NAMED_MIXES = ("train", "balanced", "product")
 _FRACTION_TOLERANCE = 1e-6
 

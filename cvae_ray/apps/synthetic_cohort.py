@@ -7,7 +7,8 @@ Two steps, so that bad input fails before any Ray work starts:
    location and create a temporary sibling to write into.
 2. :func:`write_cohort` (Ray Data): ``from_items(plan)`` -> ``map_batches``
    with :class:`BlockSampler` (the bundle loaded once per actor, one block of
-   at most ``BLOCK_ROWS`` rows per decoder pass, several blocks at a time,
+   at most ``BLOCK_ROWS`` rows and ``BLOCK_VALUES`` values per decoder pass,
+   several blocks at a time,
    each handed on packed as one binary cell: :mod:`cvae_ray.apps.cohort_blocks`)
    -> ``map_batches(unpack_blocks)`` fused by Ray Data into the
    ``write_parquet`` tasks, so the wide table is built where it is written;
@@ -37,7 +38,12 @@ from pyarrow import fs as pafs
 from cvae_ray import __version__
 from cvae_ray.apps.allocator import keep_freed_memory
 from cvae_ray.apps.cohort_blocks import pack_blocks, unpack_blocks
-from cvae_ray.apps.cohort_plan import BLOCK_ROWS, CohortPlan, make_plan
+from cvae_ray.apps.cohort_plan import (
+    BLOCK_ROWS,
+    CohortPlan,
+    default_block_rows,
+    make_plan,
+)
 from cvae_ray.config import COHORT_MIX, DEFAULT_SEED, SCALES
 from cvae_ray.errors import CvaeRayError, IncompatibleBundleError, InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
@@ -123,7 +129,7 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = COHORT_MIX,
                    seed: int = DEFAULT_SEED,
                    scale: str | None = None, partition_by: Sequence[str] = (),
                    rows_per_file: int | None = None, compression: str = DEFAULT_COMPRESSION,
-                   overwrite: bool = False, block_rows: int = BLOCK_ROWS,
+                   overwrite: bool = False, block_rows: int | None = None,
                    allow_unseen: bool = False,
                    command: Sequence[str] | None = None) -> PreparedCohort:
     """Check every argument and create the temporary output location; starts no Ray.
@@ -139,7 +145,8 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = COHORT_MIX,
         rows_per_file: Upper bound of rows per Parquet file.
         compression: Parquet codec, one of :data:`COMPRESSIONS`.
         overwrite: Replace a non-empty ``out``.
-        block_rows: Rows per generated block.
+        block_rows: Rows per generated block (default:
+            :func:`~cvae_ray.apps.cohort_plan.default_block_rows` of the bundle's genes).
         allow_unseen: Generate condition combinations never seen in training (their
             latent codes are composed from the seen ones; the manifest marks them);
             otherwise a mix holding one is refused.
@@ -172,6 +179,8 @@ def prepare_cohort(bundle: str, n: int, out: str, *, mix: str = COHORT_MIX,
     if rows_per_file is not None and (not isinstance(rows_per_file, int) or rows_per_file <= 0):
         raise InvalidConfigError(
             f"rows_per_file={rows_per_file!r} is not valid; expected a positive integer.")
+    if block_rows is None:
+        block_rows = default_block_rows(len(loaded.genes))
     plan = make_plan(n, seed, mix, loaded.vocab, loaded.metadata, block_rows=block_rows,
                      seen=loaded.seen_combinations, allow_unseen=allow_unseen)
     staging = stage(out, overwrite=overwrite)

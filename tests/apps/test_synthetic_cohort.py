@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from support import UNSEEN
 
-from cvae_ray.apps.cohort_plan import make_plan, resolve_mix
+from cvae_ray.apps.cohort_plan import default_block_rows, make_plan, resolve_mix
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +44,13 @@ def _read(out: Path, partitioned: bool = False) -> pd.DataFrame:
 
 def _run(args) -> int:
     return generate_cohort.main([str(a) for a in args])
+
+
+def test_default_blocks_hold_at_most_ten_million_values():
+    # 977-gene cohorts keep their 10,000-row blocks (and so their values); wide ones shrink.
+    assert default_block_rows(977) == default_block_rows(1_000) == 10_000
+    assert default_block_rows(18_154) == 550
+    assert default_block_rows(20_000_000) == 1
 
 
 def test_plan_is_pure_and_sums_up(tiny_bundle_dir):
@@ -207,6 +214,20 @@ def test_raw_ceiling_measures_parallel_passes_and_runs_in_a_fresh_process(tiny_b
     fresh = raw_in_fresh_process(str(tiny_bundle_dir), threads=2, parallel=1, batch=256,
                                  seconds=0.1, repeats=1)
     assert two_passes > 0 and fresh > 0
+
+
+def test_no_ray_limit_writes_the_rows_the_job_writes(ray_cluster, tiny_bundle_dir, tmp_path):
+    # The benchmark's limit is the job's own work without Ray: the same rows, ids and values
+    # (both at the default seed and mix).
+    from cvae_ray.tools.bench_cohorts import no_ray_pipeline
+
+    assert _run(["--bundle", tiny_bundle_dir, "--n", 2_500, "--out", tmp_path / "job",
+                 "--block-rows", 1_000, "--compression", "zstd"]) == 0
+    limit = no_ray_pipeline(str(tiny_bundle_dir), 2_500, "zstd", 1_000, samplers=2,
+                            files_to=tmp_path / "no_ray")
+    assert limit["n"] == 2_500 and limit["mb"] > 0 and limit["peak_mb"] > 0
+    job, no_ray = _read(tmp_path / "job"), _read(tmp_path / "no_ray")
+    pd.testing.assert_frame_equal(job, no_ray)
 
 
 def test_genes_constant_in_training_are_written_as_that_constant(ray_cluster, tmp_path):
