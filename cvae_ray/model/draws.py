@@ -30,6 +30,9 @@ from cvae_ray.config import SampleConfig
 
 def combination_rows(codes: np.ndarray) -> list[slice | np.ndarray]:
     """The rows of each condition combination (one slice when there is only one)."""
+    codes = np.asarray(codes)
+    if len(codes) < 2 or (codes == codes[:1]).all():
+        return [slice(None)]  # the common request (n = 1 included): no sort needed
     combos, group = np.unique(codes, axis=0, return_inverse=True)
     if len(combos) == 1:
         return [slice(None)]

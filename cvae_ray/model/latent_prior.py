@@ -62,6 +62,8 @@ class LatentPrior:
         default_factory=dict, init=False, repr=False, compare=False)
     _additive: tuple[np.ndarray, list[dict[int, np.ndarray]], np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False)
+    _position: dict[tuple[int, ...], int] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def to_state(self) -> dict[str, torch.Tensor]:
         """Plain tensors, for the model's state_dict (loadable with ``weights_only=True``)."""
@@ -84,6 +86,15 @@ class LatentPrior:
             ``(n, latent_dim)`` latent codes; rows of combinations without a Gaussian of
             their own get the composed one (:meth:`compose`).
         """
+        if len(codes) and bool((codes == codes[:1]).all()):
+            # One combination (every n = 1 request): the same product as below on all
+            # rows, without matching each row against the K fitted combinations.
+            combo = tuple(int(c) for c in codes[0].tolist())
+            k = self._positions().get(combo)
+            mean, factor = ((self.means[k], self.factors[k]) if k is not None
+                            else self.compose(combo))
+            return (mean.to(noise.device, noise.dtype)
+                    + noise @ factor.to(noise.device, noise.dtype).T)
         prior_codes = self.codes.to(codes.device)
         match = (codes[:, None, :] == prior_codes[None, :, :]).all(dim=2)  # (n, K)
         z = noise.clone()
@@ -101,6 +112,12 @@ class LatentPrior:
                 factor = factor.to(noise.device, noise.dtype)
                 z[rows] = mean.to(noise.device, noise.dtype) + noise[rows] @ factor.T
         return z
+
+    def _positions(self) -> dict[tuple[int, ...], int]:
+        """Fitted combination -> its row in ``codes`` (built once)."""
+        if self._position is None:
+            self._position = {tuple(row): k for k, row in enumerate(self.codes.tolist())}
+        return self._position
 
     def compose(self, combo: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gaussian of a combination that has none of its own, composed from the fitted.

@@ -86,8 +86,13 @@ class SpreadCorrection:
         Returns:
             ``(n,)`` int64 tensor on ``codes``' device; -1 for a combination not fitted.
         """
+        if len(codes) and bool((codes == codes[:1]).all()):
+            # One combination (every n = 1 request): look it up once.
+            match = (codes[:1, None, :] == self.codes.to(codes.device)[None, :, :]).all(dim=2)
+            k = int(match.long().argmax()) if bool(match.any()) else -1
+            return torch.full((len(codes),), k, dtype=torch.long, device=codes.device)
         # One broadcast comparison, as LatentPrior.transform matches rows: a loop over
-        # the K combinations would cost K small ops per request, n = 1 included.
+        # the K combinations would cost K small ops per request.
         match = (codes[:, None, :] == self.codes.to(codes.device)[None, :, :]).all(dim=2)
         return torch.where(match.any(dim=1), match.long().argmax(dim=1),
                            torch.full_like(match[:, 0], -1, dtype=torch.long))
