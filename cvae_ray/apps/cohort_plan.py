@@ -46,7 +46,7 @@ from cvae_ray.model.bundle import (
 )
 
 #: Rows per generated block at most: big enough that per-block overhead vanishes,
-#: small enough that an actor holds only a few tens of MB (20k x 1,000 float32 = 80 MB).
+#: small enough that an actor holds only a few tens of MB (10k x 1,000 float32 = 40 MB).
 BLOCK_ROWS = 10_000
 #: Values (rows x genes) per generated block at most, so that a wide model's blocks
 #: stay the size of a 1,000-gene model's (40 MB of float32): at 18,154 genes a
@@ -66,6 +66,7 @@ def default_block_rows(n_genes: int) -> int:
         genes, 550 at 18,154.
     """
     return max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(1, int(n_genes))))
+
 NAMED_MIXES = ("train", "balanced", "product")
 _FRACTION_TOLERANCE = 1e-6
 
@@ -97,7 +98,7 @@ class CohortPlan:
         columns: Condition column names (model order).
         combos: Condition combinations (values in column order) with a positive count.
         counts: Samples per combination, aligned with ``combos``; sums to ``n``.
-        blocks: Work units, ``BLOCK_ROWS`` samples at most each.
+        blocks: Work units, ``block_rows`` samples at most each.
         mix: The mix specification as given (for the record).
         unseen: Per combination, whether it was never seen in training (all False
             when the seen combinations are unknown).

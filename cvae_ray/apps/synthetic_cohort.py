@@ -7,8 +7,8 @@ Two steps, so that bad input fails before any Ray work starts:
    location and create a temporary sibling to write into.
 2. :func:`write_cohort` (Ray Data): ``from_items(plan)`` -> ``map_batches``
    with :class:`BlockSampler` (the bundle loaded once per actor, one block of
-   at most ``BLOCK_ROWS`` rows and ``BLOCK_VALUES`` values per decoder pass,
-   several blocks at a time,
+   ``--block-rows`` rows per decoder pass (by default at most ``BLOCK_ROWS``
+   rows and ``BLOCK_VALUES`` values), several blocks at a time,
    each handed on packed as one binary cell: :mod:`cvae_ray.apps.cohort_blocks`)
    -> ``map_batches(unpack_blocks)`` fused by Ray Data into the
    ``write_parquet`` tasks, so the wide table is built where it is written;

@@ -29,13 +29,19 @@ from cvae_ray.config import SampleConfig
 
 
 def combination_rows(codes: np.ndarray) -> list[slice | np.ndarray]:
-    """The rows of each condition combination (one slice when there is only one)."""
+    """The rows of each condition combination.
+
+    Args:
+        codes: ``(n, n_conditions)`` condition codes.
+
+    Returns:
+        One ``slice(None)`` when all rows share one combination (or ``n < 2``),
+        otherwise one array of row positions per combination, in code order.
+    """
     codes = np.asarray(codes)
     if len(codes) < 2 or (codes == codes[:1]).all():
         return [slice(None)]  # the common request (n = 1 included): no sort needed
     combos, group = np.unique(codes, axis=0, return_inverse=True)
-    if len(combos) == 1:
-        return [slice(None)]
     group = group.reshape(-1)
     return [np.flatnonzero(group == k) for k in range(len(combos))]
 

@@ -93,8 +93,9 @@ class LatentPrior:
             k = self._positions().get(combo)
             mean, factor = ((self.means[k], self.factors[k]) if k is not None
                             else self.compose(combo))
+            # contiguous(), as the general path's noise[rows] copy is: same kernel.
             return (mean.to(noise.device, noise.dtype)
-                    + noise @ factor.to(noise.device, noise.dtype).T)
+                    + noise.contiguous() @ factor.to(noise.device, noise.dtype).T)
         prior_codes = self.codes.to(codes.device)
         match = (codes[:, None, :] == prior_codes[None, :, :]).all(dim=2)  # (n, K)
         z = noise.clone()

@@ -80,8 +80,8 @@ class Service:
         return httpx.post(self.url + "/v1/samples", headers=sent, timeout=60, **kwargs)
 
     def wait_until_rolled_out(self, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
-        """Wait until Serve reports the app running and its deployment healthy: every
-        replica of the latest config is up and the old ones are gone."""
+        """Wait until Serve reports the app running and its deployment healthy: the
+        replicas of the latest config are up and the old ones no longer take requests."""
         from ray import serve
 
         deadline = time.monotonic() + timeout_s
@@ -466,7 +466,7 @@ def _load_until(service, conditions: dict, stop: threading.Event,
     return threads
 
 
-def _wait_for_replicas(count: int, without: set[str] = frozenset(),
+def _wait_for_replicas(count: int, without: frozenset[str] = frozenset(),
                        timeout_s: float = DEPLOY_TIMEOUT_S) -> set[str]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -480,6 +480,7 @@ def _wait_for_replicas(count: int, without: set[str] = frozenset(),
 def test_replica_killed_under_load_costs_no_request(service, bundle):
     # Setup: the config's two replicas up, requests flowing.
     conditions = {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}
+    service.wait_until_rolled_out()
     before = _wait_for_replicas(2)
     results: list[tuple] = []
     stop = threading.Event()
@@ -491,7 +492,7 @@ def test_replica_killed_under_load_costs_no_request(service, bundle):
         served_before_kill = len(results)
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
         # Serve replaces it; the load goes on until the replacement is up.
-        after = _wait_for_replicas(2, without={victim["name"]})
+        after = _wait_for_replicas(2, without=frozenset({victim["name"]}))
         time.sleep(1.0)
     finally:
         stop.set()
