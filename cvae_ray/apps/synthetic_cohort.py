@@ -286,9 +286,8 @@ def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- step 2: Ray
-def _count_rows(prepared: PreparedCohort,
-                files: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
-    """Rows per condition combination, read back from the written files (:func:`_files`).
+def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
+    """Rows per condition combination, read back from the written files.
 
     File by file, each through its own dataset, so the driver holds one file's
     parsed footer at a time: a dataset over all files keeps every footer, and at
@@ -299,7 +298,7 @@ def _count_rows(prepared: PreparedCohort,
                                       flavor="hive") if prepared.partition_by else None)
     columns = list(prepared.plan.columns)
     counts: dict[tuple[str, ...], int] = {}
-    for file in files:
+    for file in _files(prepared):
         dataset = pads.dataset([f"{path.rstrip('/')}/{file['path']}"], filesystem=fs,
                                format="parquet", partitioning=partitioning,
                                partition_base_dir=path)
@@ -434,13 +433,12 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
             max_rows_per_file=prepared.rows_per_file,
             min_rows_per_file=prepared.rows_per_file if unpartitioned else None,
             arrow_parquet_args_fn=lambda: dict(options))
-        files = _files(prepared)
-        counts = _count_rows(prepared, files)
+        counts = _count_rows(prepared)
         planned = dict(zip(prepared.plan.combos, prepared.plan.counts))
         if counts != planned:
             raise CvaeRayError(f"the written files hold {sum(counts.values())} rows "
                                f"({counts}) instead of the planned {planned}; nothing published.")
-        record = manifest(prepared, counts, files)
+        record = manifest(prepared, counts, _files(prepared))
         _publish(prepared, record)
         return record
     except BaseException:
