@@ -286,8 +286,9 @@ def parquet_options(prepared: PreparedCohort) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- step 2: Ray
-def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
-    """Rows per condition combination, read back from the written files.
+def _count_rows(prepared: PreparedCohort,
+                files: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
+    """Rows per condition combination, read back from the written files (:func:`_files`).
 
     File by file, each through its own dataset, so the driver holds one file's
     parsed footer at a time: a dataset over all files keeps every footer, and at
@@ -298,7 +299,7 @@ def _count_rows(prepared: PreparedCohort) -> dict[tuple[str, ...], int]:
                                       flavor="hive") if prepared.partition_by else None)
     columns = list(prepared.plan.columns)
     counts: dict[tuple[str, ...], int] = {}
-    for file in _files(prepared):
+    for file in files:
         dataset = pads.dataset([f"{path.rstrip('/')}/{file['path']}"], filesystem=fs,
                                format="parquet", partitioning=partitioning,
                                partition_base_dir=path)
@@ -433,12 +434,13 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
             max_rows_per_file=prepared.rows_per_file,
             min_rows_per_file=prepared.rows_per_file if unpartitioned else None,
             arrow_parquet_args_fn=lambda: dict(options))
-        counts = _count_rows(prepared)
+        files = _files(prepared)
+        counts = _count_rows(prepared, files)
         planned = dict(zip(prepared.plan.combos, prepared.plan.counts))
         if counts != planned:
             raise CvaeRayError(f"the written files hold {sum(counts.values())} rows "
                                f"({counts}) instead of the planned {planned}; nothing published.")
-        record = manifest(prepared, counts, _files(prepared))
+        record = manifest(prepared, counts, files)
         _publish(prepared, record)
         return record
     except BaseException:

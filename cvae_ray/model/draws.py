@@ -28,6 +28,15 @@ import torch
 from cvae_ray.config import SampleConfig
 
 
+def one_combination(codes: np.ndarray | torch.Tensor) -> bool:
+    """Whether ``codes`` has rows and all of them hold one condition combination.
+
+    Args:
+        codes: ``(n, n_conditions)`` condition codes, numpy or torch.
+    """
+    return len(codes) > 0 and bool((codes == codes[:1]).all())
+
+
 def combination_rows(codes: np.ndarray) -> list[slice | np.ndarray]:
     """The rows of each condition combination.
 
@@ -39,7 +48,7 @@ def combination_rows(codes: np.ndarray) -> list[slice | np.ndarray]:
         otherwise one array of row positions per combination, in code order.
     """
     codes = np.asarray(codes)
-    if len(codes) < 2 or (codes == codes[:1]).all():
+    if len(codes) < 2 or one_combination(codes):
         return [slice(None)]  # the common request (n = 1 included): no sort needed
     combos, group = np.unique(codes, axis=0, return_inverse=True)
     group = group.reshape(-1)

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cvae_ray.model.draws import one_combination
+
 #: Fewest training rows of a combination for a covariance of its own.
 MIN_ROWS = 3
 #: Rows encoded per forward pass while fitting (bounds memory on large datasets).
@@ -86,7 +88,7 @@ class LatentPrior:
             ``(n, latent_dim)`` latent codes; rows of combinations without a Gaussian of
             their own get the composed one (:meth:`compose`).
         """
-        if len(codes) and bool((codes == codes[:1]).all()):
+        if one_combination(codes):
             # One combination (every n = 1 request): the same product as below on all
             # rows, without matching each row against the K fitted combinations.
             combo = tuple(int(c) for c in codes[0].tolist())

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from cvae_ray.config import SampleConfig
-from cvae_ray.model.draws import SharedDraws, noise_scale_of
+from cvae_ray.model.draws import SharedDraws, noise_scale_of, one_combination
 
 #: Samples of the model drawn per combination to estimate its centre and sd.
 DRAWS = 256
@@ -86,11 +86,9 @@ class SpreadCorrection:
         Returns:
             ``(n,)`` int64 tensor on ``codes``' device; -1 for a combination not fitted.
         """
-        if len(codes) and bool((codes == codes[:1]).all()):
-            # One combination (every n = 1 request): look it up once.
-            match = (codes[:1, None, :] == self.codes.to(codes.device)[None, :, :]).all(dim=2)
-            k = int(match.long().argmax()) if bool(match.any()) else -1
-            return torch.full((len(codes),), k, dtype=torch.long, device=codes.device)
+        if len(codes) > 1 and one_combination(codes):
+            # One combination: match its first row only.
+            return self.index(codes[:1]).expand(len(codes)).clone()
         # One broadcast comparison, as LatentPrior.transform matches rows: a loop over
         # the K combinations would cost K small ops per request.
         match = (codes[:, None, :] == self.codes.to(codes.device)[None, :, :]).all(dim=2)

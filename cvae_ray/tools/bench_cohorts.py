@@ -90,22 +90,6 @@ class MemorySampler:
         self._thread.join()
 
 
-def quick_bundle(path: Path, epochs: int, data: Path = DATA) -> str:
-    """Train a throughput-only bundle on a real dataset (few epochs, no sampling choice)."""
-    from cvae_ray.config import DataSpec, TrainConfig
-    from cvae_ray.data.dataset import read_dataset
-    from cvae_ray.model.fitting import fit_bundle
-
-    if not data.exists():
-        raise SystemExit(f"error: {data} not found; pass --data or --bundle.")
-    cohort = read_dataset(data, ["tissue", "source"])
-    bundle, _ = fit_bundle(cohort, DataSpec(conditions=("tissue", "source")),
-                           train_config=TrainConfig(epochs=epochs, eval_every=epochs,
-                                                    choose_sampling=False))
-    bundle.save(path)
-    return str(path)
-
-
 def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: int = 8192,
                      seconds: float = 3.0, repeats: int = 3) -> float:
     """Samples/s of the model alone: draws (centred as the bundle samples), latent prior,
@@ -319,11 +303,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from cvae_ray.apps.cluster import ray_session
+    from cvae_ray.tools.bench_serve import quick_bundle
 
     block_rows = args.block_rows
     scratch = Path(tempfile.mkdtemp(prefix="cvae_ray_bench_bundle_"))
     try:
-        bundle_path = args.bundle or quick_bundle(scratch / "bundle", args.epochs, args.data)
+        bundle_path = args.bundle
+        if bundle_path is None:
+            if not args.data.exists():
+                raise SystemExit(f"error: {args.data} not found; pass --data or --bundle.")
+            bundle_path = str(quick_bundle(args.data, scratch / "bundle", epochs=args.epochs))
         wide = raw_in_fresh_process(bundle_path, threads=args.cpus, parallel=1)
         parallel = raw_in_fresh_process(bundle_path, threads=1, parallel=args.cpus)
         print(f"raw decoder (batch 8192, best of 3 x 3 s, no conversion or I/O): "

@@ -10,6 +10,7 @@ switching the bundle under load) run last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
@@ -429,9 +431,10 @@ def _replica_actors() -> list[dict]:
             if a["name"].startswith("SERVE_REPLICA::cvae#Sampler")]
 
 
-def _load_until(service, conditions: dict, stop: threading.Event,
-                results: list, workers: int = 3) -> list[threading.Thread]:
-    """Start ``workers`` threads posting seeded n = 2 requests until ``stop`` is set.
+@contextlib.contextmanager
+def _under_load(service, conditions: dict, workers: int = 3) -> Iterator[list[tuple]]:
+    """Keep ``workers`` threads posting seeded n = 2 requests while the block runs;
+    yields the list their ``(status, payload or text)`` results are appended to.
 
     Each client sends a request again (twice at most, after 0.1 s) when its
     connection closed before any response, as docs/serving.md asks of clients (a
@@ -454,16 +457,23 @@ def _load_until(service, conditions: dict, stop: threading.Event,
                 seed += 1
                 try:
                     reply = post(client, seed)
-                except httpx.HTTPError as exc:  # dropped twice: a failed request
+                except httpx.HTTPError as exc:  # dropped three times: a failed request
                     results.append((type(exc).__name__, str(exc)))
                     continue
                 results.append((reply.status_code,
                                 reply.json() if reply.status_code == 200 else reply.text))
 
+    results: list[tuple] = []
+    stop = threading.Event()
     threads = [threading.Thread(target=load, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
-    return threads
+    try:
+        yield results
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
 
 
 def _wait_for_replicas(count: int, without: frozenset[str] = frozenset(),
@@ -482,10 +492,7 @@ def test_replica_killed_under_load_costs_no_request(service, bundle):
     conditions = {"tissue": bundle.vocab["tissue"][0], "source": "GTEx"}
     service.wait_until_rolled_out()
     before = _wait_for_replicas(2)
-    results: list[tuple] = []
-    stop = threading.Event()
-    threads = _load_until(service, conditions, stop, results)
-    try:
+    with _under_load(service, conditions) as results:
         time.sleep(2.0)  # HAProxy learns of a new replica within about a second
         # Run: one replica dies outright (no graceful drain), mid-load.
         [victim] = [a for a in _replica_actors() if a["name"] == sorted(before)[0]]
@@ -494,10 +501,6 @@ def test_replica_killed_under_load_costs_no_request(service, bundle):
         # Serve replaces it; the load goes on until the replacement is up.
         after = _wait_for_replicas(2, without=frozenset({victim["name"]}))
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
 
     # Assert: every request answered, with its own seed's samples.
     failures = [r for r in results if r[0] != 200]
@@ -515,19 +518,12 @@ def test_bundle_switch_under_load(service, bundles, bundle):
     assert new_bundle.bundle_id != bundle.bundle_id
     by_id = {bundle.bundle_id: bundle, new_bundle.bundle_id: new_bundle}
     conditions = {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][0]}
-    results: list[tuple] = []
-    stop = threading.Event()
-    workers = _load_until(service, conditions, stop, results)
-    try:
+    with _under_load(service, conditions) as results:
         time.sleep(1.0)
         service.deploy(bundles[1])
         service.wait_for_bundle(new_bundle.bundle_id)
         service.wait_until_rolled_out()  # with two replicas, both must be new
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in workers:
-            thread.join(timeout=120)
 
     failures = [r for r in results if r[0] != 200]
     assert not failures, failures[:3]
