@@ -116,6 +116,7 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
     saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    _reload_auth_settings()
     port, dashboard = free_port(), free_port()
     ray_cli = str(Path(sys.executable).with_name("ray"))
     # Short on purpose: Ray's Unix socket paths live below it (107-byte limit).
@@ -145,6 +146,22 @@ def local_cluster(num_cpus: int = 2) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _reload_auth_settings()
+
+
+def _reload_auth_settings() -> None:
+    """Make this process's Ray read ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN`` again.
+
+    Ray caches its settings, the authentication mode among them, the first time a
+    process reads them, which may be before :func:`local_cluster` sets the token: this
+    process's own ``ray.init`` would then connect without it and be refused
+    (``InvalidAuthToken``). The same two calls Ray makes when it turns token
+    authentication on itself (``ray._private.authentication``, Ray 2.60).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
