@@ -238,6 +238,33 @@ def default_client() -> str:
     return "wrk" if shutil.which("wrk") else "httpx"
 
 
+def request_bodies(bundle, n: int, rng: np.random.Generator, count: int = 64) -> list[dict]:
+    """Sampling request bodies, each for one combination the bundle was trained on.
+
+    Combinations never seen in training are refused without ``allow_unseen`` (HTTP
+    400), so the bodies draw from :attr:`ModelBundle.seen_combinations`; only when a
+    bundle does not know its seen combinations (none is then refused) do they draw
+    each column's value independently.
+
+    Args:
+        bundle: The served :class:`ModelBundle`.
+        n: Samples per request.
+        rng: Chooses the combinations.
+        count: Number of bodies (seeds 0 to count - 1).
+
+    Returns:
+        ``[{"conditions": {...}, "n": n, "seed": i}, ...]``.
+    """
+    seen = bundle.seen_combinations
+    if seen is None or not len(seen):
+        choices = [{c: str(rng.choice(v)) for c, v in bundle.vocab.items()}
+                   for _ in range(count)]
+    else:
+        rows = seen[list(bundle.condition_columns)].astype(str).to_dict(orient="records")
+        choices = [rows[int(k)] for k in rng.integers(len(rows), size=count)]
+    return [{"conditions": c, "n": n, "seed": i} for i, c in enumerate(choices)]
+
+
 def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
                   concurrencies: Sequence[int] = (1, 8, 32),
                   formats: Sequence[str] = ("json", "arrow"), duration_s: float = 5.0,
@@ -296,9 +323,7 @@ def run_benchmark(bundle_dir: str | Path, *, ns: Sequence[int] = (1, 100, 1000),
                     # Measured here, beside the idle service: both see the same load.
                     limit[n] = in_process_throughput(
                         bundle, n, duration_s=min(duration_s, 3.0), max_calls=max_requests)
-                bodies = [{"conditions": {c: str(rng.choice(v))
-                                          for c, v in bundle.vocab.items()},
-                           "n": n, "seed": i} for i in range(64)]
+                bodies = request_bodies(bundle, n, rng)
                 for concurrency in concurrencies:
                     args = (url, headers, bodies, FORMATS[fmt], concurrency, duration_s,
                             max_requests)
