@@ -242,7 +242,7 @@ def request_bodies(bundle, n: int, rng: np.random.Generator, count: int = 64) ->
     """Sampling request bodies, each for one combination the bundle was trained on.
 
     Combinations never seen in training are refused without ``allow_unseen`` (HTTP
-    400), so the bodies draw from :attr:`ModelBundle.seen_combinations`; only when a
+    422), so the bodies draw from :attr:`ModelBundle.seen_combinations`; only when a
     bundle does not know its seen combinations (none is then refused) do they draw
     each column's value independently.
 
