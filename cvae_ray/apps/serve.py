@@ -11,9 +11,11 @@ each replica loads the bundle once, in its constructor, so a missing or
 incompatible bundle fails the deployment at start with the bundle's message.
 
 Endpoints: ``POST /v1/samples``, ``GET /v1/model``, ``GET /healthz``,
-``GET /readyz``; OpenAPI docs at ``/docs``. Concurrent small requests share one
-decoder pass through ``@serve.batch``; each keeps its own seed, so batching
-never changes a request's samples beyond float rounding.
+``GET /readyz``; OpenAPI docs at ``/docs``. Concurrent small requests are
+sampled together through ``@serve.batch`` (one hand-off to the model thread);
+each keeps its own seed and, on CPU, its own decoder pass, so batching never
+changes a request's samples (on a GPU, which shares the pass, beyond float
+rounding).
 
 Switching models: deploy the same config with a new ``bundle`` argument. The
 arguments are part of the application's code version, so Serve rolls the
@@ -164,7 +166,8 @@ class Sampler:
         # replica's CPU, and the event loop stays free to read new requests meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-decoder")
         self._model_info = self._describe_model()
-        # The first decoder pass allocates torch's buffers; pay that before taking traffic.
+        # The first pass folds the decoder (CPU) or allocates torch's buffers (GPU); pay
+        # that before taking traffic.
         _, codes = self._encode_conditions({c: v[0] for c, v in self._bundle.vocab.items()}, 1)
         # (The first value of each column need not be a combination seen in training.)
         self._bundle.draw([SampleRequest(codes, 0, allow_unseen=True)])

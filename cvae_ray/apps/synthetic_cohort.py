@@ -229,10 +229,14 @@ class BlockSampler:
 
     def __init__(self, prepared: PreparedCohort, device: str = "cpu") -> None:
         import torch
+        from threadpoolctl import threadpool_limits
 
         # Parallel calls, not intra-op threads: one thread per call is never idle
-        # waiting for the other at the end of each operation.
+        # waiting for the other at the end of each operation. BLAS too: the CPU
+        # decoder's matrix products run in numpy (cvae_ray.model.folded). This
+        # process samples only, so the limit is set for good.
         torch.set_num_threads(1)
+        threadpool_limits(limits=1, user_api="blas")
         keep_freed_memory()
         self.bundle = ModelBundle.load(prepared.bundle_location, device=device)
         if self.bundle.bundle_id != prepared.bundle_id:

@@ -181,14 +181,18 @@ class Vocabulary:
             codes[:, j] = self.codes(column, conditions[column].reset_index(drop=True), where)
         return codes
 
-    def decode(self, codes: np.ndarray) -> pd.DataFrame:
-        """The condition table (trained spellings) of ``(n, n_conditions)`` codes."""
+    def values(self, codes: np.ndarray) -> np.ndarray:
+        """The ``(n, n_conditions)`` object array of trained spellings of codes."""
         codes = np.asarray(codes)
         values = np.empty((codes.shape[0], len(self.levels)), dtype=object)
         for j, levels in enumerate(self._level_arrays):
             values[:, j] = levels[codes[:, j]]
+        return values
+
+    def decode(self, codes: np.ndarray) -> pd.DataFrame:
+        """The condition table (trained spellings) of ``(n, n_conditions)`` codes."""
         # One 2-D object block: a fraction of the cost of a frame built column by column.
-        return pd.DataFrame(values, columns=self._columns_index)
+        return pd.DataFrame(self.values(codes), columns=self._columns_index)
 
 
 def joint_labels(conditions: pd.DataFrame) -> np.ndarray:

@@ -91,10 +91,7 @@ class LatentPrior:
         if one_combination(codes):
             # One combination (every n = 1 request): the same product as below on all
             # rows, without matching each row against the K fitted combinations.
-            combo = tuple(int(c) for c in codes[0].tolist())
-            k = self._positions().get(combo)
-            mean, factor = ((self.means[k], self.factors[k]) if k is not None
-                            else self.compose(combo))
+            mean, factor = self.gaussian(tuple(int(c) for c in codes[0].tolist()))
             # contiguous(), as the general path's noise[rows] copy is: same kernel.
             return (mean.to(noise.device, noise.dtype)
                     + noise.contiguous() @ factor.to(noise.device, noise.dtype).T)
@@ -115,6 +112,18 @@ class LatentPrior:
                 factor = factor.to(noise.device, noise.dtype)
                 z[rows] = mean.to(noise.device, noise.dtype) + noise[rows] @ factor.T
         return z
+
+    def gaussian(self, combo: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and lower Cholesky factor of one combination: its own, else composed.
+
+        Args:
+            combo: One condition code per column.
+
+        Returns:
+            ``(latent_dim,)`` mean and ``(latent_dim, latent_dim)`` factor, float32.
+        """
+        k = self._positions().get(combo)
+        return (self.means[k], self.factors[k]) if k is not None else self.compose(combo)
 
     def _positions(self) -> dict[tuple[int, ...], int]:
         """Fitted combination -> its row in ``codes`` (built once)."""

@@ -2,7 +2,8 @@
 
 The raw limit is the work no table-building can avoid: the draws, the decoder
 pass and the inverse transform to the requested scale (``request_draws``,
-``CVAE.draw``, ``Preprocessor.inverse``), on one torch thread. ``sample`` adds
+``ModelBundle.decode_draws``, ``Preprocessor.inverse``), on one torch and one BLAS
+thread. ``sample`` adds
 reading the conditions and building the returned table. The two are timed in
 alternating rounds, so a neighbour's load falls on both alike; each figure is
 the median over rounds of the mean time per call in a round.
@@ -56,33 +57,32 @@ def measure(bundle, n: int, *, rounds: int = 15, seconds: float = 0.2) -> dict[s
     Returns:
         ``{"sample_ms", "raw_ms"}``: median per-call times.
     """
-    import numpy as np
     import torch
+    from threadpoolctl import threadpool_limits
 
     from cvae_ray.model.draws import request_draws
 
     torch.set_num_threads(1)
     conditions = {c: v[0] for c, v in bundle.vocab.items()}
-    _, codes = bundle.encode_conditions(conditions, n)
-    codes_t = torch.from_numpy(np.ascontiguousarray(codes))
+    codes = bundle.condition_codes(conditions, n)
     model, settings = bundle.model, bundle.sample_defaults
     scale = settings.scale
 
     def raw(seed: int) -> object:
-        with torch.no_grad():
-            z, noise = request_draws(codes, model.config.latent_dim, model.n_genes, seed,
-                                     settings)
-            means = model.draw(codes_t, z, noise, settings)
-        return bundle.preprocessor.inverse(means.numpy(), scale)
+        z, noise = request_draws(codes, model.config.latent_dim, model.n_genes, seed,
+                                 settings)
+        return bundle.preprocessor.inverse(bundle.decode_draws(codes, z, noise, settings),
+                                           scale)
 
     def sample(seed: int) -> object:
         return bundle.sample(conditions, n, seed=seed)
 
-    sample(0), raw(0)  # first calls allocate
     sample_ms, raw_ms = [], []
-    for _ in range(rounds):
-        sample_ms.append(_per_call_ms(sample, seconds))
-        raw_ms.append(_per_call_ms(raw, seconds))
+    with threadpool_limits(limits=1, user_api="blas"):
+        sample(0), raw(0)  # first calls allocate
+        for _ in range(rounds):
+            sample_ms.append(_per_call_ms(sample, seconds))
+            raw_ms.append(_per_call_ms(raw, seconds))
     return {"sample_ms": statistics.median(sample_ms), "raw_ms": statistics.median(raw_ms)}
 
 
@@ -101,7 +101,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"fitting a throwaway bundle on {args.data} ...")
             location = quick_bundle(args.data, Path(tmp) / "bundle", epochs=2)
         bundle = ModelBundle.load(location)
-    print(f"bundle {bundle.bundle_id}: {len(bundle.genes)} genes, one torch thread, "
+    print(f"bundle {bundle.bundle_id}: {len(bundle.genes)} genes, one torch and BLAS thread, "
           f"median of {args.rounds} alternating rounds of {args.seconds} s")
     for n in args.n:
         figures = measure(bundle, n, rounds=args.rounds, seconds=args.seconds)

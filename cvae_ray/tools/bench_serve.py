@@ -82,19 +82,22 @@ class BenchResult:
 
 
 def in_process_throughput(bundle, n: int, *, duration_s: float, max_calls: int) -> float:
-    """Samples/s of ``bundle.sample`` for ``n`` samples per call (one torch thread)."""
+    """Samples/s of ``bundle.sample`` for ``n`` samples per call (one torch and BLAS
+    thread, as a replica's model thread)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     conditions = bundle.first_condition()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        bundle.sample(conditions, n, seed=0)
-        calls, start = 0, time.perf_counter()
-        while calls < max_calls and time.perf_counter() - start < duration_s:
-            bundle.sample(conditions, n, seed=calls)
-            calls += 1
-        return calls * n / (time.perf_counter() - start)
+        with threadpool_limits(limits=1, user_api="blas"):
+            bundle.sample(conditions, n, seed=0)
+            calls, start = 0, time.perf_counter()
+            while calls < max_calls and time.perf_counter() - start < duration_s:
+                bundle.sample(conditions, n, seed=calls)
+                calls += 1
+            return calls * n / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
 
