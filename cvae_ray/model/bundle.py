@@ -630,11 +630,12 @@ class ModelBundle:
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise InvalidConfigError(f"seed={seed!r} is not valid; expected an integer >= 0.")
         codes = self.condition_codes(conditions, n)
-        unseen = self.check_seen(codes, allow_unseen)
         positions = self.gene_positions(genes)
+        # draw refuses unseen combinations unless allowed (check_seen).
         [values] = self.draw([SampleRequest(codes, int(seed), scale, positions, allow_unseen)],
                              noise=noise, temperature=temperature)
-        return _sample_table(self.vocabulary.values(codes), unseen if allow_unseen else None,
+        return _sample_table(self.vocabulary.values(codes),
+                             self.unseen_rows(codes) if allow_unseen else None,
                              values, self._table_columns(allow_unseen, positions))
 
     def _table_columns(self, allow_unseen: bool, positions: np.ndarray | None) -> pd.Index:
