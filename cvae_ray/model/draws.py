@@ -2,8 +2,9 @@
 
 Every sample is made from two sets of standard-normal draws: one for its latent
 code and one for the decoder's per-gene noise
-(:meth:`cvae_ray.model.bundle.ModelBundle.decode_draws` turns them into data). This module makes them, in one fixed order from one
-seeded generator, so a request's samples depend only on its seed and conditions.
+(:meth:`cvae_ray.model.bundle.ModelBundle.decode_draws` turns them into data).
+This module makes them, in one fixed order from one seeded generator, so a
+request's samples depend only on its seed and conditions.
 
 **Centred draws** (the default, ``SampleConfig.draws = "centred"``): within a
 request, the latent draws of all samples that share a condition combination are

@@ -248,11 +248,11 @@ def no_ray_pipeline(bundle_path: str, n: int, compression: str, block_rows: int 
 
     The same plan (:func:`~cvae_ray.apps.synthetic_cohort.prepare_cohort`), the same
     blocks sampled by the job's ``BlockSampler`` (decode, noise, inverse transform,
-    gene-major) on ``samplers`` threads of one torch and BLAS thread each, the same packing
-    into wide tables, written by this process's main thread to local Parquet files
-    of ``WRITE_BLOCKS`` blocks with the job's codec and writer options while the
-    sampler threads work ahead (at most ``samplers + WRITE_BLOCKS`` blocks). What it
-    leaves out is Ray: scheduling, the object store and the process boundaries.
+    gene-major) on ``samplers`` threads of one torch and BLAS thread each, the same
+    packing into wide tables, written by this process's main thread to local Parquet
+    files of ``WRITE_BLOCKS`` blocks with the job's codec and writer options while
+    the sampler threads work ahead (at most ``samplers + WRITE_BLOCKS`` blocks). What
+    it leaves out is Ray: scheduling, the object store and the process boundaries.
 
     Args:
         bundle_path: The bundle.

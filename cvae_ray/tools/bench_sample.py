@@ -2,9 +2,9 @@
 
 The raw limit is the work no table-building can avoid: the draws, the decoder
 pass and the inverse transform to the requested scale (``request_draws``,
-``ModelBundle.decode_draws``, ``Preprocessor.inverse``), on one torch and one BLAS
-thread. ``sample`` adds
-reading the conditions and building the returned table. The two are timed in
+``ModelBundle.decode_draws``, ``Preprocessor.inverse``), on one torch and one
+BLAS thread. ``sample`` adds reading the conditions and building the returned
+table. The two are timed in
 alternating rounds, so a neighbour's load falls on both alike; each figure is
 the median over rounds of the mean time per call in a round.
 """
