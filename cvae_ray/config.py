@@ -482,7 +482,10 @@ class ServeConfig:
             ``max_n``).
         max_body_bytes: Largest accepted request body, in bytes; larger bodies get 413.
         max_batch_size: Most requests ``@serve.batch`` decodes in one pass.
-        batch_wait_timeout_s: How long a batch waits to fill, in seconds.
+        batch_wait_timeout_s: How long a batch waits to fill, in seconds. 0: a batch
+            is what has queued while the model thread was busy, so no request waits
+            for others (a 5 ms wait doubled the n = 1 latency at concurrency 1 on CPU,
+            where each request has its own decoder pass anyway: docs/serving.md).
         batch_max_n: Only requests up to this many samples go through the batch queue:
             larger ones fill the decoder on their own, and a batch of many large requests
             would hold ``max_batch_size x n`` rows in memory at once.
@@ -492,7 +495,7 @@ class ServeConfig:
     max_n: int = 10_000
     max_body_bytes: int = 1 << 20
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.0
     batch_max_n: int = 128
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cvae_ray.apps import serve_api
 from cvae_ray.apps.serve_api import (
     ARROW,
     PARQUET,
@@ -81,6 +82,43 @@ def test_table_encoder_writes_to_arrows_table_at_every_n(media_type, n):
     assert all(table.schema.field(g).type == pa.float32() for g in genes)
     np.testing.assert_array_equal(np.column_stack([table.column(g).to_numpy() for g in genes]),
                                   values)
+
+
+@pytest.mark.parametrize("n", [1, 2, TEMPLATE_MAX_N])
+def test_arrow_stream_from_a_template_is_pyarrows_stream_byte_for_byte(n):
+    genes = [f"G{i}" for i in range(300)]
+    encoder = TableEncoder(COLUMNS, genes)
+    # Seeds of several byte lengths (one not ASCII), repeated (a template's second use),
+    # other conditions, values of every float32 class (NaN, inf, -0.0, subnormal).
+    for round_, seed in enumerate(["7", "123456789", "8", "2147483647", "0", "123456780",
+                                   "\u00e99", "123"]):
+        values = _values(n, len(genes), seed=round_)
+        values[0, :5] = [np.nan, np.inf, -0.0, 1e-45, -3.5]
+        conditions = _conditions(n) if round_ % 2 else [
+            {"tissue": "kidney", "source": "TCGA-tumor"}] * n
+        metadata = {"bundle_id": "abc", "seed": seed}
+
+        body = encoder.encode(ARROW, conditions, values, metadata)
+
+        assert body == encode_table(to_arrow(COLUMNS, conditions, genes, values), ARROW, metadata)
+    assert encoder._streams and all(t is not None for t in encoder._streams.values())
+
+
+def test_arrow_templates_beyond_the_byte_bound_are_dropped_oldest_first(monkeypatch):
+    genes = [f"G{i}" for i in range(200)]
+    encoder = TableEncoder(COLUMNS, genes)
+    one = encoder.encode(ARROW, _conditions(1), _values(1, 200), {"seed": "1"})
+    monkeypatch.setattr(serve_api, "TEMPLATE_CACHE_BYTES", 2 * len(one))
+
+    for i, tissue in enumerate(["lung", "liver", "kidney", "colon", "lung"]):
+        conditions = [{"tissue": tissue, "source": "GTEx"}]
+        values = _values(1, 200, seed=i)
+        body = encoder.encode(ARROW, conditions, values, {"seed": str(i)})
+        assert body == encode_table(to_arrow(COLUMNS, conditions, genes, values), ARROW,
+                                    {"seed": str(i)})
+
+    assert encoder._stream_bytes <= 2 * len(one) and len(encoder._streams) == 2
+    assert [key[0][0][0] for key in encoder._streams] == ["colon", "lung"]
 
 
 def test_reused_gene_columns_never_change_an_earlier_response():
