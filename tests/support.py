@@ -14,6 +14,8 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 CASES = SHARED / "cases" / "inputs"
 RNASEQDB = SHARED_DATA / "rnaseqdb_gtex_tcga_l1000.parquet"
+# A tiny bundle recorded on 2026-11-30 (tests/model/test_recorded_values.py says how).
+FIXTURE_BUNDLE = REPO / "tests" / "model" / "fixtures" / "bundle_2026_11_30"
 L1000 = SHARED_DATA / "l1000_landmark_genes.tsv"
 
 TINY_MODEL = ModelConfig(hidden=(32, 16), latent_dim=4)

@@ -120,12 +120,11 @@ def raw_decoder_rate(bundle_path: str, threads: int, parallel: int = 1, batch: i
 
     def loop(slot: int) -> None:
         generator = torch.Generator().manual_seed(slot)
-        with torch.no_grad():
-            while time.perf_counter() - start < seconds or done[slot] == 0:
-                z, noise = request_draws(codes, model.config.latent_dim, model.n_genes,
-                                         generator, defaults)
-                bundle.decode_draws(codes, z, noise, defaults)
-                done[slot] += batch
+        while time.perf_counter() - start < seconds or done[slot] == 0:
+            z, noise = request_draws(codes, model.config.latent_dim, model.n_genes,
+                                     generator, defaults)
+            bundle.decode_draws(codes, z, noise, defaults)
+            done[slot] += batch
 
     best = 0.0
     with threadpool_limits(limits=threads, user_api="blas"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support import FIXTURE_BUNDLE
 
 from cvae_ray.config import ModelConfig, SampleConfig
 from cvae_ray.model.bundle import ModelBundle, SampleRequest
@@ -16,8 +15,6 @@ from cvae_ray.model.draws import request_draws
 from cvae_ray.model.folded import FoldedDecoder
 from cvae_ray.model.latent_prior import LatentPrior
 from cvae_ray.model.spread import SpreadCorrection
-
-BUNDLE = Path(__file__).resolve().parent / "fixtures" / "bundle_2026_11_30"
 
 N_GENES, SIZES = 30, (3, 2)
 
@@ -85,7 +82,7 @@ def test_models_that_do_not_fold_keep_the_torch_path():
 
 
 def test_bundle_samples_through_the_folded_decoder_and_torch_when_it_cannot_fold():
-    bundle = ModelBundle.load(BUNDLE)
+    bundle = ModelBundle.load(FIXTURE_BUNDLE)
     assert isinstance(bundle._folded_decoder(), FoldedDecoder)
     settings = bundle.sample_defaults
     codes = np.zeros((5, len(bundle.condition_columns)), dtype=np.int64)
@@ -107,7 +104,7 @@ def test_bundle_samples_through_the_folded_decoder_and_torch_when_it_cannot_fold
 
 
 def test_a_request_gets_the_same_values_alone_and_batched_with_others():
-    bundle = ModelBundle.load(BUNDLE)
+    bundle = ModelBundle.load(FIXTURE_BUNDLE)
     one = bundle.condition_codes({"tissue": "lung", "source": "GTEx"}, 1)
     seven = bundle.condition_codes({"tissue": "kidney", "source": "GTEx"}, 7)
     [alone] = bundle.draw([SampleRequest(one, 3)])
@@ -130,7 +127,7 @@ def test_no_rows_give_an_empty_array():
 @pytest.mark.parametrize("allow_unseen", [False, True])
 @pytest.mark.parametrize("genes", [None, 3])
 def test_sample_table_holds_conditions_flags_and_the_drawn_values(allow_unseen, genes):
-    bundle = ModelBundle.load(BUNDLE)
+    bundle = ModelBundle.load(FIXTURE_BUNDLE)
     subset = None if genes is None else [bundle.genes[5], bundle.genes[0], bundle.genes[9]]
     conditions = [{"tissue": "liver", "source": "TCGA-tumor"},
                   {"tissue": "kidney", "source": "GTEx"}, {"tissue": "lung", "source": "GTEx"}]

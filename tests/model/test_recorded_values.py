@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import FIXTURE_BUNDLE
 
 from cvae_ray.cli import main as cli_main
 from cvae_ray.model.bundle import ModelBundle
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-BUNDLE = FIXTURES / "bundle_2026_11_30"
+BUNDLE = FIXTURE_BUNDLE
 RECORDED = json.loads((FIXTURES / "recorded_samples_2026_11_30.json").read_text())
 MIXED = [{"tissue": "liver", "source": "TCGA-tumor"}, {"tissue": "kidney", "source": "GTEx"},
          {"tissue": "lung", "source": "TCGA-normal"}]
