@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -28,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from cvae_ray.apps.arrow_templates import StreamTemplates
 from cvae_ray.config import ServeConfig
 from cvae_ray.errors import InvalidConfigError
 
@@ -55,9 +55,6 @@ MEDIA_TYPES = (JSON, ARROW, *PARQUET_ALIASES)
 # Responses of up to this many samples of every gene reuse their Arrow gene columns
 # (TableEncoder): building 977 or 18,154 columns costs more than sampling one profile.
 TEMPLATE_MAX_N = 8
-# Bytes of Arrow stream templates a TableEncoder keeps (one 977-gene template of n = 1
-# is ~0.1 MB, an 18,154-gene one ~1.9 MB).
-TEMPLATE_CACHE_BYTES = 64 << 20
 
 
 class SamplerArgs(BaseModel):
@@ -252,22 +249,11 @@ class TableEncoder:
 
     The response is always :func:`to_arrow`'s table written by :func:`encode_table`.
     Making an Arrow array costs a Python call per gene column (977 or 18,154 of them),
-    and writing a 979-field schema about as much again: at n = 1 that was more than
-    sampling the profile and 20 times the JSON encoding. So for up to
-    :data:`TEMPLATE_MAX_N` samples of all genes:
-
-    - Arrow IPC: the stream pyarrow writes for a request is kept as a template per
-      sample count, condition values, metadata other than ``seed``, and length of the
-      seed. Another request with the same key differs from it only in the seed's digits
-      and the gene values, whose byte positions are read off the template itself (pyarrow
-      reads the stream zero-copy, so each gene column's buffer address is its place). A
-      response copies the template and writes those bytes. Each template is checked
-      once, against pyarrow's own bytes for other values and another seed; a key whose
-      check fails (a layout this code does not expect) is always written by pyarrow.
-      Templates are dropped least recently used beyond :data:`TEMPLATE_CACHE_BYTES`.
-    - Parquet: the gene columns are made once per ``n`` over a float32 buffer of this
-      encoder; each response copies its values into that buffer and is written out
-      before the next one may touch it (a lock).
+    so for up to :data:`TEMPLATE_MAX_N` samples of all genes the gene columns are made
+    once per ``n`` over a float32 buffer of this encoder; each response copies its
+    values into that buffer and is written out before the next one may touch it (a
+    lock). Arrow IPC responses go further: :mod:`cvae_ray.apps.arrow_templates` keeps
+    the streams of repeated requests and writes only their seed and values.
 
     Gene subsets and larger ``n`` are built afresh with :func:`to_arrow`.
 
@@ -281,8 +267,7 @@ class TableEncoder:
         self._genes = list(genes)
         self._fields = [pa.field(c, pa.string()) for c in self._columns]
         self._templates: dict[int, tuple[np.ndarray, pa.RecordBatch]] = {}
-        self._streams: OrderedDict[tuple, _StreamTemplate | None] = OrderedDict()
-        self._stream_bytes = 0
+        self.streams = StreamTemplates(len(self._columns))
         self._lock = threading.Lock()
 
     def encode(self, media_type: str, conditions: Sequence[dict], values: np.ndarray,
@@ -303,14 +288,18 @@ class TableEncoder:
         if (genes is not None and list(genes) != self._genes) or n > TEMPLATE_MAX_N:
             return encode_table(to_arrow(self._columns, conditions, genes or self._genes, values),
                                 media_type, metadata)
+
+        def write(metadata: dict[str, str], block_values: np.ndarray) -> bytes:
+            block, batch = self._template(n)
+            np.copyto(block, block_values)
+            return encode_table(self._with_conditions(batch, conditions), media_type, metadata)
+
+        by_gene = np.asarray(values, dtype=np.float32).T
         with self._lock:
             if media_type == ARROW and "seed" in metadata:
-                template = self._stream(conditions, metadata)
-                if template is not None:
-                    return template.fill(metadata["seed"], values)
-            block, batch = self._template(n)
-            np.copyto(block, np.asarray(values, dtype=np.float32).T)
-            return encode_table(self._with_conditions(batch, conditions), media_type, metadata)
+                rows = [[row[c] for c in self._columns] for row in conditions]
+                return self.streams.encode(rows, metadata, by_gene, write)
+            return write(metadata, by_gene)
 
     def _with_conditions(self, batch: pa.RecordBatch, conditions: Sequence[dict]
                          ) -> pa.RecordBatch:
@@ -321,6 +310,7 @@ class TableEncoder:
         return batch
 
     def _template(self, n: int) -> tuple[np.ndarray, pa.RecordBatch]:
+        """The ``(n_genes, n)`` float32 buffer for ``n`` samples and its gene columns."""
         known = self._templates.get(n)
         if known is None:
             block = np.zeros((len(self._genes), n), dtype=np.float32)
@@ -329,92 +319,6 @@ class TableEncoder:
                                                        names=self._genes))
             self._templates[n] = known
         return known
-
-    def _stream(self, conditions: Sequence[dict], metadata: dict[str, str]
-                ) -> _StreamTemplate | None:
-        """The stream template for this request's key, built (and checked) at first use."""
-        rows = tuple(tuple(row[c] for c in self._columns) for row in conditions)
-        fixed = tuple(sorted((k, v) for k, v in metadata.items() if k != "seed"))
-        key = (rows, fixed, len(metadata["seed"].encode()))
-        if key in self._streams:
-            self._streams.move_to_end(key)
-            return self._streams[key]
-        block, batch = self._template(len(conditions))
-        template = _StreamTemplate.build(block, self._with_conditions(batch, conditions),
-                                         len(self._columns), metadata)
-        self._streams[key] = template
-        self._stream_bytes += template.size if template else 0
-        while self._stream_bytes > TEMPLATE_CACHE_BYTES and len(self._streams) > 1:
-            _, dropped = self._streams.popitem(last=False)
-            self._stream_bytes -= dropped.size if dropped else 0
-        return template
-
-
-class _StreamTemplate:
-    """One Arrow IPC response stream with the byte positions of its seed and values.
-
-    Args:
-        data: The stream pyarrow wrote.
-        seed_at: Where the seed's digits are in ``data``.
-        value_at: ``(n_genes, n)`` float32 positions in ``data`` of each gene's values.
-    """
-
-    def __init__(self, data: bytes, seed_at: slice, value_at: np.ndarray) -> None:
-        self._data = data
-        self._seed_at = seed_at
-        self._value_at = value_at
-        self.size = len(data)
-
-    def fill(self, seed: str, values: np.ndarray) -> bytes:
-        """The stream with this seed and these ``(n, n_genes)`` values."""
-        data = bytearray(self._data)
-        data[self._seed_at] = seed.encode()
-        np.frombuffer(data, dtype=np.float32)[self._value_at] = np.asarray(values).T
-        return bytes(data)
-
-    @classmethod
-    def build(cls, block: np.ndarray, batch: pa.RecordBatch, n_conditions: int,
-              metadata: dict[str, str]) -> _StreamTemplate | None:
-        """The template for requests like this one, or ``None`` when its check fails.
-
-        Two streams that differ only in the seed's digits locate the seed; reading the
-        stream zero-copy locates each gene's float32 values. The check: filled with
-        other values and a third seed, the template equals what pyarrow writes for them.
-
-        Args:
-            block: ``(n_genes, n)`` float32 memory of ``batch``'s gene columns (this
-                writes to it).
-            batch: The response's condition columns, then its gene columns.
-            n_conditions: Number of condition columns.
-            metadata: The request's schema metadata, with ``seed``.
-        """
-        length = len(metadata["seed"].encode())
-        if length == 0:
-            return None
-
-        def written(seed: str, values: np.ndarray) -> bytes:
-            np.copyto(block, values)
-            return encode_table(batch, ARROW, {**metadata, "seed": seed})
-
-        data = written("1" * length, np.zeros_like(block))
-        other = written("2" * length, np.zeros_like(block))
-        if len(data) != len(other) or len(data) % 4:
-            return None
-        changed = np.flatnonzero(np.frombuffer(data, np.uint8) != np.frombuffer(other, np.uint8))
-        if len(changed) != length or changed[-1] - changed[0] != length - 1:
-            return None
-        source = pa.py_buffer(data)
-        read = pa.ipc.open_stream(source).read_next_batch()
-        starts = np.array([read.column(j).buffers()[1].address - source.address
-                           for j in range(n_conditions, read.num_columns)])
-        n = block.shape[1]
-        if (starts % 4).any() or starts.min() < 0 or starts.max() + 4 * n > len(data):
-            return None  # not read in place, or not 4-byte aligned: cannot be located
-        template = cls(data, slice(int(changed[0]), int(changed[-1]) + 1),
-                       starts[:, None] // 4 + np.arange(n))
-        check = np.random.default_rng(0).standard_normal(block.shape).astype(np.float32)
-        seed = "3" * length
-        return template if template.fill(seed, check.T) == written(seed, check) else None
 
 
 def encode_table(table: pa.Table | pa.RecordBatch, media_type: str,

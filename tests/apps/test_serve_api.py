@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cvae_ray.apps import serve_api
 from cvae_ray.apps.serve_api import (
     ARROW,
     PARQUET,
@@ -91,7 +90,7 @@ def test_arrow_stream_from_a_template_is_pyarrows_stream_byte_for_byte(n):
     # Seeds of several byte lengths (one not ASCII), repeated (a template's second use),
     # other conditions, values of every float32 class (NaN, inf, -0.0, subnormal).
     for round_, seed in enumerate(["7", "123456789", "8", "2147483647", "0", "123456780",
-                                   "\u00e99", "123"]):
+                                   "\u00e99", "123", "\u00e98"]):
         values = _values(n, len(genes), seed=round_)
         values[0, :5] = [np.nan, np.inf, -0.0, 1e-45, -3.5]
         conditions = _conditions(n) if round_ % 2 else [
@@ -101,24 +100,23 @@ def test_arrow_stream_from_a_template_is_pyarrows_stream_byte_for_byte(n):
         body = encoder.encode(ARROW, conditions, values, metadata)
 
         assert body == encode_table(to_arrow(COLUMNS, conditions, genes, values), ARROW, metadata)
-    assert encoder._streams and all(t is not None for t in encoder._streams.values())
+    templates = encoder.streams.templates
+    assert len(templates) == 3 and all(t is not None for t in templates.values())
 
 
-def test_arrow_templates_beyond_the_byte_bound_are_dropped_oldest_first(monkeypatch):
-    genes = [f"G{i}" for i in range(200)]
+def test_arrow_metadata_in_another_order_is_another_stream():
+    genes = [f"G{i}" for i in range(100)]
     encoder = TableEncoder(COLUMNS, genes)
-    one = encoder.encode(ARROW, _conditions(1), _values(1, 200), {"seed": "1"})
-    monkeypatch.setattr(serve_api, "TEMPLATE_CACHE_BYTES", 2 * len(one))
+    orders = [{"bundle_id": "abc", "seed": "1", "x": "y"}, {"x": "y", "seed": "1", "bundle_id": "abc"}]
 
-    for i, tissue in enumerate(["lung", "liver", "kidney", "colon", "lung"]):
-        conditions = [{"tissue": tissue, "source": "GTEx"}]
-        values = _values(1, 200, seed=i)
-        body = encoder.encode(ARROW, conditions, values, {"seed": str(i)})
-        assert body == encode_table(to_arrow(COLUMNS, conditions, genes, values), ARROW,
-                                    {"seed": str(i)})
-
-    assert encoder._stream_bytes <= 2 * len(one) and len(encoder._streams) == 2
-    assert [key[0][0][0] for key in encoder._streams] == ["colon", "lung"]
+    for round_ in range(3):
+        for i, metadata in enumerate(orders):
+            metadata = {**metadata, "seed": str(round_)}
+            values = _values(1, len(genes), seed=10 * round_ + i)
+            body = encoder.encode(ARROW, _conditions(1), values, metadata)
+            assert body == encode_table(to_arrow(COLUMNS, _conditions(1), genes, values), ARROW,
+                                        metadata)
+    assert len(encoder.streams.templates) == 2
 
 
 def test_reused_gene_columns_never_change_an_earlier_response():
