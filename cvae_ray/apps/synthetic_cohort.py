@@ -411,6 +411,11 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
     try:
         items = [asdict(block) for block in prepared.plan.blocks]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        # No block shaping for this job (its own copy of the DataContext): the plan
+        # sizes the blocks already, and shaping sizes each output with Table.nbytes,
+        # a Python loop over columns and chunks: at 18,154 genes about a third of
+        # every write task (py-spy, 2026-12-02).
+        dataset.context.target_max_block_size = None
         calls = actor_calls(workers, gpu)
         dataset = dataset.map_batches(
             BlockSampler,

@@ -51,6 +51,8 @@ def test_several_blocks_unpack_in_order_with_their_own_ids_and_labels():
     assert table.column("tissue").to_pylist() == ["lung"] * 2 + ["liver"] * 3
     np.testing.assert_array_equal(table.column("G2").to_numpy(),
                                   np.concatenate([first[1], second[1]]))
+    # One chunk per column, not one per block: Ray Data sizes a block chunk by chunk.
+    assert all(column.num_chunks == 1 for column in table.columns)
 
 
 def test_unpack_reads_a_sliced_packed_table():
