@@ -13,7 +13,8 @@ are the bytes two streams with different seeds disagree on, and the gene values 
 where pyarrow, reading a stream zero-copy, puts each gene column's buffer. A template
 is kept only if its gene columns lie at one fixed stride (what the IPC format gives a
 column without nulls) and it reproduces the response pyarrow wrote for the request
-that built it, byte for byte; otherwise the key is always written by pyarrow.
+that built it, byte for byte; otherwise the key is written by pyarrow for as long as
+it is remembered.
 
 A key's template is built at its second request, not its first: building costs two
 more pyarrow streams, which a stream of keys never repeated (adversarial or not)
@@ -32,8 +33,8 @@ import pyarrow as pa
 #: Bytes of templates kept (one 977-gene template of n = 1 is ~0.1 MB, an
 #: 18,154-gene one ~1.9 MB).
 TEMPLATE_CACHE_BYTES = 64 << 20
-#: Keys remembered, each of: templates (and keys whose template failed its check),
-#: and keys seen once.
+#: Keys in each of the two least-recently-used maps: keys with a template (or whose
+#: template failed its check), and keys seen once.
 TEMPLATE_MAX_KEYS = 1024
 
 #: ``write(metadata, values)``: the stream pyarrow writes for the request's table
@@ -85,16 +86,18 @@ class StreamTemplate:
 
         Args:
             write: Writes the request's stream (see :data:`Writer`).
-            metadata: The request's schema metadata, with a non-empty ``seed``.
+            metadata: The request's schema metadata, with ``seed``.
             shape: ``(n_genes, n)`` of the gene values.
             n_conditions: Columns before the gene columns in the stream.
 
         Returns:
-            The template, or ``None`` when the two streams differ in length, the seed's
-            bytes are not one run, or the gene columns are not read in place at one
-            4-byte-aligned stride holding the values written.
+            The template, or ``None`` when the seed is empty, the two streams differ in
+            length, the seed's bytes are not one run, or the gene columns are not read
+            in place at one 4-byte-aligned stride holding the values written.
         """
         length = len(metadata["seed"].encode())
+        if not length:
+            return None
         # Distinct, non-zero values, so the located positions are checked exactly.
         marks = np.arange(1, shape[0] * shape[1] + 1, dtype=np.float32).reshape(shape)
         data = write({**metadata, "seed": "1" * length}, marks)
@@ -108,7 +111,7 @@ class StreamTemplate:
         read = pa.ipc.open_stream(source).read_next_batch()
         first, second, last = (read.column(n_conditions + j).buffers()[1].address
                                - source.address for j in (0, min(1, shape[0] - 1), shape[0] - 1))
-        stride = (second - first) or 4 * shape[1]
+        stride = (second - first) or 4 * shape[1]  # one gene: no second column
         if (first % 4 or stride % 4 or first < 0 or last != first + stride * (shape[0] - 1)
                 or last + 4 * shape[1] > len(data)):
             return None
@@ -163,8 +166,7 @@ class StreamTemplates:
                 self._seen.popitem(last=False)
             return response
         del self._seen[key]
-        template = (StreamTemplate.build(write, metadata, values.shape, self._n_conditions)
-                    if seed else None)
+        template = StreamTemplate.build(write, metadata, values.shape, self._n_conditions)
         if template is not None and template.fill(seed, values) != response:
             template = None  # the stream depends on something besides seed and values
         self._keep(key, template)

@@ -70,6 +70,46 @@ def test_a_stream_that_cannot_be_located_is_always_written_by_pyarrow():
     assert list(streams.templates.values()) == [None]
 
 
+def test_a_stream_that_depends_on_more_than_seed_and_values_is_not_kept():
+    rows = [["lung"]]
+    write = _writer(rows)
+
+    def write_with_sign(metadata, values):
+        # Metadata that follows the values: two streams with the same key can differ
+        # outside the seed and the values; the check against the response must see it.
+        return write({**metadata, "sign": "+" if values[0, 0] > 0 else "-"}, values)
+
+    streams = StreamTemplates(1)
+    for seed, first in (("1", 1.0), ("2", -1.0), ("3", 1.0), ("4", -1.0)):
+        values = _values(int(seed))
+        values[0, 0] = first
+        metadata = {"seed": seed}
+        assert streams.encode(rows, metadata, values, write_with_sign) == write_with_sign(
+            metadata, values)
+    assert list(streams.templates.values()) == [None]
+
+
+def test_one_gene_is_kept_and_filled():
+    rows = [["lung"], ["liver"], ["lung"]]
+    genes = GENES[:1]
+
+    def write(metadata, values):
+        table = pa.Table.from_arrays(
+            [pa.array([row[0] for row in rows], pa.string()), pa.array(values[0])],
+            names=["tissue", *genes]).replace_schema_metadata(metadata)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write(table)
+        return sink.getvalue().to_pybytes()
+
+    streams = StreamTemplates(1)
+    for seed in range(4):
+        values = np.random.default_rng(seed).standard_normal((1, 3)).astype(np.float32)
+        assert streams.encode(rows, {"seed": str(seed)}, values, write) == write(
+            {"seed": str(seed)}, values)
+    assert all(t is not None for t in streams.templates.values())
+
+
 def test_an_empty_seed_is_written_by_pyarrow():
     rows = [["lung"]]
     write = _writer(rows)

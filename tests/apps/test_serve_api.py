@@ -87,14 +87,17 @@ def test_table_encoder_writes_to_arrows_table_at_every_n(media_type, n):
 def test_arrow_stream_from_a_template_is_pyarrows_stream_byte_for_byte(n):
     genes = [f"G{i}" for i in range(300)]
     encoder = TableEncoder(COLUMNS, genes)
-    # Seeds of several byte lengths (one not ASCII), repeated (a template's second use),
-    # other conditions, values of every float32 class (NaN, inf, -0.0, subnormal).
-    for round_, seed in enumerate(["7", "123456789", "8", "2147483647", "0", "123456780",
-                                   "\u00e99", "123", "\u00e98"]):
+    kidney = [{"tissue": "kidney", "source": "TCGA-tumor"}] * n
+    # Keys of seeds of several byte lengths (one not ASCII) and other conditions, each
+    # seen once, then kept (second request), then served from its template (third);
+    # one key seen only once. Values of every float32 class (NaN, inf, -0.0, subnormal).
+    requests = [(kidney, "7"), (_conditions(n), "123456789"), (kidney, "8"),
+                (_conditions(n), "987654321"), (kidney, "0"), (_conditions(n), "123456780"),
+                (kidney, "\u00e99"), (_conditions(n), "2147483647"), (kidney, "\u00e98"),
+                (kidney, "\u00e97")]
+    for round_, (conditions, seed) in enumerate(requests):
         values = _values(n, len(genes), seed=round_)
         values[0, :5] = [np.nan, np.inf, -0.0, 1e-45, -3.5]
-        conditions = _conditions(n) if round_ % 2 else [
-            {"tissue": "kidney", "source": "TCGA-tumor"}] * n
         metadata = {"bundle_id": "abc", "seed": seed}
 
         body = encoder.encode(ARROW, conditions, values, metadata)
