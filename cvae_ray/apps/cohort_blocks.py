@@ -59,8 +59,9 @@ def unpack_blocks(packed: pa.Table, *, schema: pa.Schema, seed: int,
     an Arrow array costs a Python call, and Ray Data sizes every block it writes
     column by column and chunk by chunk (``Table.nbytes``), so at 18,154 genes one
     chunk per gene instead of one per block is worth a memory copy: measured on 4
-    blocks of 550 rows, 0.085 s to build instead of 0.317 s (plus the concatenation),
-    and 0.059 s instead of 0.237 s per ``nbytes``.
+    blocks of 550 rows x 18,154 genes, 0.085 s to build instead of 0.317 s plus
+    ``pa.concat_tables`` of per-block tables, and 0.059 s instead of 0.237 s per
+    ``nbytes``.
 
     Args:
         packed: From :func:`pack_blocks`.
@@ -76,13 +77,19 @@ def unpack_blocks(packed: pa.Table, *, schema: pa.Schema, seed: int,
     starts = np.frombuffer(offsets, np.int64, count=len(cells) + 1, offset=cells.offset * 8)
     n_genes = len(schema) - 1 - len(combos[0])
     counts = packed.column("count").to_numpy()
+    if (np.diff(starts) != counts * n_genes * 4).any():
+        raise ValueError(f"packed blocks of {np.diff(starts).tolist()} bytes do not hold "
+                         f"{counts.tolist()} samples x {n_genes} float32 genes.")
     total = int(counts.sum())
     if len(counts) == 1:
         genes_buffer = data.slice(int(starts[0]), total * n_genes * 4)
     else:
-        flat = np.frombuffer(data, np.float32)
+        # Only this slice's cells: the buffer of a sliced table holds every block.
+        flat = np.frombuffer(data, np.float32, count=(int(starts[-1]) - int(starts[0])) // 4,
+                             offset=int(starts[0]))
         values = np.empty((n_genes, total), np.float32)
-        for first, count, column in zip(starts[:-1] // 4, counts, np.cumsum(counts) - counts):
+        for first, count, column in zip((starts[:-1] - starts[0]) // 4, counts,
+                                        np.cumsum(counts) - counts):
             values[:, column:column + count] = flat[first:first + n_genes * count].reshape(
                 n_genes, count)
         genes_buffer = pa.py_buffer(values)

@@ -373,6 +373,20 @@ def default_workers(gpu: bool) -> int:
     return max(1, int(resources.get("CPU", 1)) - 1)
 
 
+def write_blocks(prepared: PreparedCohort) -> int:
+    """Plan blocks per write task.
+
+    :data:`WRITE_BLOCKS`, or, unpartitioned with ``rows_per_file``, enough blocks for
+    one full file (files then hold ``rows_per_file`` rows, except a task's last), so
+    a write task's memory depends on ``rows_per_file`` and the block size, never on
+    ``n``.
+    """
+    if prepared.partition_by or prepared.rows_per_file is None:
+        return WRITE_BLOCKS
+    block_rows = max(block.count for block in prepared.plan.blocks)
+    return max(WRITE_BLOCKS, -(-prepared.rows_per_file // block_rows))
+
+
 def actor_calls(workers: int, gpu: bool) -> int:
     """Blocks each sampling actor works on at once: the cluster's CPUs shared out.
 
@@ -432,16 +446,17 @@ def write_cohort(prepared: PreparedCohort, *, workers: int | None = None,
             unpack_blocks, fn_kwargs={"schema": cohort_schema(prepared),
                                       "seed": prepared.plan.seed,
                                       "combos": list(prepared.plan.combos)},
-            batch_size=WRITE_BLOCKS, batch_format="pyarrow", zero_copy_batch=True)
+            batch_size=write_blocks(prepared), batch_format="pyarrow", zero_copy_batch=True)
         target_fs, path = filesystem(prepared.staging)
         if not prepared.remote:
             target_fs = buffered_local_filesystem()
-        unpartitioned = not prepared.partition_by
         options = parquet_options(prepared)
+        # No min_rows_per_file: Ray Data would bundle the fused write tasks' input,
+        # packed blocks of one row each, up to that many rows (the whole cohort in
+        # one task); write_blocks sizes the tasks instead.
         dataset.write_parquet(
             path, filesystem=target_fs, partition_cols=prepared.partition_by or None,
             max_rows_per_file=prepared.rows_per_file,
-            min_rows_per_file=prepared.rows_per_file if unpartitioned else None,
             arrow_parquet_args_fn=lambda: dict(options))
         files = _files(prepared)
         counts = _count_rows(prepared, files)

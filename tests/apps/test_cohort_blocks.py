@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from cvae_ray.apps.allocator import keep_freed_memory
 from cvae_ray.apps.cohort_blocks import VALUES, pack_blocks, unpack_blocks
@@ -53,6 +54,32 @@ def test_several_blocks_unpack_in_order_with_their_own_ids_and_labels():
                                   np.concatenate([first[1], second[1]]))
     # One chunk per column, not one per block: Ray Data sizes a block chunk by chunk.
     assert all(column.num_chunks == 1 for column in table.columns)
+
+
+def test_unpack_reads_packed_tables_of_several_chunks_and_slices_of_them():
+    # Ray Data may hand a write task several packed tables as one, or a slice of that.
+    blocks = [_values(2, 0), _values(3, 10), _values(1, 20), _values(2, 30)]
+    packed = pa.concat_tables([pack_blocks([0, 1], [0, 1], blocks[:2]),
+                               pack_blocks([2, 3], [1, 0], blocks[2:])])
+    assert packed.column(VALUES).num_chunks == 2
+
+    for part, first in ((packed, 0), (packed.slice(1, 2), 1), (packed.slice(2, 1), 2)):
+        table = unpack_blocks(part, schema=SCHEMA, seed=1, combos=COMBOS)
+        chosen = blocks[first:first + part.num_rows]
+        np.testing.assert_array_equal(
+            np.column_stack([table.column(g).to_numpy() for g in GENES]),
+            np.concatenate([b.T for b in chosen]))
+        assert table.column("sample_id").to_pylist()[0] == f"1-{first}-0"
+        assert table.column("tissue").to_pylist() == [
+            COMBOS[[0, 1, 1, 0][first + k]][0] for k, b in enumerate(chosen)
+            for _ in range(b.shape[1])]
+
+
+def test_a_packed_cell_of_the_wrong_size_is_refused():
+    packed = pack_blocks([0], [0], [_values(2, 0)])
+    narrow = pa.schema(list(SCHEMA)[:-1])
+    with pytest.raises(ValueError, match=r"do not hold \[2\] samples x 2 float32 genes"):
+        unpack_blocks(packed, schema=narrow, seed=1, combos=COMBOS)
 
 
 def test_unpack_reads_a_sliced_packed_table():

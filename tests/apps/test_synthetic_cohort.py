@@ -145,6 +145,21 @@ def test_partitioned_output(ray_cluster, tiny_bundle_dir, tmp_path):
         assert pq.ParquetFile(path).metadata.num_rows <= 50
 
 
+def test_rows_per_file_never_puts_the_cohort_in_one_write_task(ray_cluster, tiny_bundle_dir,
+                                                               tmp_path):
+    out = tmp_path / "files"
+    assert _run(["--bundle", tiny_bundle_dir, "--n", 200, "--out", out, "--rows-per-file", 50,
+                 "--block-rows", 10]) == 0
+    files = sorted(out.glob("*.parquet"))
+    rows = [pq.ParquetFile(path).metadata.num_rows for path in files]
+    assert sum(rows) == 200 and max(rows) <= 50
+    # Ray Data names a file "<dataset>_<write task>-<file in task>.parquet". A task
+    # takes 5 plan blocks of at most 10 rows (blocks do not mix combinations), so at
+    # least 4 tasks; with min_rows_per_file the whole cohort was one task.
+    tasks = {path.stem.rsplit("-", 1)[0] for path in files}
+    assert len(tasks) >= 4, [path.name for path in files]
+
+
 def test_refuses_to_overwrite_unless_asked(ray_cluster, tiny_bundle_dir, tmp_path, capsys):
     out = tmp_path / "once"
     args = ["--bundle", tiny_bundle_dir, "--n", 50, "--out", out]
