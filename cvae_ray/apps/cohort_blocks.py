@@ -72,26 +72,27 @@ def unpack_blocks(packed: pa.Table, *, schema: pa.Schema, seed: int,
     Returns:
         The blocks' rows, in order; sample ids are ``"{seed}-{block}-{row in block}"``.
     """
-    cells = packed.column(VALUES).combine_chunks()
-    _, offsets, data = cells.buffers()
-    starts = np.frombuffer(offsets, np.int64, count=len(cells) + 1, offset=cells.offset * 8)
     n_genes = len(schema) - 1 - len(combos[0])
     counts = packed.column("count").to_numpy()
-    if (np.diff(starts) != counts * n_genes * 4).any():
-        raise ValueError(f"packed blocks of {np.diff(starts).tolist()} bytes do not hold "
-                         f"{counts.tolist()} samples x {n_genes} float32 genes.")
+    # Each block's (data buffer, byte offset), chunk by chunk: combining the chunks
+    # first would copy every value once more.
+    cells = []
+    for chunk in packed.column(VALUES).chunks:
+        _, offsets, data = chunk.buffers()
+        starts = np.frombuffer(offsets, np.int64, count=len(chunk) + 1, offset=chunk.offset * 8)
+        if (np.diff(starts) != counts[len(cells):len(cells) + len(chunk)] * n_genes * 4).any():
+            raise ValueError(f"packed blocks of {np.diff(starts).tolist()} bytes do not hold "
+                             f"{counts.tolist()} samples x {n_genes} float32 genes.")
+        cells += [(data, int(start)) for start in starts[:-1]]
     total = int(counts.sum())
     if len(counts) == 1:
-        genes_buffer = data.slice(int(starts[0]), total * n_genes * 4)
+        data, start = cells[0]
+        genes_buffer = data.slice(start, total * n_genes * 4)
     else:
-        # Only this slice's cells: the buffer of a sliced table holds every block.
-        flat = np.frombuffer(data, np.float32, count=(int(starts[-1]) - int(starts[0])) // 4,
-                             offset=int(starts[0]))
         values = np.empty((n_genes, total), np.float32)
-        for first, count, column in zip((starts[:-1] - starts[0]) // 4, counts,
-                                        np.cumsum(counts) - counts):
-            values[:, column:column + count] = flat[first:first + n_genes * count].reshape(
-                n_genes, count)
+        for (data, start), count, column in zip(cells, counts, np.cumsum(counts) - counts):
+            values[:, column:column + count] = np.frombuffer(
+                data, np.float32, count=n_genes * count, offset=start).reshape(n_genes, count)
         genes_buffer = pa.py_buffer(values)
     width = total * 4
     genes = [pa.Array.from_buffers(pa.float32(), total, [None, genes_buffer.slice(j * width, width)])

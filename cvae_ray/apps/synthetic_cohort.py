@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -294,24 +296,29 @@ def _count_rows(prepared: PreparedCohort,
                 files: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
     """Rows per condition combination, read back from the written files (:func:`_files`).
 
-    File by file, each through its own dataset, so the driver holds one file's
-    parsed footer at a time: a dataset over all files keeps every footer, and at
-    18,154 genes each footer describes 18,157 column chunks per row group.
+    File by file, each through its own dataset, so the driver holds one parsed
+    footer per thread: a dataset over all files keeps every footer, and at 18,154
+    genes each footer describes 18,157 column chunks per row group (about 0.1 s to
+    parse, which is why the files are read on one thread per CPU).
     """
     fs, path = filesystem(prepared.staging)
     partitioning = (pads.partitioning(pa.schema([(c, pa.string()) for c in prepared.partition_by]),
                                       flavor="hive") if prepared.partition_by else None)
     columns = list(prepared.plan.columns)
-    counts: dict[tuple[str, ...], int] = {}
-    for file in files:
+
+    def count(file: dict[str, Any]) -> list[dict[str, Any]]:
         dataset = pads.dataset([f"{path.rstrip('/')}/{file['path']}"], filesystem=fs,
                                format="parquet", partitioning=partitioning,
                                partition_base_dir=path)
-        grouped = dataset.to_table(columns=columns).group_by(columns).aggregate(
-            [([], "count_all")])
-        for row in grouped.to_pylist():
-            key = tuple(str(row[c]) for c in columns)
-            counts[key] = counts.get(key, 0) + int(row["count_all"])
+        return dataset.to_table(columns=columns).group_by(columns).aggregate(
+            [([], "count_all")]).to_pylist()
+
+    counts: dict[tuple[str, ...], int] = {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for rows in pool.map(count, files):
+            for row in rows:
+                key = tuple(str(row[c]) for c in columns)
+                counts[key] = counts.get(key, 0) + int(row["count_all"])
     return counts
 
 
