@@ -71,6 +71,9 @@ def unpack_blocks(packed: pa.Table, *, schema: pa.Schema, seed: int,
 
     Returns:
         The blocks' rows, in order; sample ids are ``"{seed}-{block}-{row in block}"``.
+
+    Raises:
+        ValueError: A block's cell is not ``count x n_genes x 4`` bytes.
     """
     n_genes = len(schema) - 1 - len(combos[0])
     counts = packed.column("count").to_numpy()
@@ -78,11 +81,15 @@ def unpack_blocks(packed: pa.Table, *, schema: pa.Schema, seed: int,
     # first would copy every value once more.
     cells = []
     for chunk in packed.column(VALUES).chunks:
+        if not len(chunk):
+            continue  # its offsets buffer may be empty
         _, offsets, data = chunk.buffers()
         starts = np.frombuffer(offsets, np.int64, count=len(chunk) + 1, offset=chunk.offset * 8)
-        if (np.diff(starts) != counts[len(cells):len(cells) + len(chunk)] * n_genes * 4).any():
-            raise ValueError(f"packed blocks of {np.diff(starts).tolist()} bytes do not hold "
-                             f"{counts.tolist()} samples x {n_genes} float32 genes.")
+        expected = counts[len(cells):len(cells) + len(chunk)]
+        if (np.diff(starts) != expected * n_genes * 4).any():
+            raise ValueError(f"packed blocks {len(cells)}-{len(cells) + len(chunk) - 1} of "
+                             f"{np.diff(starts).tolist()} bytes do not hold {expected.tolist()} "
+                             f"samples x {n_genes} float32 genes.")
         cells += [(data, int(start)) for start in starts[:-1]]
     total = int(counts.sum())
     if len(counts) == 1:

