@@ -230,7 +230,8 @@ def to_arrow(columns: Sequence[str], conditions: Sequence[dict], genes: Sequence
         columns: Condition column names, in model order.
         conditions: One mapping column -> value per sample.
         genes: Gene names (columns of ``values``).
-        values: ``(n, len(genes))`` samples.
+        values: ``(n, len(genes))`` samples; the transpose of a C-contiguous genes x
+            samples float32 array is wrapped without copying.
         unseen: Per sample, whether its combination was never seen in training.
     """
     # One contiguous block, so each gene column is a zero-copy slice of it.

@@ -205,6 +205,10 @@ def _drive_wrk(url: str, headers: dict[str, str], bodies: list[dict], accept: st
     requests, seconds, p50_us, p99_us, errors = line.split()[1:]
     if int(errors):
         raise RuntimeError(f"{errors} of {requests} requests failed under wrk: {reply.stdout[-800:]}")
+    if not int(requests):
+        # None answered within the duration (wrk drops what is still in flight at the
+        # end): 0 requests/s and no latency, not a negative rate from unset clocks.
+        return 0, max(1, round(duration_s)), float("nan"), float("nan")
     return int(requests), float(seconds), float(p50_us) / 1000, float(p99_us) / 1000
 
 

@@ -274,11 +274,13 @@ def test_random_seed_is_echoed(service, bundle):
                                rtol=1e-5, atol=1e-5)
 
 
+# n = 4 goes through the batch queue; n = 300 is sampled alone, genes x samples.
+@pytest.mark.parametrize("n", [4, 300])
 @pytest.mark.parametrize("accept", ["application/vnd.apache.arrow.stream",
                                     "application/vnd.apache.parquet", "application/x-parquet"])
-def test_samples_arrow_and_parquet(service, bundle, accept):
+def test_samples_arrow_and_parquet(service, bundle, accept, n):
     conditions = {"tissue": bundle.vocab["tissue"][1], "source": bundle.vocab["source"][0]}
-    reply = service.post({"conditions": conditions, "n": 4, "seed": 11}, accept=accept)
+    reply = service.post({"conditions": conditions, "n": n, "seed": 11}, accept=accept)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == accept
     if "arrow" in accept:
@@ -287,12 +289,25 @@ def test_samples_arrow_and_parquet(service, bundle, accept):
         table = pq.read_table(io.BytesIO(reply.content))
     assert table.column_names == [*bundle.condition_columns, *bundle.genes]
     assert table.schema.metadata[b"bundle_id"].decode() == bundle.bundle_id
-    assert table.column("tissue").to_pylist() == [conditions["tissue"]] * 4
-    expected = bundle.sample(conditions, 4, seed=11)
+    assert table.column("tissue").to_pylist() == [conditions["tissue"]] * n
+    expected = bundle.sample(conditions, n, seed=11)
     for gene in bundle.genes:
         assert table.schema.field(gene).type == pa.float32()
     np.testing.assert_allclose(table.select(bundle.genes).to_pandas().to_numpy(),
                                expected[bundle.genes].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_large_arrow_gene_subset_is_in_the_order_asked(service, bundle):
+    conditions = {"tissue": bundle.vocab["tissue"][0], "source": bundle.vocab["source"][0]}
+    genes = [bundle.genes[5], bundle.genes[0], bundle.genes[-1]]
+    reply = service.post({"conditions": conditions, "n": 300, "seed": 3, "genes": genes},
+                         accept="application/vnd.apache.arrow.stream")
+    assert reply.status_code == 200, reply.text
+    table = pa.ipc.open_stream(reply.content).read_all()
+    assert table.column_names == [*bundle.condition_columns, *genes]
+    np.testing.assert_allclose(table.select(genes).to_pandas().to_numpy(),
+                               bundle.sample(conditions, 300, seed=3)[genes].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_unseen_combination_needs_allow_unseen_and_is_marked(service, bundle):
