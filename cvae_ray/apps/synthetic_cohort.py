@@ -389,10 +389,10 @@ def default_workers(gpu: bool) -> int:
 def write_blocks(prepared: PreparedCohort) -> int:
     """Plan blocks per write task.
 
-    :data:`WRITE_BLOCKS`, or, unpartitioned with ``rows_per_file``, enough blocks for
-    one full file (files then hold ``rows_per_file`` rows, except a task's last), so
-    a write task's memory depends on ``rows_per_file`` and the block size, never on
-    ``n``.
+    :data:`WRITE_BLOCKS`, or, unpartitioned with ``rows_per_file``, enough blocks of
+    the plan's largest size for one file. Blocks of small combinations hold fewer
+    rows, so a task may hold less than one full file; either way a write task's
+    memory depends on ``rows_per_file`` and the block size, never on ``n``.
     """
     if prepared.partition_by or prepared.rows_per_file is None:
         return WRITE_BLOCKS
