@@ -33,8 +33,10 @@ from cvae_ray.errors import CvaeRayError, InvalidConfigError
 _TRAIN = TrainConfig()
 _DATA = DataSpec(conditions=("_",))
 _SAMPLE = SampleConfig()
-_PRIVACY_DELTA = PrivacyConfig.__dataclass_fields__["delta"].default
-_PRIVACY_CLIP = PrivacyConfig.__dataclass_fields__["max_grad_norm"].default
+#: The DP options beyond --dp-epsilon: flag -> (PrivacyConfig field, default).
+_PRIVACY_OPTIONS = {
+    f"--dp-{name.replace('_', '-')}": (name, PrivacyConfig.__dataclass_fields__[name].default)
+    for name in ("delta", "max_grad_norm", "statistics_share", "level_clip", "effect_clip")}
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +84,43 @@ def read_options_from_args(args: argparse.Namespace) -> dict:
             "genes_by_samples": args.genes_by_samples, "gene_column": args.gene_column,
             "unmatched": "drop" if args.drop_unmatched else "error",
             "missing_conditions": "drop" if args.drop_unlabelled else "error"}
+
+
+def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The differential-privacy options (``cvae-ray fit`` and ``jobs/tune.py``)."""
+    parser.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
+                        help="train with differential privacy to this epsilon: gene levels and "
+                             "condition effects by the Gaussian mechanism, then DP-SGD "
+                             "(Opacus); see docs/privacy.md")
+    for flag, metavar, text in (
+            ("--dp-delta", "D", "delta of the DP guarantee"),
+            ("--dp-max-grad-norm", "C", "per-sample gradient clipping norm of DP-SGD"),
+            ("--dp-statistics-share", "S", "share of epsilon spent on releasing the gene "
+             "levels and condition effects (Gaussian mechanism); the rest goes to DP-SGD"),
+            ("--dp-level-clip", "L", "clipping norm per gene of a sample's log-expression "
+             "for the level release; a public bound, not fitted"),
+            ("--dp-effect-clip", "L", "clipping norm per gene of a sample's residual for "
+             "the condition-effect releases; a public bound, not fitted")):
+        parser.add_argument(flag, type=float, default=_PRIVACY_OPTIONS[flag][1],
+                            metavar=metavar, help=f"{text} (with --dp-epsilon)")
+
+
+def privacy_from_args(args: argparse.Namespace) -> PrivacyConfig | None:
+    """The :class:`PrivacyConfig` of :func:`add_privacy_arguments`' options (``None``: no DP).
+
+    Raises:
+        InvalidConfigError: A DP option without ``--dp-epsilon``, or a bad value.
+    """
+    given = {flag: getattr(args, f"dp_{name}") for flag, (name, _) in _PRIVACY_OPTIONS.items()}
+    if args.dp_epsilon is None:
+        changed = [flag for flag, (name, default) in _PRIVACY_OPTIONS.items()
+                   if given[flag] != default]
+        if changed:
+            verb = "needs" if len(changed) == 1 else "need"
+            raise InvalidConfigError(f"{', '.join(changed)} {verb} --dp-epsilon.")
+        return None
+    return PrivacyConfig(epsilon=args.dp_epsilon, **{
+        name: given[flag] for flag, (name, _) in _PRIVACY_OPTIONS.items()})
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool = True) -> None:
@@ -160,13 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "spread correction, instead of choosing them on the validation "
                           "split after training (see docs/quality.md)")
     fit.add_argument("--quiet", action="store_true", help="print only the summary")
-    fit.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
-                     help="train with differential privacy (DP-SGD, Opacus) to this epsilon; "
-                     "see docs/privacy.md")
-    fit.add_argument("--dp-delta", type=float, default=_PRIVACY_DELTA, metavar="D",
-                     help="delta of the DP guarantee (with --dp-epsilon)")
-    fit.add_argument("--dp-max-grad-norm", type=float, default=_PRIVACY_CLIP, metavar="C",
-                     help="per-sample gradient clipping norm (with --dp-epsilon)")
+    add_privacy_arguments(fit)
 
     sample = sub.add_parser("sample", help="draw synthetic samples from a bundle",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -214,12 +247,9 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
 
 def _privacy(args: argparse.Namespace, model_config: ModelConfig
              ) -> tuple[PrivacyConfig | None, ModelConfig]:
-    if args.dp_epsilon is None:
-        if (args.dp_delta, args.dp_max_grad_norm) != (_PRIVACY_DELTA, _PRIVACY_CLIP):
-            raise InvalidConfigError("--dp-delta and --dp-max-grad-norm need --dp-epsilon.")
+    privacy = privacy_from_args(args)
+    if privacy is None:
         return None, model_config
-    privacy = PrivacyConfig(epsilon=args.dp_epsilon, delta=args.dp_delta,
-                            max_grad_norm=args.dp_max_grad_norm)
     if args.config is None and model_config.norm == "batch":
         # The default BatchNorm cannot be trained privately; say so rather than change it silently.
         model_config = dataclasses.replace(model_config, norm="layer")
@@ -284,6 +314,13 @@ def run_fit(args: argparse.Namespace) -> int:
               f"{dp['epsilon_target']:g}) at delta {dp['delta']:g}; clipping norm "
               f"{dp['max_grad_norm']:g}, noise multiplier {dp['noise_multiplier']:.4f}, "
               f"{dp['accountant']} accountant; covers {dp['covers']}")
+        stats = dp.get("statistics")
+        if stats is not None:
+            print(f"gene levels and condition effects: Gaussian mechanism, {stats['releases']} "
+                  f"releases at noise multiplier {stats['noise_multiplier']:.4f} "
+                  f"({stats['epsilon_share']:g} of the budget), clipping norms "
+                  f"{stats['level_clip_norm']:.4g} (levels) and {stats['effect_clip_norm']:.4g} "
+                  "(effects)")
     print(f"bundle {bundle.bundle_id} written to {location}")
     return 0
 

@@ -443,12 +443,23 @@ class PrivacyConfig(FromDictMixin):
         max_grad_norm: Per-sample gradient clipping norm (> 0).
         accountant: Opacus accountant: ``prv`` (privacy random variables, tighter) or
             ``rdp`` (Renyi DP).
+        statistics_share: Share of ``epsilon`` spent on releasing the gene levels and
+            condition effects by the Gaussian mechanism before DP-SGD
+            (:mod:`cvae_ray.model.private_means`), in (0, 1); the rest goes to DP-SGD.
+        level_clip: Clipping norm of one sample's expression vector for the level
+            release, per gene (root mean square; log2(x + 1) units unless ``--no-log``).
+            A public bound, not fitted: 12 covers log2 counts of a typical expressed gene.
+        effect_clip: Clipping norm of one sample's residual (minus levels and the effects
+            released before) for the effect releases, per gene, same units.
     """
 
     epsilon: float
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    statistics_share: float = 0.95
+    level_clip: float = 12.0
+    effect_clip: float = 0.7
 
     def __post_init__(self) -> None:
         number = isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool)
@@ -460,6 +471,13 @@ class PrivacyConfig(FromDictMixin):
                     "dp_max_grad_norm", self.max_grad_norm, "a number > 0")
         check_value(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
                     f"one of {ACCOUNTANTS}")
+        share = self.statistics_share
+        check_value(isinstance(share, (int, float)) and not isinstance(share, bool)
+                    and 0 < share < 1, "dp_statistics_share", share, "a number in (0, 1)")
+        for name in ("level_clip", "effect_clip"):
+            value = getattr(self, name)
+            check_value(isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and 0 < value < float("inf"), f"dp_{name}", value, "a finite number > 0")
 
 
 #: Sampling defaults of a differentially private bundle: nothing fitted on the training

@@ -79,12 +79,28 @@ def test_test_fraction_zero_uses_every_sample(demo_path, tmp_path):
     (["--condition", "tisue"], "condition column 'tisue' not found"),
     (["--condition", "tissue", "--top-genes", "0"], "top_genes=0 is not valid"),
     (["--condition", "tissue", "--test-fraction", "0.95"], "val_fraction + test_fraction=1.15 is not valid"),
+    (["--condition", "tissue", "--dp-level-clip", "3"], "--dp-level-clip needs --dp-epsilon"),
+    (["--condition", "tissue", "--dp-epsilon", "1", "--dp-statistics-share", "1.5"],
+     "dp_statistics_share=1.5 is not valid; expected a number in (0, 1)"),
 ])
 def test_fit_bad_input_is_a_clear_error(demo_path, tmp_path, args, message):
     out = cvae_ray("fit", "--data", demo_path, *args, "--out", tmp_path / "b")
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_dp_fit_prints_and_records_the_budget(demo_path, tmp_path):
+    out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--condition", "source",
+                   "--epochs", "3", "--quiet", "--dp-epsilon", "4", "--dp-statistics-share", "0.9",
+                   "--dp-effect-clip", "2", "--out", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    record = ModelBundle.load(tmp_path / "b").metadata["training"]["privacy"]
+    assert record["statistics"]["epsilon_share"] == 0.9
+    assert record["statistics"]["effect_clip_norm"] == pytest.approx(2 * 40 ** 0.5, rel=1e-5)
+    assert "norm 'batch' replaced by 'layer'" in out.stdout
+    assert f"epsilon spent {record['epsilon_spent']:.3f} (target 4)" in out.stdout
+    assert "gene levels and condition effects: Gaussian mechanism" in out.stdout
 
 
 def test_sample_bad_input_is_a_clear_error(tiny_bundle_dir, tmp_path):

@@ -104,21 +104,31 @@ class CVAE(nn.Module):
         # Per-combination spread correction (:mod:`cvae_ray.model.spread`), fitted
         # after training when the sampling settings are chosen.
         self.spread: SpreadCorrection | None = None
+        # Fixed per-value additive output effects, ``(sum(condition_sizes), n_genes)``:
+        # released by the Gaussian mechanism in DP mode (:mod:`cvae_ray.model.private_means`),
+        # not trained, so not a parameter; ``None`` for a model trained without DP.
+        self.condition_offset: torch.Tensor | None = None
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The fitted latent prior, noise gap and spread correction (empty when none is fitted)."""
+        """The fitted latent prior, noise gap, spread correction and condition offset (empty
+        when none is set)."""
         state = self.latent_prior.to_state() if self.latent_prior is not None else {}
         if self.noise_gap is not None:
             state["noise_gap"] = self.noise_gap
+        if self.condition_offset is not None:
+            state["condition_offset"] = self.condition_offset
         if self.spread is not None:
             state.update(self.spread.to_state())
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`get_extra_state` saved (older bundles lack the gap or spread)."""
+        """Restore what :meth:`get_extra_state` saved (older bundles lack the gap, spread or
+        offset)."""
         self.latent_prior = LatentPrior.from_state(state) if "codes" in state else None
         gap = state.get("noise_gap")
         self.noise_gap = gap.float() if gap is not None else None
+        offset = state.get("condition_offset")
+        self.condition_offset = offset.float() if offset is not None else None
         self.spread = SpreadCorrection.from_state(state)
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
@@ -157,7 +167,11 @@ class CVAE(nn.Module):
         Returns:
             ``(batch, n_genes)`` mean expression in standardised space.
         """
-        return self.to_mean(self.decoder(torch.cat([z, self.one_hot(codes)], dim=1)))
+        one_hot = self.one_hot(codes)
+        mean = self.to_mean(self.decoder(torch.cat([z, one_hot], dim=1)))
+        if self.condition_offset is not None:
+            mean = mean + one_hot @ self.condition_offset.to(mean.device)
+        return mean
 
     def decoder_log_var(self) -> torch.Tensor:
         """Per-gene decoder log-variance (zeros, i.e. unit variance, for ``mse``)."""

@@ -5,6 +5,7 @@ Used by ``cvae-ray fit`` and, per trial, by the Ray Train worker loop.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,6 +26,12 @@ from cvae_ray.data.model_inputs import Prepared, prepare
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.loop import EpochMetrics, check_private_sampling, fit
 from cvae_ray.model.private import require_dp_model
+from cvae_ray.model.private_means import (
+    PrivateMeans,
+    release_means,
+    releases,
+    statistics_sigma,
+)
 from cvae_ray.model.sampling_choice import choose_after_training
 
 
@@ -122,6 +129,34 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
     return record
 
 
+def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *, seed: int
+                       ) -> tuple[Prepared, PrivateMeans]:
+    """Release gene levels and condition effects privately and centre the data on the levels.
+
+    Spends ``privacy.statistics_share`` of the budget (:mod:`cvae_ray.model.private_means`).
+
+    Args:
+        prepared: Data prepared with the public preprocessing (log2(x + 1) or the input
+            values, not centred or scaled).
+        privacy: Budget and clipping norms.
+        seed: Seed of the mechanism's noise.
+
+    Returns:
+        The data centred on the released levels (the preprocessor's mean is the release;
+        its sd stays 1) and the release.
+    """
+    x_train, c_train = prepared.part("train")
+    sizes = [len(v) for v in prepared.vocab.values()]
+    sigma = statistics_sigma(privacy.epsilon * privacy.statistics_share, privacy.delta,
+                             releases(len(sizes)), privacy.accountant)
+    statistics = release_means(
+        x_train.astype(np.float64), c_train, sizes, sigma=sigma, level_clip=privacy.level_clip,
+        effect_clip=privacy.effect_clip, rng=np.random.default_rng([seed, 0x5DA7]))
+    preprocessor = dataclasses.replace(prepared.preprocessor, mean=statistics.levels)
+    centred = (prepared.x - statistics.levels).astype(np.float32)
+    return dataclasses.replace(prepared, x=centred, preprocessor=preprocessor), statistics
+
+
 def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | None = None,
                train_config: TrainConfig | None = None, sample_config: SampleConfig | None = None,
                on_epoch: Callable[[EpochMetrics], None] | None = None,
@@ -142,8 +177,10 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
             calibration).
         on_epoch: Progress callback.
         privacy: Differentially private training to this budget: public preprocessing
-            (:meth:`Preprocessor.public`), DP-SGD, nothing fitted on the training split
-            after training; the bundle's training record gets a ``privacy`` block.
+            (:meth:`Preprocessor.public`), gene levels and condition effects released by
+            the Gaussian mechanism (:func:`release_statistics`), DP-SGD, nothing fitted on
+            the training split after training; the bundle's training record gets a
+            ``privacy`` block.
         choice: Grid and rule of the sampling choice (default :class:`SamplingChoice`).
 
     The bundle's training record holds the figures of :func:`training_record`, among
@@ -165,10 +202,14 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
         check_private_sampling(sample_config)
     sample_config = sample_config or SampleConfig()
     prepared = prepare(dataset, spec, private=privacy is not None)
+    statistics = None
+    if privacy is not None:
+        prepared, statistics = release_statistics(prepared, privacy, seed=train_config.seed)
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],
-                 model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy)
+                 model_config, train_config, sample_config, on_epoch=on_epoch, privacy=privacy,
+                 statistics=statistics)
     peak_mib = peak_rss_mib()  # of training, before the sampling choice
     state, sample_config, choice_record = choose_after_training(
         result.state_dict, model_config, [len(v) for v in prepared.vocab.values()], x_train,

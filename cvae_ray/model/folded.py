@@ -49,13 +49,17 @@ class FoldedDecoder:
             the first layer's contribution of each value (BatchNorm folded in).
         layers: ``(weight_t, bias, relu)`` per linear layer, ``weight_t`` ``(in, out)``
             float32; the first layer's ``weight_t`` covers the latent code only.
+        offset_tables: One ``(size_j, n_genes)`` float32 table per condition column of the
+            model's fixed output effects (:attr:`CVAE.condition_offset`); empty without.
     """
 
     def __init__(self, model: nn.Module, condition_tables: list[np.ndarray],
-                 layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> None:
+                 layers: list[tuple[np.ndarray, np.ndarray, bool]],
+                 offset_tables: list[np.ndarray] | None = None) -> None:
         self.model = model
         self.condition_tables = condition_tables
         self.layers = layers
+        self.offset_tables = offset_tables or []
         self._scales: dict[tuple[float, float], np.ndarray] = {}
         self._priors: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -103,7 +107,12 @@ class FoldedDecoder:
         layers[0][0] = first[:, :latent_dim]
         folded = [(np.ascontiguousarray(w.T.float().numpy()), b.float().numpy(), relu)
                   for w, b, relu in layers]
-        return cls(model, tables, folded)
+        offsets = []
+        if model.condition_offset is not None:
+            rows = np.cumsum([0, *model.condition_sizes])
+            offsets = [np.ascontiguousarray(model.condition_offset[a:b].float().numpy())
+                       for a, b in zip(rows[:-1], rows[1:])]
+        return cls(model, tables, folded, offsets)
 
     def draw(self, codes: np.ndarray, latent_noise: np.ndarray,
              gene_noise: np.ndarray | None, settings: SampleConfig) -> np.ndarray:
@@ -160,6 +169,8 @@ class FoldedDecoder:
                     h += table[codes[:, j]]
             if relu:
                 np.maximum(h, 0.0, out=h)
+        for j, table in enumerate(self.offset_tables):
+            out += table[codes[:, j]]
 
     def _latent(self, codes: np.ndarray, noise: np.ndarray, settings: SampleConfig
                 ) -> np.ndarray:

@@ -32,6 +32,7 @@ from cvae_ray.metrics.registry import gamma
 from cvae_ray.model.cvae import CVAE, cpu_state
 from cvae_ray.model.latent_prior import fit_latent_prior
 from cvae_ray.model.noise_gap import fit_noise_gap
+from cvae_ray.model.private_means import PrivateMeans
 from cvae_ray.model.selection import CheckpointSelector
 
 # Number of sampling seeds averaged for the validation gamma: one seed is noisy
@@ -300,7 +301,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         condition_sizes: list[int], model_config: ModelConfig, train_config: TrainConfig,
         sample_config: SampleConfig | None = None,
         on_epoch: Callable[[EpochMetrics], None] | None = None,
-        privacy: PrivacyConfig | None = None) -> FitResult:
+        privacy: PrivacyConfig | None = None,
+        statistics: PrivateMeans | None = None) -> FitResult:
     """Train a CVAE in this process, selecting the checkpoint on validation gamma.
 
     Args:
@@ -316,6 +318,9 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
         privacy: Train with DP-SGD (:mod:`cvae_ray.model.private`) to this budget;
             ``sample_config`` must then fit nothing on the training split, and the
             checkpoint is selected on validation gamma alone (no DCR ratio).
+        statistics: In DP mode, the gene levels and condition effects released before
+            training (:mod:`cvae_ray.model.private_means`): the effects become the model's
+            fixed output offsets, and the accountant composes their releases with DP-SGD.
 
     Validation gamma uses the genes of :func:`gamma_genes` (all of them unless there
     are more than ``train_config.val_gamma_genes``).
@@ -339,11 +344,14 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
     device = torch.device(train_config.device)
     model_type = PrivateCVAE if private else CVAE
     model = model_type(x_train.shape[1], condition_sizes, model_config).to(device)
+    if statistics is not None:
+        model.condition_offset = torch.from_numpy(statistics.offset_table()).to(device)
     optimizer = make_optimizer(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
     xt, ct = torch.from_numpy(x_train).to(device), torch.from_numpy(codes_train).to(device)
     xv, cv = torch.from_numpy(x_val).to(device), torch.from_numpy(codes_val).to(device)
-    dp = PrivateTraining(model, optimizer, xt, ct, train_config, privacy) if private else None
+    dp = (PrivateTraining(model, optimizer, xt, ct, train_config, privacy, statistics)
+          if private else None)
     state = model.plain_state if private else (lambda: cpu_state(model))
     best = FitResult(state_dict={}, best_epoch=0, best_val_gamma=-np.inf, best_val_loss=np.inf,
                      gamma_genes=gamma_genes(x_train.shape[1], train_config))

@@ -22,12 +22,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from cvae_ray.config import ModelConfig, PrivacyConfig, TrainConfig
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.model.cvae import CVAE
+from cvae_ray.model.private_means import PrivateMeans, sgd_sigma
 
 #: What a DP bundle's guarantee covers, recorded in its ``privacy`` block.
-COVERS = ("the model weights, with respect to adding or removing one sample of the "
-          "training split; preprocessing, latent prior, noise calibration and spread "
-          "correction use no training data; validation rows (checkpoint selection, early "
-          "stopping) and the recorded training condition counts are not covered")
+COVERS = ("the model weights, the gene levels and the condition effects, with respect to "
+          "adding or removing one sample of the training split; the latent prior, noise "
+          "calibration and spread correction use no training data; validation rows "
+          "(checkpoint selection, early stopping) and the recorded training condition counts "
+          "are not covered")
 
 
 class GeneLogVar(nn.Module):
@@ -74,6 +76,11 @@ class PrivateCVAE(CVAE):
         it as a layer's output (see :meth:`CVAE.batch_log_var`)."""
         return self.gene_log_var_layer(x).clamp(min=self.config.min_log_var)
 
+    def load_plain_state(self, state: dict[str, Any]) -> None:
+        """Load a plain :class:`CVAE` ``state_dict`` (what :meth:`plain_state` gives)."""
+        self.load_state_dict({("gene_log_var_layer.weight" if key == "gene_log_var" else key):
+                              value for key, value in state.items()})
+
     def plain_state(self) -> dict[str, Any]:
         """A detached CPU ``state_dict`` that a plain :class:`CVAE` loads."""
         state = {}
@@ -108,13 +115,26 @@ class PrivateTraining:
         codes: Matching condition codes.
         train_config: Batch size (the expected Poisson batch size), epochs, seed.
         privacy: Target epsilon, delta, clipping norm, accountant.
+        statistics: The releases made before training
+            (:class:`cvae_ray.model.private_means.PrivateMeans`), or ``None``: they are
+            composed with the DP-SGD steps in the accountant, and the DP-SGD noise
+            multiplier is chosen so that both together spend at most ``privacy.epsilon``.
+        runs: Number of DP-SGD runs on the same training split that share the budget
+            after the releases (the trials of a search): the noise multiplier is chosen
+            so that the releases and ``runs`` runs like this one spend at most
+            ``privacy.epsilon``. Needs ``statistics``.
+        history: DP-SGD steps this run took before a restart, ``[(noise multiplier,
+            sample rate, steps)]`` from :meth:`steps_taken`: put back into the accountant.
     """
 
     def __init__(self, model: PrivateCVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 codes: torch.Tensor, train_config: TrainConfig, privacy: PrivacyConfig) -> None:
+                 codes: torch.Tensor, train_config: TrainConfig, privacy: PrivacyConfig,
+                 statistics: PrivateMeans | None = None, runs: int = 1,
+                 history: list[tuple[float, float, int]] | None = None) -> None:
         from opacus import PrivacyEngine  # only DP runs load Opacus
 
         self.privacy = privacy
+        self.statistics = statistics
         self.model = model
         self.n_train = int(x.shape[0])
         batch_size = min(train_config.batch_size, self.n_train)
@@ -124,11 +144,26 @@ class PrivateTraining:
             # Opacus warns that a secure RNG is off; seeded runs are the project's rule.
             warnings.simplefilter("ignore")
             self.engine = PrivacyEngine(accountant=privacy.accountant)
-            self.module, self.optimizer, self.loader = self.engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader,
-                target_epsilon=privacy.epsilon, target_delta=privacy.delta,
-                epochs=train_config.epochs, max_grad_norm=privacy.max_grad_norm,
-                poisson_sampling=True)
+            if statistics is None:
+                self.module, self.optimizer, self.loader = self.engine.make_private_with_epsilon(
+                    module=model, optimizer=optimizer, data_loader=loader,
+                    target_epsilon=privacy.epsilon, target_delta=privacy.delta,
+                    epochs=train_config.epochs, max_grad_norm=privacy.max_grad_norm,
+                    poisson_sampling=True)
+            else:
+                sample_rate = 1.0 / len(loader)
+                sigma = sgd_sigma(privacy.epsilon, privacy.delta,
+                                  (statistics.sigma, statistics.n_releases), sample_rate,
+                                  runs * train_config.epochs * len(loader), privacy.accountant)
+                self.module, self.optimizer, self.loader = self.engine.make_private(
+                    module=model, optimizer=optimizer, data_loader=loader,
+                    noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
+                    poisson_sampling=True)
+                # The releases come first in the composition the accountant reports, then
+                # the steps taken before a restart.
+                self.engine.accountant.history[:0] = [
+                    (statistics.sigma, 1.0, statistics.n_releases),
+                    *[tuple(step) for step in history or []]]
         self.noise_multiplier = float(self.optimizer.noise_multiplier)
         self.sample_rate = 1.0 / len(self.loader)
 
@@ -150,6 +185,13 @@ class PrivateTraining:
                 losses.append(float(out.loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
 
+    def steps_taken(self) -> list[tuple[float, float, int]]:
+        """This run's DP-SGD steps as the accountant holds them (without the releases):
+        ``[(noise multiplier, sample rate, steps)]``."""
+        history = list(self.engine.accountant.history)
+        return [tuple(step) for step in (history[1:] if self.statistics is not None
+                                         else history)]
+
     def spent(self) -> float:
         """Epsilon spent so far at the configured delta (from the accountant)."""
         with warnings.catch_warnings():
@@ -165,4 +207,16 @@ class PrivateTraining:
                 "noise_multiplier": round(self.noise_multiplier, 6),
                 "sample_rate": self.sample_rate, "accountant": self.privacy.accountant,
                 "neighbouring": "add or remove one training sample",
-                "covers": COVERS}
+                "covers": COVERS, "statistics": self._statistics_record()}
+
+    def _statistics_record(self) -> dict[str, Any] | None:
+        """How the gene levels and condition effects were released (``None``: they were not)."""
+        stats = self.statistics
+        if stats is None:
+            return None
+        return {"mechanism": "Gaussian mechanism on sums of clipped vectors, divided by the "
+                             "exact counts (cvae_ray.model.private_means)",
+                "releases": stats.n_releases, "noise_multiplier": round(stats.sigma, 6),
+                "epsilon_share": self.privacy.statistics_share,
+                "level_clip_norm": round(stats.level_norm, 6),
+                "effect_clip_norm": round(stats.effect_norm, 6)}

@@ -73,6 +73,29 @@ def test_folded_draw_matches_cvae_draw(norm, settings, n):
     np.testing.assert_array_equal(again, got)
 
 
+@pytest.mark.parametrize("settings", [SampleConfig(), SampleConfig(noise=False)])
+def test_folded_draw_adds_the_condition_offset(settings):
+    # A DP model's released condition effects: added to every sample, on both paths.
+    model = _model("batch")
+    table = torch.randn(sum(SIZES), N_GENES) * 3
+    codes = _codes(SAMPLE_CHUNK + 5, seed=1)
+    latent, noise = request_draws(codes, 4, N_GENES, 3, settings)
+
+    def both_paths() -> tuple[np.ndarray, np.ndarray]:
+        torch_draw = model.draw(torch.from_numpy(codes), latent.clone(),
+                                None if noise is None else noise.clone(), settings).numpy()
+        folded = FoldedDecoder.of(model).draw(codes, latent.numpy(),
+                                              None if noise is None else noise.numpy(), settings)
+        return torch_draw, folded
+
+    without, _ = both_paths()
+    model.condition_offset = table
+    expected, got = both_paths()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    added = table[codes[:, 0]] + table[SIZES[0] + codes[:, 1]]
+    np.testing.assert_allclose(expected - without, added.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_models_that_do_not_fold_keep_the_torch_path():
     assert FoldedDecoder.of(_model("layer")) is None
     assert FoldedDecoder.of(_model("batch").train()) is None

@@ -12,9 +12,11 @@ from support import TINY_MODEL, TINY_TRAIN
 
 from cvae_ray.config import DP_SAMPLING, DataSpec, PrivacyConfig, SampleConfig
 from cvae_ray.data.dataset import Dataset, read_dataset
+from cvae_ray.data.model_inputs import prepare
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.fitting import fit_bundle
+from cvae_ray.model.private_means import release_means
 
 pytest.importorskip("opacus")
 
@@ -23,13 +25,11 @@ SPEC = DataSpec(conditions=("tissue", "source"))
 PRIVACY = PrivacyConfig(epsilon=4.0, delta=1e-4)
 
 
-def _without_one_training_row(dataset: Dataset) -> Dataset:
-    """The same dataset with one training-split sample's values changed."""
-    from cvae_ray.data.model_inputs import prepare
-
+def _without_one_training_row(dataset: Dataset, factor: float = 3.0) -> Dataset:
+    """The same dataset with one training-split sample's values changed (x -> factor x + 7)."""
     row = int(prepare(dataset, SPEC, private=True).split.train[0])
     expression = dataset.expression.copy()
-    expression.iloc[row] = expression.iloc[row] * 3.0 + 7.0
+    expression.iloc[row] = expression.iloc[row] * factor + 7.0
     return dataclasses.replace(dataset, expression=expression)
 
 
@@ -62,22 +62,87 @@ def test_dp_fit_records_the_spent_budget(dp_bundle, tmp_path):
                                            loaded.sample_defaults).numpy()).all()
 
 
-def test_dp_bundle_reads_no_training_statistic(dataset, dp_bundle):
-    other, _ = fit_bundle(_without_one_training_row(dataset), SPEC, DP_MODEL, TINY_TRAIN,
-                          privacy=PRIVACY)
+def test_dp_bundle_reads_no_training_statistic_outside_the_mechanism(dataset, dp_bundle):
+    # One training sample changed so much (x 2^40: +40 log2 units per gene) that only
+    # the clipping keeps the released statistics within their stated sensitivity.
+    other, _ = fit_bundle(_without_one_training_row(dataset, 2.0 ** 40), SPEC, DP_MODEL,
+                          TINY_TRAIN, privacy=PRIVACY)
     for bundle in (dp_bundle, other):
         assert (bundle.model.latent_prior, bundle.model.noise_gap, bundle.model.spread) == (
             None, None, None)
         assert bundle.sample_defaults.latent == "standard"
         assert bundle.sample_defaults.noise_calibration == 0
+        assert bundle.preprocessor.n_constant == 0
+        np.testing.assert_array_equal(bundle.preprocessor.std, 1.0)
     assert dp_bundle.sample_defaults == DP_SAMPLING
     assert "differential privacy" in dp_bundle.metadata["training"]["sampling_choice"]["skipped"]
-    assert dp_bundle.preprocessor.to_dict() == other.preprocessor.to_dict()
-    assert dp_bundle.preprocessor.n_constant == 0
-    # The non-private fit does read the training data: the same change moves it.
+    # Same seed, same noise: what differs is one sample's clipped contribution. Replacing
+    # one sample moves a clipped sum by at most twice the clipping norm (add/remove: once).
+    stats = dp_bundle.metadata["training"]["privacy"]["statistics"]
+    level_norm, effect_norm = stats["level_clip_norm"], stats["effect_clip_norm"]
+    n_train = dp_bundle.metadata["training"]["n_train"]
+    level_shift = np.linalg.norm(dp_bundle.preprocessor.mean - other.preprocessor.mean)
+    assert 0 < n_train * level_shift <= 2 * level_norm + 1e-6
+    # An effect is a clipped mean of residuals: each unchanged sample's clipped residual
+    # moves by at most what it is measured from moved (clipping to a ball is 1-Lipschitz).
+    codes = prepare(dataset, SPEC, private=True).part("train")[1]
+    sizes = dp_bundle.model.condition_sizes
+    delta_rows = np.full(len(codes), level_shift)
+    start = 0
+    for j, size in enumerate(sizes):
+        table = slice(start, start + size)
+        shift = (dp_bundle.model.condition_offset[table]
+                 - other.model.condition_offset[table]).numpy()
+        moved = np.linalg.norm(shift, axis=1)
+        for value in range(size):
+            rows = codes[:, j] == value
+            bound = delta_rows[rows].sum() + 2 * effect_norm
+            assert rows.sum() * moved[value] <= bound * (1 + 1e-5) + 1e-4
+        delta_rows = delta_rows + moved[codes[:, j]]
+        start += size
+    # The non-private fit reads the training data without a mechanism.
     plain, _ = fit_bundle(dataset, SPEC, TINY_MODEL, TINY_TRAIN)
     plain_other, _ = fit_bundle(_without_one_training_row(dataset), SPEC, TINY_MODEL, TINY_TRAIN)
     assert plain.preprocessor.to_dict() != plain_other.preprocessor.to_dict()
+
+
+def test_released_means_are_the_clipped_means_plus_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 1.0, (60, 8))
+    codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
+    codes[:, 0][codes[:, 0] == 2] = 1  # value 2 of the first column has no sample
+    x[codes[:, 0] == 1] += 2.0
+    exact = release_means(x, codes, (3, 2), sigma=1e-12, level_clip=1e6, effect_clip=1e6,
+                          rng=np.random.default_rng(1))
+    np.testing.assert_allclose(exact.levels, x.mean(axis=0), atol=1e-6)
+    for value in (0, 1):
+        rows = codes[:, 0] == value
+        np.testing.assert_allclose(exact.effects[0][value], (x[rows] - x.mean(0)).mean(0),
+                                   atol=1e-6)
+    np.testing.assert_array_equal(exact.effects[0][2], 0.0)
+    assert exact.offset_table().shape == (5, 8) and exact.n_releases == 3
+    # Tight clipping: no sample counts for more than the norm, whatever its size.
+    x[0] *= 1e6
+    clipped = release_means(x, codes, (3, 2), sigma=1e-12, level_clip=1.0, effect_clip=0.5,
+                            rng=np.random.default_rng(1))
+    assert np.linalg.norm(clipped.levels) <= np.sqrt(8) * 1.0 + 1e-9
+    noisy = release_means(x, codes, (3, 2), sigma=2.0, level_clip=1.0, effect_clip=0.5,
+                          rng=np.random.default_rng(1))
+    assert np.abs(noisy.levels - clipped.levels).max() > 0.01
+
+
+def test_the_releases_are_in_the_accountant(dp_bundle):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    record = dp_bundle.metadata["training"]["privacy"]
+    assert record["statistics"]["releases"] == 3
+    assert record["statistics"]["epsilon_share"] == PRIVACY.statistics_share
+    alone = get_noise_multiplier(
+        target_epsilon=PRIVACY.epsilon, target_delta=PRIVACY.delta,
+        sample_rate=record["sample_rate"], epochs=TINY_TRAIN.epochs, accountant="prv")
+    # DP-SGD gets what the releases leave: more noise than with the whole budget.
+    assert record["noise_multiplier"] > 1.5 * alone
+    assert PRIVACY.epsilon - 0.05 <= record["epsilon_spent"] <= PRIVACY.epsilon
 
 
 def test_batchnorm_is_refused(dataset):
@@ -100,6 +165,9 @@ def test_training_statistics_are_refused(dataset, spec, sample, match):
     ({"epsilon": 0}, "dp_epsilon=0 "), ({"epsilon": -1.5}, "dp_epsilon=-1.5"),
     ({"epsilon": 1, "delta": 1.0}, "dp_delta=1.0"), ({"epsilon": 1, "delta": 0}, "dp_delta=0"),
     ({"epsilon": 1, "max_grad_norm": 0}, "dp_max_grad_norm=0"),
+    ({"epsilon": 1, "statistics_share": 1.0}, "dp_statistics_share=1.0"),
+    ({"epsilon": 1, "level_clip": 0}, "dp_level_clip=0"),
+    ({"epsilon": 1, "effect_clip": float("inf")}, "dp_effect_clip=inf"),
 ])
 def test_bad_privacy_values_are_named(kwargs, match):
     with pytest.raises(InvalidConfigError, match=match):
