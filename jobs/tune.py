@@ -20,7 +20,9 @@ from typing import Sequence
 
 from cvae_ray.cli import (
     add_data_arguments,
+    add_privacy_arguments,
     data_spec_from_args,
+    privacy_from_args,
     read_dataset_from_args,
 )
 from cvae_ray.config import SearchConfig, SearchLimits, TrainConfig
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "submit`; otherwise a new local Ray is started)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local Ray started when there is no cluster")
+    add_privacy_arguments(parser)
     return parser
 
 
@@ -152,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.time_limit is not None and not args.time_limit > 0:
         raise InvalidConfigError(
             f"--time-limit={args.time_limit:g} must be a positive number of seconds.")
+    privacy = privacy_from_args(args)
     space = (read_space(_input_path(args.search_space, "--search-space"))
              if args.search_space else default_space())
     from cvae_ray.apps.tune import (
@@ -180,10 +184,21 @@ def _run(args: argparse.Namespace) -> int:
             args.data = _input_path(args.data, "--data")
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
-        prepared = prepare(dataset, spec)
+        prepared = prepare(dataset, spec, private=privacy is not None)
     from cvae_ray.apps.train import payload_from_prepared
 
-    payload = payload_from_prepared(prepared, spec)
+    statistics = None
+    if privacy is not None:
+        from cvae_ray.model.fitting import release_statistics
+
+        # Once for the whole search: every trial trains on the same release.
+        prepared, statistics = release_statistics(prepared, privacy, seed=spec.seed)
+        print(f"differential privacy: epsilon {privacy.epsilon:g} at delta {privacy.delta:g} "
+              f"for the whole search ({privacy.statistics_share:g} of it on the gene levels and "
+              f"condition effects, the rest shared by the {args.num_trials} trial(s)); a "
+              "trial's norm 'batch' is replaced by 'layer' (BatchNorm mixes samples)",
+              flush=True)
+    payload = payload_from_prepared(prepared, spec, statistics)
     print(f"data: {len(prepared.sample_ids)} samples x {len(prepared.genes)} genes; conditions "
           f"{list(spec.conditions)}; train/val/test = {len(prepared.split.train)}/"
           f"{len(prepared.split.val)}/{len(prepared.split.test)}", flush=True)
@@ -193,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
                           storage=storage, name=args.name, out=out, seed=args.seed,
                           max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
                           worker_start_timeout_s=args.worker_start_timeout,
-                          time_limit_s=args.time_limit, choose_sampling=args.choose_sampling)
+                          time_limit_s=args.time_limit, choose_sampling=args.choose_sampling,
+                          privacy=privacy)
     import ray
 
     from cvae_ray.storage import is_uri

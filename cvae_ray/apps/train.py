@@ -18,6 +18,7 @@ Ray Data shards instead.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +32,14 @@ from ray.train.torch import TorchTrainer
 from cvae_ray.config import (
     DataSpec,
     ModelConfig,
+    PrivacyConfig,
     SampleConfig,
     SearchLimits,
     TrainConfig,
 )
 from cvae_ray.data.model_inputs import Prepared
 from cvae_ray.data.preprocess import Preprocessor
+from cvae_ray.errors import InvalidConfigError
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.cvae import CVAE, cpu_state
@@ -55,6 +58,8 @@ from cvae_ray.model.loop import (
     validation_figures,
     validation_loss,
 )
+from cvae_ray.model.private import PrivateCVAE, PrivateTraining
+from cvae_ray.model.private_means import PrivateMeans
 from cvae_ray.model.selection import SELECTION_METRIC, CheckpointSelector
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -63,17 +68,25 @@ METRIC = "val_gamma"
 # workers, so that the search can release it if the run's controller dies without
 # doing so (see cvae_ray.apps.tune).
 PLACEMENT_GROUP_KEY = "placement_group"
+# Reported by a differentially private run: its DP-SGD steps, [[noise multiplier, sample
+# rate, steps], ...], which the search composes with the releases and the other trials.
+DP_STEPS_KEY = "dp_steps"
 
 
-def payload_from_prepared(prepared: Prepared, spec: DataSpec) -> dict[str, Any]:
-    """Everything a worker needs, as plain arrays and dicts (what the driver ``ray.put``s)."""
+def payload_from_prepared(prepared: Prepared, spec: DataSpec,
+                          statistics: PrivateMeans | None = None) -> dict[str, Any]:
+    """Everything a worker needs, as plain arrays and dicts (what the driver ``ray.put``s).
+
+    ``statistics``: in DP mode, the gene levels and condition effects released once for
+    the whole search (:func:`cvae_ray.model.fitting.release_statistics`).
+    """
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     return {
         "x_train": x_train, "codes_train": c_train, "x_val": x_val, "codes_val": c_val,
         "genes": list(prepared.genes), "vocab": {k: list(v) for k, v in prepared.vocab.items()},
         "preprocessor": prepared.preprocessor.to_dict(), "data_spec": spec.to_dict(),
-        "record": data_record(prepared),
+        "record": data_record(prepared), "statistics": statistics,
     }
 
 
@@ -104,8 +117,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     Args:
         config: ``data`` (a one-element list holding the ObjectRef of
             :func:`payload_from_prepared`), ``model`` / ``train`` / ``sample`` config
-            dicts, and optionally ``fail_once_at_epoch`` (tests: raise once, on a run that
-            did not start from a checkpoint, to exercise failure recovery).
+            dicts, optionally ``privacy`` (a :class:`PrivacyConfig` dict: DP-SGD on one
+            worker, the payload then holds the released ``statistics``) with ``dp_runs``
+            (the trials sharing the budget), and optionally ``fail_once_at_epoch`` (tests:
+            raise once, on a run that did not start from a checkpoint, to exercise failure
+            recovery).
+
+    Raises:
+        InvalidConfigError: ``privacy`` with more than one worker.
     """
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -117,17 +136,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sample_config = SampleConfig.from_dict(config["sample"])
     device = ray.train.torch.get_device()
 
+    privacy = PrivacyConfig.from_dict(config["privacy"]) if config.get("privacy") else None
+    if privacy is not None and world > 1:
+        raise InvalidConfigError(
+            f"differentially private training runs on one Train worker, got {world}: "
+            "per-sample clipping is not combined with DDP here; use --workers 1.")
+
     torch.manual_seed(train_config.seed)
     sizes = [len(v) for v in data["vocab"].values()]
-    model = CVAE(data["x_train"].shape[1], sizes, model_config)
+    model = (PrivateCVAE if privacy else CVAE)(data["x_train"].shape[1], sizes, model_config)
+    if privacy is not None:
+        model.condition_offset = torch.from_numpy(data["statistics"].offset_table())
     state = {"epoch": 0, **CheckpointSelector(train_config).state(), "final": False,
-             "history": []}
+             "history": [], "dp_steps": []}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(torch.load(Path(folder) / "weights.pt", map_location="cpu",
-                                             weights_only=True))
+            weights = torch.load(Path(folder) / "weights.pt", map_location="cpu",
+                                 weights_only=True)
+            if privacy is not None:
+                model.load_plain_state(weights)
+            else:
+                model.load_state_dict(weights)
             saved = torch.load(Path(folder) / TRAIN_STATE_FILE, map_location="cpu",
                                weights_only=True)
         optimizer_state = saved.pop("optimizer")
@@ -144,13 +175,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
         return
 
-    wrapped = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to device
+    wrapped = (model.to(device) if privacy is not None  # one worker, no DDP
+               else ray.train.torch.prepare_model(model))  # DDP when world > 1; moves to device
     optimizer = make_optimizer(wrapped, train_config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
 
     xt = torch.from_numpy(data["x_train"].copy()).to(device)  # object-store arrays are read-only
     ct = torch.from_numpy(data["codes_train"]).to(device)
+    dp = None
+    if privacy is not None:
+        dp = PrivateTraining(model, optimizer, xt, ct, train_config, privacy,
+                             data["statistics"], runs=config.get("dp_runs", 1),
+                             history=state["dp_steps"])
     xv = torch.from_numpy(data["x_val"].copy()).to(device)
     cv = torch.from_numpy(data["codes_val"]).to(device)
     # DDP averages gradients over ranks: a per-rank batch of batch_size / world keeps
@@ -163,10 +200,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
         tick = time.perf_counter()
         weight = kl_weight(epoch, train_config)
-        rows = _shard(xt.shape[0], epoch, train_config.seed, rank, world).to(device)
-        generator = torch.Generator().manual_seed(train_config.seed * 7919 + epoch)
-        train_loss = train_epoch(wrapped, optimizer, xt[rows], ct[rows], batch_size=batch_size,
-                                 kl_weight=weight, generator=generator)
+        if dp is not None:
+            train_loss = dp.epoch(weight)
+            state["dp_steps"] = dp.steps_taken()
+        else:
+            rows = _shard(xt.shape[0], epoch, train_config.seed, rank, world).to(device)
+            generator = torch.Generator().manual_seed(train_config.seed * 7919 + epoch)
+            train_loss = train_epoch(wrapped, optimizer, xt[rows], ct[rows],
+                                     batch_size=batch_size, kl_weight=weight,
+                                     generator=generator)
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         if not evaluate:
             continue
@@ -174,13 +216,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             val_loss = validation_loss(model, xv, cv, weight)
             val_g, ratio = validation_figures(model, xt, ct, data["x_val"], cv, sample_config,
-                                              genes=genes, copy_check=copy_check)
+                                              private=dp is not None, genes=genes,
+                                              copy_check=copy_check)
+            ratio = float("nan") if ratio is None else ratio  # DP mode has no DCR ratio
         elapsed = time.perf_counter() - started
         over_time = train_config.max_time_s is not None and elapsed > train_config.max_time_s
         val_loss, val_g, ratio, over_time = _broadcast(
             [val_loss, val_g, ratio, float(over_time)], world)
         selector = CheckpointSelector.from_state(train_config, state)
-        _, score, eligible = selector.update(epoch, val_g, ratio)
+        # DP mode: the DP-SGD noise, not the DCR ratio, guards against copying (as in fit).
+        _, score, eligible = selector.update(epoch, val_g, math.inf if dp is not None else ratio)
         state.update(selector.state())
         final = selector.patience_spent or bool(over_time) or epoch == train_config.epochs
         state["epoch"], state["final"] = epoch, final
@@ -192,12 +237,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {**figures, "best_selection_score": state["best"],
                    "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
                    "final": final, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
+        if dp is not None:
+            # What the search composes into its spent epsilon: this trial's steps so far.
+            metrics[DP_STEPS_KEY] = [list(step) for step in state["dp_steps"]]
         if config.get("fail_once_at_epoch") == epoch and resumed_from == 0:
             raise RuntimeError(f"injected failure at epoch {epoch} (fail_once_at_epoch)")
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 _write_checkpoint(folder, model, optimizer, state, data, model_config,
-                                  train_config, sample_config, figures, genes)
+                                  train_config, sample_config, figures, genes, dp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
@@ -217,18 +265,22 @@ def _run_had_ended(state: dict[str, Any], train_config: TrainConfig) -> bool:
 def _write_checkpoint(folder: str, model: CVAE, optimizer: torch.optim.Optimizer,
                       state: dict[str, Any], data: dict[str, Any], model_config: ModelConfig,
                       train_config: TrainConfig, sample_config: SampleConfig,
-                      figures: dict[str, Any], genes: Any) -> None:
+                      figures: dict[str, Any], genes: Any,
+                      dp: PrivateTraining | None = None) -> None:
     """A model bundle of the current weights, plus the state needed to resume.
 
-    ``genes`` are the column indices validation gamma used (``None``: all genes).
+    ``genes`` are the column indices validation gamma used (``None``: all genes); ``dp``
+    the run's DP-SGD (its privacy record goes into the bundle: this trial alone).
     """
     record = training_record(data["record"], best_epoch=figures["epoch"],
                              val_gamma=figures[METRIC], val_loss=figures["val_loss"],
                              epochs_run=figures["epoch"], history=state["history"],
                              gamma_genes=gamma_genes_record(data["genes"], genes),
                              peak_rss_mib=peak_rss_mib())
+    if dp is not None:
+        record["privacy"] = dp.record()
     bundle = ModelBundle.create(
-        state_dict=cpu_state(model),
+        state_dict=model.plain_state() if dp is not None else cpu_state(model),
         genes=data["genes"], vocab=data["vocab"],
         preprocessor=Preprocessor.from_dict(data["preprocessor"]), model_config=model_config,
         train_config=train_config, data_spec=DataSpec.from_dict(data["data_spec"]),
@@ -243,6 +295,7 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
                   use_gpu: bool = False, cpus_per_worker: float = 1.0, name: str,
                   storage_path: str, max_failures: int = SearchLimits.max_failures,
                   callbacks: list | None = None,
+                  privacy: PrivacyConfig | None = None, dp_runs: int = 1,
                   extra_config: dict[str, Any] | None = None) -> TorchTrainer:
     """A TorchTrainer running :func:`train_loop_per_worker` for one configuration.
 
@@ -260,6 +313,9 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
             failed while training (from the latest checkpoint), and retries of a
             worker-group start that timed out or failed. Then ``fit()`` raises.
         callbacks: Ray Train callbacks (``TuneReportCallback`` inside a Tune trial).
+        privacy: Train with DP-SGD to this budget (one worker; the payload must hold the
+            released ``statistics``).
+        dp_runs: Runs that share the budget after the releases (the search's trials).
         extra_config: Extra keys for the worker config (tests).
 
     Returns:
@@ -270,7 +326,9 @@ def build_trainer(data_ref: ray.ObjectRef, model_config: ModelConfig, train_conf
         resources["GPU"] = 1
     loop_config = {"data": [data_ref], "model": model_config.to_dict(),
                    "train": train_config.to_dict(),
-                   "sample": (sample_config or SampleConfig()).to_dict(), **(extra_config or {})}
+                   "sample": (sample_config or SampleConfig()).to_dict(),
+                   "privacy": privacy.to_dict() if privacy is not None else None,
+                   "dp_runs": dp_runs, **(extra_config or {})}
     info = metric_info(SELECTION_METRIC)
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,

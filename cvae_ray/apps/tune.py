@@ -38,9 +38,11 @@ from cvae_ray.apps.search_space import (
     default_point,
     space_to_dict,
 )
-from cvae_ray.apps.train import METRIC, PLACEMENT_GROUP_KEY, build_trainer
+from cvae_ray.apps.train import DP_STEPS_KEY, METRIC, PLACEMENT_GROUP_KEY, build_trainer
 from cvae_ray.config import (
+    DP_SAMPLING,
     ModelConfig,
+    PrivacyConfig,
     SampleConfig,
     SearchConfig,
     SearchLimits,
@@ -50,6 +52,7 @@ from cvae_ray.errors import CvaeRayError, InvalidConfigError, SearchFailedError
 from cvae_ray.metrics.registry import metric_info
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.loop import gamma_genes
+from cvae_ray.model.private_means import PrivateMeans, composed_epsilon
 from cvae_ray.model.sampling_choice import choose_after_training, describe
 from cvae_ray.model.selection import SELECTION_METRIC, selection_score
 from cvae_ray.storage import is_uri
@@ -86,6 +89,8 @@ class TuneRequest:
         choose_sampling: Choose the exported bundle's temperature, noise calibration and
             spread correction on the validation split (:mod:`cvae_ray.model.sampling_choice`, as
             ``cvae-ray fit`` does); ``False`` keeps the defaults.
+        privacy: Differentially private search to this budget, for the releases and all
+            trials together (docs/privacy.md); needs ``workers == 1``.
     """
 
     space: Space
@@ -103,8 +108,13 @@ class TuneRequest:
     time_limit_s: float | None = SearchLimits.time_limit_s
     reduction_factor: int = SearchConfig.reduction_factor
     choose_sampling: bool = TrainConfig.choose_sampling
+    privacy: PrivacyConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.privacy is not None and self.workers != 1:
+            raise InvalidConfigError(
+                f"--workers={self.workers} is not valid with --dp-epsilon: differentially "
+                "private training runs on one Train worker per trial; use --workers 1.")
         SearchConfig(num_trials=self.num_trials, workers=self.workers,
                      cpus_per_worker=self.cpus_per_worker, name=self.name, out=self.out,
                      reduction_factor=self.reduction_factor)
@@ -228,6 +238,10 @@ def _trial(config: dict[str, Any], data: list, setup: dict[str, Any]) -> None:
     model_config, train_config = configs_from_point(
         config, seed=setup["seed"], device="cuda" if setup["use_gpu"] else "cpu",
         max_time_s=setup["max_trial_time_s"])
+    privacy = PrivacyConfig.from_dict(setup["privacy"]) if setup["privacy"] else None
+    if privacy is not None and model_config.norm == "batch":
+        # BatchNorm mixes samples; the job says so when it starts (jobs/tune.py).
+        model_config = replace(model_config, norm="layer")
     trial_id = tune.get_context().get_trial_id()
     # This process is the trial's own (a Tune actor): the setting reaches only its
     # Train controller, which passes it on to its workers.
@@ -237,7 +251,9 @@ def _trial(config: dict[str, Any], data: list, setup: dict[str, Any]) -> None:
         use_gpu=setup["use_gpu"], cpus_per_worker=setup["cpus_per_worker"],
         # A stable name makes a restored trial resume its Train run from its checkpoint.
         name=f"{setup['name']}-train-{trial_id}", storage_path=setup["storage"],
-        max_failures=setup["max_failures"], callbacks=[TuneReportCallback()])
+        max_failures=setup["max_failures"], callbacks=[TuneReportCallback()],
+        sample_config=DP_SAMPLING if privacy is not None else None, privacy=privacy,
+        dp_runs=setup["num_trials"])
     trainer.fit()
 
 
@@ -305,7 +321,9 @@ class ReleaseTrialResources(tune.Callback):
 def _trainable(request: TuneRequest, data_ref: ray.ObjectRef):
     setup = {k: getattr(request, k) for k in ("seed", "use_gpu", "max_trial_time_s", "workers",
                                               "cpus_per_worker", "name", "storage",
-                                              "max_failures", "worker_start_timeout_s")}
+                                              "max_failures", "worker_start_timeout_s",
+                                              "num_trials")}
+    setup["privacy"] = request.privacy.to_dict() if request.privacy is not None else None
     # The list keeps the ObjectRef a reference (with_parameters would resolve it):
     # each Train worker fetches the arrays itself.
     fn = tune.with_parameters(_trial, data=[data_ref], setup=setup)
@@ -408,6 +426,14 @@ def _check_same_request(path: str, fingerprint: str, request: TuneRequest) -> No
                 f"--name {request.name!r} in {request.storage!r} is a search on other data "
                 f"(fingerprint {saved.get('fingerprint', '?')[:12]} vs {fingerprint[:12]}); "
                 f"choose another --name to start a new search.")
+        wanted = asdict(request)["privacy"]
+        if saved.get("privacy") != wanted:
+            # The trials' noise was planned for the search's budget: another one would
+            # make the composition wrong.
+            raise InvalidConfigError(
+                f"--name {request.name!r} in {request.storage!r} was started with privacy "
+                f"settings {saved.get('privacy')} and is resumed with {wanted}; resume it "
+                f"with the same --dp-* options, or choose another --name.")
 
 
 def _write_request(path: str, fingerprint: str, request: TuneRequest) -> None:
@@ -532,17 +558,25 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log,
     model_config = ModelConfig.from_dict(meta["model_config"])
     train_config = replace(TrainConfig.from_dict(meta["train_config"]),
                            choose_sampling=request.choose_sampling)
-    # The same choice as `cvae-ray fit`, on the driver's copy of the split.
+    # The same choice as `cvae-ray fit`, on the driver's copy of the split (none in DP mode).
     state, sample_config, choice = choose_after_training(
         bundle.model.state_dict(), model_config, [len(v) for v in bundle.vocab.values()],
         payload["x_train"], payload["codes_train"], payload["x_val"], payload["codes_val"],
         SampleConfig.from_dict(meta["sample_defaults"]), enabled=request.choose_sampling,
+        private=request.privacy is not None,
         genes=gamma_genes(payload["x_train"].shape[1], train_config))
     log(describe(choice))
     training = {**meta.get("training", {}), "sampling_choice": choice, "tune": {
         "experiment": path, "trial_id": best["trial_id"], "config": best["config"],
         "checkpoint": best["checkpoint_path"], "search_space": space_to_dict(request.space),
         "n_trials": len(table)}}
+    if request.privacy is not None:
+        training["privacy"] = search_privacy(grid, request.privacy, payload["statistics"],
+                                             training.get("privacy", {}))
+        spent = training["privacy"]
+        log(f"differential privacy: epsilon spent by the search {spent['epsilon_spent']:.3f} "
+            f"(target {request.privacy.epsilon:g}) at delta {request.privacy.delta:g}: the "
+            f"releases and {spent['search']['trials_with_steps']} trial(s) composed")
     exported = ModelBundle.create(
         state_dict=state, genes=bundle.genes, vocab=bundle.vocab,
         preprocessor=bundle.preprocessor, model_config=model_config,
@@ -557,6 +591,29 @@ def _export(grid, request: TuneRequest, path: str, resumed: bool, log,
         n_errored=len(failed), resumed=resumed, trials_csv=trials_csv,
         default_val_gamma=default_gamma, n_not_run=int((table["status"] == "NOT_RUN").sum()),
         failed=failed, table=table)
+
+
+def search_privacy(grid, privacy: PrivacyConfig, statistics: PrivateMeans,
+                   trial_record: dict[str, Any]) -> dict[str, Any]:
+    """The exported bundle's privacy record: the releases and every trial's steps composed.
+
+    Every trial trained on the same training split, and the export chose among them, so
+    the guarantee of the exported bundle is that of all of them together, not of its own
+    trial (whose record ``trial_record`` is).
+
+    Returns:
+        ``trial_record`` with ``epsilon_spent`` over the whole search and a ``search`` block
+        (trials composed, DP-SGD steps in all, the exported trial's own epsilon).
+    """
+    steps = []
+    for result in grid:
+        steps.extend(tuple(step) for step in (result.metrics or {}).get(DP_STEPS_KEY) or [])
+    spent = composed_epsilon([(statistics.sigma, 1.0, statistics.n_releases), *steps],
+                             privacy.delta, privacy.accountant)
+    trials = sum(1 for result in grid if (result.metrics or {}).get(DP_STEPS_KEY))
+    return {**trial_record, "epsilon_spent": round(spent, 4),
+            "search": {"trials_with_steps": trials, "steps": int(sum(s[2] for s in steps)),
+                       "exported_trial_epsilon": trial_record.get("epsilon_spent")}}
 
 
 def _spec(meta: dict[str, Any]):

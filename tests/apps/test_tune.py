@@ -93,6 +93,8 @@ def test_bad_input_exits_2_before_any_trial(tmp_path, capsys):
         (["--max-failures", "-1"], "--max-failures=-1"),
         (["--worker-start-timeout", "0"], "--worker-start-timeout=0"),
         (["--time-limit", "-5"], "--time-limit=-5"),
+        (["--dp-delta", "1e-4"], "--dp-delta needs --dp-epsilon"),
+        (["--dp-epsilon", "1", "--workers", "2"], "--workers=2 is not valid with --dp-epsilon"),
     ]
     for argv, needle in cases:
         assert main(argv + ["--storage", str(tmp_path / "s")] if "--storage" not in argv
@@ -137,6 +139,36 @@ def test_local_search_exports_a_bundle_that_samples(local_ray, tmp_path, capsys)
     assert bundle.metadata["training"]["val_gamma"] == pytest.approx(table.best_val_gamma.max())
 
 
+def test_dp_search_composes_every_trial_into_the_exported_bundle(local_ray, tmp_path, capsys):
+    from cvae_ray.config import DP_SAMPLING
+    from cvae_ray.model.bundle import ModelBundle
+    main = _job().main
+
+    out = tmp_path / "best"
+    rc = main(["--search-space", str(_space_file(tmp_path)), "--num-trials", "2",
+               "--storage", str(tmp_path / "runs"), "--name", "dp", "--out", str(out),
+               "--dp-epsilon", "4", "--dp-delta", "1e-4"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    bundle = ModelBundle.load(out)
+    record = bundle.metadata["training"]["privacy"]
+    # Both trials trained on the training split, so both count; each alone spends less.
+    assert record["search"]["trials_with_steps"] == 2
+    assert record["search"]["exported_trial_epsilon"] < record["epsilon_spent"] <= 4.05
+    assert record["delta"] == 1e-4 and record["statistics"]["releases"] == 3
+    assert f"epsilon spent by the search {record['epsilon_spent']:.3f}" in printed
+    assert bundle.model.condition_offset is not None
+    assert bundle.metadata["model_config"]["norm"] == "layer"
+    assert bundle.sample_defaults == DP_SAMPLING
+    assert "differential privacy" in bundle.metadata["training"]["sampling_choice"]["skipped"]
+    assert len(bundle.sample({"tissue": "lung", "source": "GTEx"}, n=5, seed=1)) == 5
+    # A resume with another budget would break the composition: refused.
+    again = main(["--search-space", str(_space_file(tmp_path)), "--num-trials", "2",
+                  "--storage", str(tmp_path / "runs"), "--name", "dp", "--out", str(out),
+                  "--dp-epsilon", "8", "--dp-delta", "1e-4"])
+    assert again == 2 and "resume it with the same --dp-* options" in capsys.readouterr().err
+
+
 def test_more_gpus_than_the_cluster_has_is_refused(local_ray, tmp_path, capsys):
     main = _job().main
 
@@ -168,6 +200,38 @@ def test_train_workers_resume_from_checkpoint_after_a_failure(local_ray, tmp_pat
     assert result.metrics["epoch"] == 3 and result.metrics["world_size"] == 2
     assert result.metrics["resumed_from_epoch"] == 1  # restarted from epoch 1's checkpoint
     ModelBundle.load(result.checkpoint.path)
+
+
+def test_a_dp_train_run_resumes_with_its_accountant(local_ray, tmp_path):
+    from cvae_ray.apps.train import DP_STEPS_KEY, fit_one, payload_from_prepared
+    from cvae_ray.config import DP_SAMPLING, DataSpec, ModelConfig, PrivacyConfig, TrainConfig
+    from cvae_ray.data.dataset import read_dataset
+    from cvae_ray.data.model_inputs import prepare
+    from cvae_ray.data.simulate import simulate_cohort
+    from cvae_ray.model.bundle import ModelBundle
+    from cvae_ray.model.fitting import release_statistics
+
+    path = tmp_path / "demo.parquet"
+    simulate_cohort(n_samples=240, n_genes=40, seed=0).to_parquet(path)
+    spec = DataSpec(conditions=("tissue", "source"))
+    privacy = PrivacyConfig(epsilon=4.0, delta=1e-4)
+    prepared, statistics = release_statistics(
+        prepare(read_dataset(path, list(spec.conditions)), spec, private=True), privacy, seed=0)
+    train = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, batch_size=48)
+    result = fit_one(payload_from_prepared(prepared, spec, statistics),
+                     ModelConfig(hidden=(16,), latent_dim=4, norm="layer"), train,
+                     sample_config=DP_SAMPLING, privacy=privacy, num_workers=1,
+                     cpus_per_worker=1, name="dp-fail-once",
+                     storage_path=str(tmp_path / "train"), max_failures=1,
+                     extra_config={"fail_once_at_epoch": 2})
+    assert result.error is None and result.metrics["resumed_from_epoch"] == 1
+    # Epoch 1's steps came back from the checkpoint, and epochs 2 and 3 were added to them
+    # (the failed attempt at epoch 2 released nothing).
+    steps = result.metrics[DP_STEPS_KEY]
+    n_batches = -(-len(prepared.split.train) // train.batch_size)
+    assert sum(s[2] for s in steps) == 3 * n_batches
+    record = ModelBundle.load(result.checkpoint.path).metadata["training"]["privacy"]
+    assert 0 < record["epsilon_spent"] <= privacy.epsilon
 
 
 def test_a_finished_train_run_reports_its_last_evaluation_again_when_resumed(local_ray,
