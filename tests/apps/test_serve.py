@@ -233,6 +233,7 @@ def test_model_describes_the_bundle(service, bundle):
     assert "val_gamma" in info["training"] and "history" not in info["training"]
     assert info["seen_combinations"] == bundle.seen_records()
     assert info["seen_combinations_from"] == "training record"
+    assert info["privacy"] is None  # trained without differential privacy
     assert UNSEEN not in [{k: r[k] for k in UNSEEN} for r in info["seen_combinations"]]
     full = service.get("/v1/model", params={"history": "true"}).json()
     assert len(full["training"]["history"]) == bundle.metadata["training"]["epochs_run"]
