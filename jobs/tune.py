@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         from cvae_ray.model.fitting import release_statistics
 
         # Once for the whole search: every trial trains on the same release.
-        prepared, statistics = release_statistics(prepared, privacy, seed=spec.seed)
+        prepared, statistics = release_statistics(prepared, privacy)
         print(f"differential privacy: epsilon {privacy.epsilon:g} at delta {privacy.delta:g} "
               f"for the whole search ({privacy.statistics_share:g} of it on the gene levels and "
               f"condition effects, the rest shared by the {args.num_trials} trial(s)); a "

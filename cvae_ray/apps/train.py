@@ -172,6 +172,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {**state["history"][-1], "best_selection_score": state["best"],
                    "best_epoch": state["best_epoch"], "resumed_from_epoch": resumed_from,
                    "final": True, "world_size": world, PLACEMENT_GROUP_KEY: group_id}
+        if privacy is not None:
+            metrics[DP_STEPS_KEY] = [list(step) for step in state["dp_steps"]]
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
         return
 

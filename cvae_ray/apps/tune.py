@@ -362,6 +362,14 @@ def run_search(request: TuneRequest, payload: dict[str, Any], *, log=print) -> T
     path = experiment_path(request)
     fingerprint = payload["record"]["fingerprint"]
     resumed = tune.Tuner.can_restore(path)
+    if resumed and request.privacy is not None:
+        # Its release was drawn with unrecorded noise: drawing it again would be a
+        # second, unaccounted release, and the trials were planned for the first one.
+        raise InvalidConfigError(
+            f"--name {request.name!r} in {request.storage!r} is a search that already "
+            "started, and a differentially private search cannot be resumed (its gene-level "
+            "and condition-effect release would be drawn again, outside the budget); "
+            "choose another --name to start a new search.")
     if resumed:
         _check_same_request(path, fingerprint, request)
         log(f"resuming the search in {path} (same --name): finished trials are kept, "
@@ -426,14 +434,6 @@ def _check_same_request(path: str, fingerprint: str, request: TuneRequest) -> No
                 f"--name {request.name!r} in {request.storage!r} is a search on other data "
                 f"(fingerprint {saved.get('fingerprint', '?')[:12]} vs {fingerprint[:12]}); "
                 f"choose another --name to start a new search.")
-        wanted = asdict(request)["privacy"]
-        if saved.get("privacy") != wanted:
-            # The trials' noise was planned for the search's budget: another one would
-            # make the composition wrong.
-            raise InvalidConfigError(
-                f"--name {request.name!r} in {request.storage!r} was started with privacy "
-                f"settings {saved.get('privacy')} and is resumed with {wanted}; resume it "
-                f"with the same --dp-* options, or choose another --name.")
 
 
 def _write_request(path: str, fingerprint: str, request: TuneRequest) -> None:

@@ -129,7 +129,8 @@ def training_record(data: Mapping[str, Any], *, best_epoch: int, val_gamma: floa
     return record
 
 
-def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *, seed: int
+def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *,
+                       rng: np.random.Generator | None = None
                        ) -> tuple[Prepared, PrivateMeans]:
     """Release gene levels and condition effects privately and centre the data on the levels.
 
@@ -139,7 +140,9 @@ def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *, seed: int
         prepared: Data prepared with the public preprocessing (log2(x + 1) or the input
             values, not centred or scaled).
         privacy: Budget and clipping norms.
-        seed: Seed of the mechanism's noise.
+        rng: Source of the noise (tests inject one). Default: a generator seeded from the
+            operating system's entropy, never recorded: noise that could be regenerated
+            from a seed stored in the bundle could be subtracted again.
 
     Returns:
         The data centred on the released levels (the preprocessor's mean is the release;
@@ -151,7 +154,8 @@ def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *, seed: int
                              releases(len(sizes)), privacy.accountant)
     statistics = release_means(
         x_train.astype(np.float64), c_train, sizes, sigma=sigma, level_clip=privacy.level_clip,
-        effect_clip=privacy.effect_clip, rng=np.random.default_rng([seed, 0x5DA7]))
+        effect_clip=privacy.effect_clip,
+        rng=rng if rng is not None else np.random.default_rng())
     preprocessor = dataclasses.replace(prepared.preprocessor, mean=statistics.levels)
     centred = (prepared.x - statistics.levels).astype(np.float32)
     return dataclasses.replace(prepared, x=centred, preprocessor=preprocessor), statistics
@@ -204,7 +208,7 @@ def fit_bundle(dataset: Dataset, spec: DataSpec, model_config: ModelConfig | Non
     prepared = prepare(dataset, spec, private=privacy is not None)
     statistics = None
     if privacy is not None:
-        prepared, statistics = release_statistics(prepared, privacy, seed=train_config.seed)
+        prepared, statistics = release_statistics(prepared, privacy)
     x_train, c_train = prepared.part("train")
     x_val, c_val = prepared.part("val")
     result = fit(x_train, c_train, x_val, c_val, [len(v) for v in prepared.vocab.values()],

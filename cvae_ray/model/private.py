@@ -11,10 +11,10 @@ not of a layer, so during DP training it lives in a one-parameter layer
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,7 +26,8 @@ from cvae_ray.model.private_means import PrivateMeans, sgd_sigma
 
 #: What a DP bundle's guarantee covers, recorded in its ``privacy`` block.
 COVERS = ("the model weights, the gene levels and the condition effects, with respect to "
-          "adding or removing one sample of the training split; the latent prior, noise "
+          "adding or removing one sample of the training split, treating the training "
+          "condition counts as public; the latent prior, noise "
           "calibration and spread correction use no training data; validation rows "
           "(checkpoint selection, early stopping) and the recorded training condition counts "
           "are not covered")
@@ -138,6 +139,10 @@ class PrivateTraining:
         self.model = model
         self.n_train = int(x.shape[0])
         batch_size = min(train_config.batch_size, self.n_train)
+        # The DP-SGD noise comes from a generator seeded from the operating system's
+        # entropy and never recorded: noise regenerated from the run's recorded seed could
+        # be replayed. (Opacus' secure_mode would need torchcsprng.)
+        noise = torch.Generator(device=x.device).manual_seed(secrets.randbits(63))
         generator = torch.Generator().manual_seed(train_config.seed)
         loader = DataLoader(TensorDataset(x, codes), batch_size=batch_size, generator=generator)
         with warnings.catch_warnings():
@@ -149,7 +154,7 @@ class PrivateTraining:
                     module=model, optimizer=optimizer, data_loader=loader,
                     target_epsilon=privacy.epsilon, target_delta=privacy.delta,
                     epochs=train_config.epochs, max_grad_norm=privacy.max_grad_norm,
-                    poisson_sampling=True)
+                    poisson_sampling=True, noise_generator=noise)
             else:
                 sample_rate = 1.0 / len(loader)
                 sigma = sgd_sigma(privacy.epsilon, privacy.delta,
@@ -158,7 +163,7 @@ class PrivateTraining:
                 self.module, self.optimizer, self.loader = self.engine.make_private(
                     module=model, optimizer=optimizer, data_loader=loader,
                     noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
-                    poisson_sampling=True)
+                    poisson_sampling=True, noise_generator=noise)
                 # The releases come first in the composition the accountant reports, then
                 # the steps taken before a restart.
                 self.engine.accountant.history[:0] = [
@@ -168,9 +173,13 @@ class PrivateTraining:
         self.sample_rate = 1.0 / len(self.loader)
 
     def epoch(self, kl_weight: float) -> float:
-        """One epoch of DP-SGD over Poisson-sampled batches; returns the mean loss."""
+        """One epoch of DP-SGD over Poisson-sampled batches.
+
+        Returns:
+            NaN: the training loss is a statistic of the training split without noise,
+            so it is neither recorded nor reported in DP mode.
+        """
         self.module.train()
-        losses = []
         for xb, cb in self.loader:
             # An empty Poisson batch still goes through: Opacus clips nothing, adds the
             # noise and counts the step, as the accountant assumes.
@@ -181,9 +190,7 @@ class PrivateTraining:
                 warnings.filterwarnings("ignore", message="Full backward hook")
                 out.loss.backward()
             self.optimizer.step()
-            if xb.shape[0]:
-                losses.append(float(out.loss.detach()))
-        return float(np.mean(losses)) if losses else float("nan")
+        return float("nan")
 
     def steps_taken(self) -> list[tuple[float, float, int]]:
         """This run's DP-SGD steps as the accountant holds them (without the releases):

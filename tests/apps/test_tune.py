@@ -162,11 +162,11 @@ def test_dp_search_composes_every_trial_into_the_exported_bundle(local_ray, tmp_
     assert bundle.sample_defaults == DP_SAMPLING
     assert "differential privacy" in bundle.metadata["training"]["sampling_choice"]["skipped"]
     assert len(bundle.sample({"tissue": "lung", "source": "GTEx"}, n=5, seed=1)) == 5
-    # A resume with another budget would break the composition: refused.
+    # Resuming would draw the release again, outside the budget: refused.
     again = main(["--search-space", str(_space_file(tmp_path)), "--num-trials", "2",
                   "--storage", str(tmp_path / "runs"), "--name", "dp", "--out", str(out),
-                  "--dp-epsilon", "8", "--dp-delta", "1e-4"])
-    assert again == 2 and "resume it with the same --dp-* options" in capsys.readouterr().err
+                  "--dp-epsilon", "4", "--dp-delta", "1e-4"])
+    assert again == 2 and "cannot be resumed" in capsys.readouterr().err
 
 
 def test_more_gpus_than_the_cluster_has_is_refused(local_ray, tmp_path, capsys):
@@ -204,7 +204,13 @@ def test_train_workers_resume_from_checkpoint_after_a_failure(local_ray, tmp_pat
 
 def test_a_dp_train_run_resumes_with_its_accountant(local_ray, tmp_path):
     from cvae_ray.apps.train import DP_STEPS_KEY, fit_one, payload_from_prepared
-    from cvae_ray.config import DP_SAMPLING, DataSpec, ModelConfig, PrivacyConfig, TrainConfig
+    from cvae_ray.config import (
+        DP_SAMPLING,
+        DataSpec,
+        ModelConfig,
+        PrivacyConfig,
+        TrainConfig,
+    )
     from cvae_ray.data.dataset import read_dataset
     from cvae_ray.data.model_inputs import prepare
     from cvae_ray.data.simulate import simulate_cohort
@@ -216,7 +222,7 @@ def test_a_dp_train_run_resumes_with_its_accountant(local_ray, tmp_path):
     spec = DataSpec(conditions=("tissue", "source"))
     privacy = PrivacyConfig(epsilon=4.0, delta=1e-4)
     prepared, statistics = release_statistics(
-        prepare(read_dataset(path, list(spec.conditions)), spec, private=True), privacy, seed=0)
+        prepare(read_dataset(path, list(spec.conditions)), spec, private=True), privacy)
     train = TrainConfig(epochs=3, eval_every=1, kl_warmup_epochs=1, batch_size=48)
     result = fit_one(payload_from_prepared(prepared, spec, statistics),
                      ModelConfig(hidden=(16,), latent_dim=4, norm="layer"), train,

@@ -15,7 +15,7 @@ from cvae_ray.data.dataset import Dataset, read_dataset
 from cvae_ray.data.model_inputs import prepare
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle
-from cvae_ray.model.fitting import fit_bundle
+from cvae_ray.model.fitting import fit_bundle, release_statistics
 from cvae_ray.model.private_means import release_means
 
 pytest.importorskip("opacus")
@@ -63,10 +63,7 @@ def test_dp_fit_records_the_spent_budget(dp_bundle, tmp_path):
 
 
 def test_dp_bundle_reads_no_training_statistic_outside_the_mechanism(dataset, dp_bundle):
-    # One training sample changed so much (x 2^40: +40 log2 units per gene) that only
-    # the clipping keeps the released statistics within their stated sensitivity.
-    other, _ = fit_bundle(_without_one_training_row(dataset, 2.0 ** 40), SPEC, DP_MODEL,
-                          TINY_TRAIN, privacy=PRIVACY)
+    other, _ = fit_bundle(dataset, SPEC, DP_MODEL, TINY_TRAIN, privacy=PRIVACY)
     for bundle in (dp_bundle, other):
         assert (bundle.model.latent_prior, bundle.model.noise_gap, bundle.model.spread) == (
             None, None, None)
@@ -74,32 +71,39 @@ def test_dp_bundle_reads_no_training_statistic_outside_the_mechanism(dataset, dp
         assert bundle.sample_defaults.noise_calibration == 0
         assert bundle.preprocessor.n_constant == 0
         np.testing.assert_array_equal(bundle.preprocessor.std, 1.0)
+        # The training loss is a noise-free statistic of the training split: not recorded.
+        assert all(np.isnan(e["train_loss"]) for e in bundle.metadata["training"]["history"])
     assert dp_bundle.sample_defaults == DP_SAMPLING
     assert "differential privacy" in dp_bundle.metadata["training"]["sampling_choice"]["skipped"]
-    # Same seed, same noise: what differs is one sample's clipped contribution. Replacing
-    # one sample moves a clipped sum by at most twice the clipping norm (add/remove: once).
-    stats = dp_bundle.metadata["training"]["privacy"]["statistics"]
-    level_norm, effect_norm = stats["level_clip_norm"], stats["effect_clip_norm"]
-    n_train = dp_bundle.metadata["training"]["n_train"]
-    level_shift = np.linalg.norm(dp_bundle.preprocessor.mean - other.preprocessor.mean)
-    assert 0 < n_train * level_shift <= 2 * level_norm + 1e-6
+    # The same data and seed: the release's noise is not reproducible from the recorded seed.
+    assert np.abs(dp_bundle.preprocessor.mean - other.preprocessor.mean).max() > 1e-3
+
+
+def test_released_statistics_move_with_one_sample_only_as_the_mechanism_allows(dataset):
+    # One training sample changed so much (x 2^40: +40 log2 units per gene) that only
+    # the clipping keeps the released statistics within their stated sensitivity. Same
+    # noise on both sides (injected), so what differs is that sample's contribution.
+    def release(data):
+        return release_statistics(prepare(data, SPEC, private=True), PRIVACY,
+                                  rng=np.random.default_rng(7))[1]
+
+    ours = release(dataset)
+    theirs = release(_without_one_training_row(dataset, 2.0 ** 40))
+    codes = prepare(dataset, SPEC, private=True).part("train")[1]
+    n_train = len(codes)
+    # Replacing one sample moves a clipped sum by at most twice the clipping norm.
+    level_shift = np.linalg.norm(ours.levels - theirs.levels)
+    assert 0 < n_train * level_shift <= 2 * ours.level_norm + 1e-6
     # An effect is a clipped mean of residuals: each unchanged sample's clipped residual
     # moves by at most what it is measured from moved (clipping to a ball is 1-Lipschitz).
-    codes = prepare(dataset, SPEC, private=True).part("train")[1]
-    sizes = dp_bundle.model.condition_sizes
-    delta_rows = np.full(len(codes), level_shift)
-    start = 0
-    for j, size in enumerate(sizes):
-        table = slice(start, start + size)
-        shift = (dp_bundle.model.condition_offset[table]
-                 - other.model.condition_offset[table]).numpy()
-        moved = np.linalg.norm(shift, axis=1)
-        for value in range(size):
+    delta_rows = np.full(n_train, level_shift)
+    for j, (mine, other) in enumerate(zip(ours.effects, theirs.effects)):
+        moved = np.linalg.norm(mine - other, axis=1)
+        for value in range(len(mine)):
             rows = codes[:, j] == value
-            bound = delta_rows[rows].sum() + 2 * effect_norm
+            bound = delta_rows[rows].sum() + 2 * ours.effect_norm
             assert rows.sum() * moved[value] <= bound * (1 + 1e-5) + 1e-4
         delta_rows = delta_rows + moved[codes[:, j]]
-        start += size
     # The non-private fit reads the training data without a mechanism.
     plain, _ = fit_bundle(dataset, SPEC, TINY_MODEL, TINY_TRAIN)
     plain_other, _ = fit_bundle(_without_one_training_row(dataset), SPEC, TINY_MODEL, TINY_TRAIN)
