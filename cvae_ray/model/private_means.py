@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cvae_ray.errors import InvalidConfigError
+
 #: Tolerance of the noise-multiplier searches, in epsilon.
 EPSILON_TOLERANCE = 0.01
 
@@ -136,7 +138,9 @@ def _search_sigma(epsilon_of, target: float) -> float:
     while epsilon_of(high) > target:
         low, high = high, 2.0 * high
         if high > 1e6:
-            raise ValueError(f"a privacy budget of {target:g} is too small to spend")
+            raise InvalidConfigError(
+                f"a privacy budget of epsilon={target:g} is too small for these releases or "
+                "steps (the noise multiplier would exceed 1e6); raise --dp-epsilon.")
     while high - low > 1e-3 * high:
         mid = 0.5 * (low + high)
         if epsilon_of(mid) > target:
