@@ -197,7 +197,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batch_size = max(2, train_config.batch_size // world)
     # The same seeded genes as a single-process fit of this data (and every trial).
     genes = gamma_genes(xt.shape[1], train_config)
-    copy_check = copy_check_reference(xt, data["x_val"]) if rank == 0 else None
+    # DP mode has no DCR ratio (it would compare samples with training rows).
+    copy_check = (copy_check_reference(xt, data["x_val"]) if rank == 0 and privacy is None
+                  else None)
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
         tick = time.perf_counter()
