@@ -113,10 +113,11 @@ class CVAE(nn.Module):
         """The fitted latent prior, noise gap, spread correction and condition offset (empty
         when none is set)."""
         state = self.latent_prior.to_state() if self.latent_prior is not None else {}
+        # On CPU, so a bundle saved from a GPU run loads anywhere.
         if self.noise_gap is not None:
-            state["noise_gap"] = self.noise_gap
+            state["noise_gap"] = self.noise_gap.detach().cpu()
         if self.condition_offset is not None:
-            state["condition_offset"] = self.condition_offset
+            state["condition_offset"] = self.condition_offset.detach().cpu()
         if self.spread is not None:
             state.update(self.spread.to_state())
         return state
