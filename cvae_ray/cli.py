@@ -36,7 +36,8 @@ _SAMPLE = SampleConfig()
 #: The DP options beyond --dp-epsilon: flag -> (PrivacyConfig field, default).
 _PRIVACY_OPTIONS = {
     f"--dp-{name.replace('_', '-')}": (name, PrivacyConfig.__dataclass_fields__[name].default)
-    for name in ("delta", "max_grad_norm", "statistics_share", "level_clip", "effect_clip")}
+    for name in ("delta", "max_grad_norm", "statistics_share", "mean_clip", "level_clip",
+                 "effect_clip")}
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,8 +98,11 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
             ("--dp-max-grad-norm", "C", "per-sample gradient clipping norm of DP-SGD"),
             ("--dp-statistics-share", "S", "share of epsilon spent on releasing the gene "
              "levels and condition effects (Gaussian mechanism); the rest goes to DP-SGD"),
-            ("--dp-level-clip", "L", "clipping norm per gene of a sample's log-expression "
-             "for the level release; a public bound, not fitted"),
+            ("--dp-mean-clip", "M", "bound on a sample's mean log-expression over genes for "
+             "the level release; a public bound, not fitted"),
+            ("--dp-level-clip", "L", "clipping norm per gene (RMS) of a sample's "
+             "log-expression minus its own mean, for the level release; a public bound, "
+             "not fitted"),
             ("--dp-effect-clip", "L", "clipping norm per gene of a sample's residual for "
              "the condition-effect releases; a public bound, not fitted")):
         parser.add_argument(flag, type=float, default=_PRIVACY_OPTIONS[flag][1],
@@ -316,11 +320,10 @@ def run_fit(args: argparse.Namespace) -> int:
               f"{dp['accountant']} accountant; covers {dp['covers']}")
         stats = dp.get("statistics")
         if stats is not None:
+            multipliers = ", ".join(f"{sigma:.3g}" for sigma in stats["noise_multipliers"])
             print(f"gene levels and condition effects: Gaussian mechanism, {stats['releases']} "
-                  f"releases at noise multiplier {stats['noise_multiplier']:.4f} "
-                  f"({stats['epsilon_share']:g} of the budget), clipping norms "
-                  f"{stats['level_clip_norm']:.4g} (levels) and {stats['effect_clip_norm']:.4g} "
-                  "(effects)")
+                  f"releases ({stats['epsilon_share']:g} of the budget), noise multipliers "
+                  f"{multipliers}")
     print(f"bundle {bundle.bundle_id} written to {location}")
     return 0
 

@@ -97,7 +97,7 @@ def test_dp_fit_prints_and_records_the_budget(demo_path, tmp_path):
     assert out.returncode == 0, out.stderr
     record = ModelBundle.load(tmp_path / "b").metadata["training"]["privacy"]
     assert record["statistics"]["epsilon_share"] == 0.9
-    assert record["statistics"]["effect_clip_norm"] == pytest.approx(2 * 40 ** 0.5, rel=1e-5)
+    assert record["statistics"]["clip_norms"][2:] == pytest.approx([2 * 40 ** 0.5] * 2, rel=1e-5)
     assert "norm 'batch' replaced by 'layer'" in out.stdout
     assert f"epsilon spent {record['epsilon_spent']:.3f} (target 4)" in out.stdout
     assert "gene levels and condition effects: Gaussian mechanism" in out.stdout

@@ -608,7 +608,7 @@ def search_privacy(grid, privacy: PrivacyConfig, statistics: PrivateMeans,
     steps = []
     for result in grid:
         steps.extend(tuple(step) for step in (result.metrics or {}).get(DP_STEPS_KEY) or [])
-    spent = composed_epsilon([(statistics.sigma, 1.0, statistics.n_releases), *steps],
+    spent = composed_epsilon([*statistics.history, *steps],
                              privacy.delta, privacy.accountant)
     trials = sum(1 for result in grid if (result.metrics or {}).get(DP_STEPS_KEY))
     return {**trial_record, "epsilon_spent": round(spent, 4),

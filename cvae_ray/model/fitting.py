@@ -29,8 +29,8 @@ from cvae_ray.model.private import require_dp_model
 from cvae_ray.model.private_means import (
     PrivateMeans,
     release_means,
-    releases,
-    statistics_sigma,
+    release_plan,
+    statistics_scale,
 )
 from cvae_ray.model.sampling_choice import choose_after_training
 
@@ -150,12 +150,13 @@ def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *,
     """
     x_train, c_train = prepared.part("train")
     sizes = [len(v) for v in prepared.vocab.values()]
-    sigma = statistics_sigma(privacy.epsilon * privacy.statistics_share, privacy.delta,
-                             releases(len(sizes)), privacy.accountant)
-    statistics = release_means(
-        x_train.astype(np.float64), c_train, sizes, sigma=sigma, level_clip=privacy.level_clip,
-        effect_clip=privacy.effect_clip,
-        rng=rng if rng is not None else np.random.default_rng())
+    clips = {"mean_clip": privacy.mean_clip, "level_clip": privacy.level_clip,
+             "effect_clip": privacy.effect_clip}
+    weights, _ = release_plan(c_train, sizes, x_train.shape[1], **clips)
+    scale = statistics_scale(privacy.epsilon * privacy.statistics_share, privacy.delta,
+                             weights, privacy.accountant)
+    statistics = release_means(x_train.astype(np.float64), c_train, sizes, scale=scale, **clips,
+                               rng=rng if rng is not None else np.random.default_rng())
     preprocessor = dataclasses.replace(prepared.preprocessor, mean=statistics.levels)
     centred = (prepared.x - statistics.levels).astype(np.float32)
     return dataclasses.replace(prepared, x=centred, preprocessor=preprocessor), statistics

@@ -157,8 +157,7 @@ class PrivateTraining:
                     poisson_sampling=True, noise_generator=noise)
             else:
                 sample_rate = 1.0 / len(loader)
-                sigma = sgd_sigma(privacy.epsilon, privacy.delta,
-                                  (statistics.sigma, statistics.n_releases), sample_rate,
+                sigma = sgd_sigma(privacy.epsilon, privacy.delta, statistics.history, sample_rate,
                                   runs * train_config.epochs * len(loader), privacy.accountant)
                 self.module, self.optimizer, self.loader = self.engine.make_private(
                     module=model, optimizer=optimizer, data_loader=loader,
@@ -167,7 +166,7 @@ class PrivateTraining:
                 # The releases come first in the composition the accountant reports, then
                 # the steps taken before a restart.
                 self.engine.accountant.history[:0] = [
-                    (statistics.sigma, 1.0, statistics.n_releases),
+                    *statistics.history,
                     *[tuple(step) for step in history or []]]
         self.noise_multiplier = float(self.optimizer.noise_multiplier)
         self.sample_rate = 1.0 / len(self.loader)
@@ -196,8 +195,8 @@ class PrivateTraining:
         """This run's DP-SGD steps as the accountant holds them (without the releases):
         ``[(noise multiplier, sample rate, steps)]``."""
         history = list(self.engine.accountant.history)
-        return [tuple(step) for step in (history[1:] if self.statistics is not None
-                                         else history)]
+        released = self.statistics.n_releases if self.statistics is not None else 0
+        return [tuple(step) for step in history[released:]]
 
     def spent(self) -> float:
         """Epsilon spent so far at the configured delta (from the accountant)."""
@@ -223,7 +222,9 @@ class PrivateTraining:
             return None
         return {"mechanism": "Gaussian mechanism on sums of clipped vectors, divided by the "
                              "exact counts (cvae_ray.model.private_means)",
-                "releases": stats.n_releases, "noise_multiplier": round(stats.sigma, 6),
-                "epsilon_share": self.privacy.statistics_share,
-                "level_clip_norm": round(stats.level_norm, 6),
-                "effect_clip_norm": round(stats.effect_norm, 6)}
+                "releases": stats.n_releases,
+                "noise_multipliers": [round(sigma, 6) for sigma in stats.sigmas],
+                "clip_norms": [round(norm, 6) for norm in stats.clip_norms],
+                "order": "sample means, centred levels, then the effects of each condition "
+                         "column in the bundle's order",
+                "epsilon_share": self.privacy.statistics_share}

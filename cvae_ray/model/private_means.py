@@ -8,15 +8,30 @@ on a sum of clipped vectors (Dwork and Roth 2014, "The Algorithmic Foundations o
 Differential Privacy", Theorem A.1; the sum of per-sample vectors clipped to L2 norm C has
 sensitivity C under adding or removing one sample).
 
-Released, in this order (each its own Gaussian mechanism, all with one noise multiplier
-``sigma``, composed with the DP-SGD steps in one Opacus accountant):
+Released, in this order (each its own Gaussian mechanism, composed with the DP-SGD steps in
+one Opacus accountant):
 
-1. the **gene levels**: the mean of the training samples' log-expression vectors, each
-   clipped to L2 norm ``level_clip * sqrt(n_genes)``;
+1. the **gene levels**, in two parts: the mean of the samples' own means over genes, each
+   clipped to ``[-mean_clip, mean_clip]``, and the mean of the samples' vectors minus their
+   own mean, each clipped to L2 norm ``level_clip * sqrt(n_genes)``. A log-expression
+   vector is mostly its own level (about 9 log2 units on RNAseqDB) and spreads far less
+   around it (RMS about 2 to 4), so the centred vectors need a clip, and noise, about a
+   third of what the raw vectors would;
 2. for each condition column in turn, one **effect per value**: the mean over that value's
    samples of what is left (the sample minus the levels and the effects released before it),
    clipped to L2 norm ``effect_clip * sqrt(n_genes)``. A sample has one value per column, so
    the sums of all values of a column change by at most the clipping norm together.
+
+**Noise allocation.** Release ``j`` (clipping norm ``C_j``) adds noise of sd
+``sigma_j * C_j / n_v`` per gene to the mean of a value with ``n_v`` samples, and a training
+sample's synthetic counterpart is built from one mean of each release. The multipliers
+minimise the noise variance of that sum, averaged over the training samples, for the
+budget: with Gaussian mechanisms composing as in zero-concentrated DP (Bun and Steinke
+2016: rho = sum_j 1 / (2 sigma_j^2)), minimising ``sum_j sigma_j^2 C_j^2 / m_j^2`` at fixed
+rho gives ``sigma_j = scale * sqrt(m_j / C_j)``, with ``m_j = 1 / sqrt(mean_i 1 / n_v(i)^2)``
+(``n`` for the levels). ``scale`` is the smallest that keeps the releases, composed by the
+Opacus accountant, within their share of the budget. Equal multipliers spent the most on the
+releases that needed it least (the levels and a column of large groups).
 
 Sums are divided by the exact counts: the training condition counts are recorded in every
 bundle and are not covered by the guarantee (docs/privacy.md). The effects are additive in
@@ -49,30 +64,29 @@ class PrivateMeans:
         effects: One ``(size_j, n_genes)`` array per condition column: each value's noisy
             mean residual (0 for a value without training samples), in the units of the
             levels.
-        sigma: Noise multiplier of every release (noise sd = ``sigma`` x clipping norm).
-        level_norm: L2 clipping norm of the level release.
-        effect_norm: L2 clipping norm of the effect releases.
+        sigmas: Noise multiplier of each release, in release order (sample means, centred
+            levels, then one per condition column).
+        clip_norms: Clipping norm of each release, same order.
     """
 
     levels: np.ndarray
     effects: list[np.ndarray]
-    sigma: float
-    level_norm: float
-    effect_norm: float
+    sigmas: tuple[float, ...]
+    clip_norms: tuple[float, ...]
 
     @property
     def n_releases(self) -> int:
-        """Number of Gaussian mechanisms run (levels, then one per condition column)."""
-        return releases(len(self.effects))
+        """Number of Gaussian mechanisms run."""
+        return len(self.sigmas)
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """The releases as Opacus accountant history entries ``(sigma, 1.0, 1)``."""
+        return [(sigma, 1.0, 1) for sigma in self.sigmas]
 
     def offset_table(self) -> np.ndarray:
         """``(sum(sizes), n_genes)`` float32: the effects stacked in one-hot column order."""
         return np.concatenate(self.effects, axis=0).astype(np.float32)
-
-
-def releases(n_conditions: int) -> int:
-    """Number of Gaussian mechanisms :func:`release_means` runs for this many columns."""
-    return 1 + n_conditions
 
 
 def clip_rows(x: np.ndarray, norm: float) -> np.ndarray:
@@ -81,8 +95,37 @@ def clip_rows(x: np.ndarray, norm: float) -> np.ndarray:
     return x * np.minimum(1.0, norm / np.maximum(lengths, 1e-300))
 
 
+def release_plan(codes: np.ndarray, condition_sizes: Sequence[int], n_genes: int, *,
+                 mean_clip: float, level_clip: float, effect_clip: float
+                 ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Noise weights and clipping norms of the releases, from public quantities only.
+
+    Args:
+        codes: ``(n_train, n_conditions)`` integer condition codes (only their counts are
+            used, which the bundle records anyway).
+        condition_sizes: Number of values of each condition column.
+        n_genes: Number of genes.
+        mean_clip: Bound on the absolute value of a sample's mean over genes.
+        level_clip: Clipping norm of a sample's centred vector, per gene (RMS over genes).
+        effect_clip: Clipping norm of a sample's residual, per gene.
+
+    Returns:
+        ``(weights, clip_norms)``, one entry per release: release ``j``'s noise multiplier
+        is ``scale * weights[j]`` (module docstring: ``weights[j] = sqrt(m_j / C_j)``).
+    """
+    n = max(len(codes), 1)
+    clip_norms = [mean_clip, level_clip * math.sqrt(n_genes)]
+    counts = [float(n), float(n)]
+    for j, size in enumerate(condition_sizes):
+        group = np.bincount(codes[:, j], minlength=size)[codes[:, j]]
+        counts.append(float(1.0 / np.sqrt(np.mean(1.0 / group ** 2.0))) if len(codes) else 1.0)
+        clip_norms.append(effect_clip * math.sqrt(n_genes))
+    weights = np.sqrt(np.array(counts) / np.array(clip_norms))
+    return weights, tuple(float(c) for c in clip_norms)
+
+
 def release_means(x: np.ndarray, codes: np.ndarray, condition_sizes: Sequence[int], *,
-                  sigma: float, level_clip: float, effect_clip: float,
+                  scale: float, mean_clip: float, level_clip: float, effect_clip: float,
                   rng: np.random.Generator) -> PrivateMeans:
     """Release gene levels and per-value condition effects by the Gaussian mechanism.
 
@@ -90,9 +133,12 @@ def release_means(x: np.ndarray, codes: np.ndarray, condition_sizes: Sequence[in
         x: ``(n_train, n_genes)`` training samples in the model's space before centring.
         codes: ``(n_train, n_conditions)`` integer condition codes.
         condition_sizes: Number of values of each condition column.
-        sigma: Noise multiplier (> 0); see :func:`statistics_sigma`.
-        level_clip: Clipping norm of a sample's vector, per gene (root mean square over
-            genes), in the units of ``x``.
+        scale: Noise scale (> 0): release ``j``'s noise multiplier is ``scale`` times its
+            weight from :func:`release_plan`; see :func:`statistics_scale`.
+        mean_clip: Bound on the absolute value of a sample's mean over genes, in the units
+            of ``x``.
+        level_clip: Clipping norm of a sample's vector minus its own mean, per gene (root
+            mean square over genes), in the units of ``x``.
         effect_clip: Clipping norm of a sample's residual, per gene.
         rng: Source of the noise.
 
@@ -100,23 +146,27 @@ def release_means(x: np.ndarray, codes: np.ndarray, condition_sizes: Sequence[in
         The released levels and effects.
     """
     n, n_genes = x.shape
-    level_norm = level_clip * math.sqrt(n_genes)
-    effect_norm = effect_clip * math.sqrt(n_genes)
-    levels = (clip_rows(x, level_norm).sum(axis=0)
-              + rng.normal(0.0, sigma * level_norm, n_genes)) / max(n, 1)
+    weights, norms = release_plan(codes, condition_sizes, n_genes, mean_clip=mean_clip,
+                                  level_clip=level_clip, effect_clip=effect_clip)
+    sigmas = tuple(float(scale * w) for w in weights)
+    own_mean = x.mean(axis=1)
+    mean = (np.clip(own_mean, -norms[0], norms[0]).sum()
+            + rng.normal(0.0, sigmas[0] * norms[0])) / max(n, 1)
+    centred = (clip_rows(x - own_mean[:, None], norms[1]).sum(axis=0)
+               + rng.normal(0.0, sigmas[1] * norms[1], n_genes)) / max(n, 1)
+    levels = centred + mean
     residual = x - levels
     effects = []
     for j, size in enumerate(condition_sizes):
-        clipped = clip_rows(residual, effect_norm)
+        norm, sigma = norms[2 + j], sigmas[2 + j]
         sums = np.zeros((size, n_genes))
-        np.add.at(sums, codes[:, j], clipped)
+        np.add.at(sums, codes[:, j], clip_rows(residual, norm))
         counts = np.bincount(codes[:, j], minlength=size)
-        noisy = sums + rng.normal(0.0, sigma * effect_norm, sums.shape)
+        noisy = sums + rng.normal(0.0, sigma * norm, sums.shape)
         effect = np.where(counts[:, None] > 0, noisy / np.maximum(counts, 1)[:, None], 0.0)
         effects.append(effect)
         residual = residual - effect[codes[:, j]]
-    return PrivateMeans(levels=levels, effects=effects, sigma=float(sigma),
-                        level_norm=level_norm, effect_norm=effect_norm)
+    return PrivateMeans(levels=levels, effects=effects, sigmas=sigmas, clip_norms=norms)
 
 
 def composed_epsilon(history: list[tuple[float, float, int]], delta: float,
@@ -152,30 +202,33 @@ def _search_sigma(epsilon_of, target: float) -> float:
     return high
 
 
-def statistics_sigma(epsilon: float, delta: float, n_releases: int, accountant: str) -> float:
-    """Noise multiplier at which ``n_releases`` Gaussian mechanisms spend ``epsilon``.
+def statistics_scale(epsilon: float, delta: float, weights: Sequence[float],
+                     accountant: str) -> float:
+    """The scale at which releases of noise multipliers ``scale * weights`` spend ``epsilon``.
 
     Args:
         epsilon: Budget of the releases alone (a share of the run's target).
         delta: Target delta.
-        n_releases: Number of releases (:attr:`PrivateMeans.n_releases`).
+        weights: Noise weight of each release (:func:`release_plan`).
         accountant: Opacus accountant name (``prv`` or ``rdp``).
 
     Returns:
-        The noise multiplier.
+        The smallest such scale (within :data:`EPSILON_TOLERANCE`).
     """
     return _search_sigma(
-        lambda s: composed_epsilon([(s, 1.0, n_releases)], delta, accountant), epsilon)
+        lambda t: composed_epsilon([(t * w, 1.0, 1) for w in weights], delta, accountant),
+        epsilon)
 
 
-def sgd_sigma(epsilon: float, delta: float, statistics: tuple[float, int], sample_rate: float,
-              steps: int, accountant: str) -> float:
+def sgd_sigma(epsilon: float, delta: float, statistics: list[tuple[float, float, int]],
+              sample_rate: float, steps: int, accountant: str) -> float:
     """Noise multiplier of DP-SGD so that the releases and ``steps`` steps spend ``epsilon``.
 
     Args:
         epsilon: Target of the whole run.
         delta: Target delta.
-        statistics: ``(sigma, n_releases)`` of the releases already made.
+        statistics: The releases already made, as accountant history entries
+            (:attr:`PrivateMeans.history`).
         sample_rate: Poisson sampling rate of a DP-SGD step.
         steps: Number of DP-SGD steps planned.
         accountant: Opacus accountant name.
@@ -183,7 +236,6 @@ def sgd_sigma(epsilon: float, delta: float, statistics: tuple[float, int], sampl
     Returns:
         The noise multiplier of the DP-SGD steps.
     """
-    sigma, n_releases = statistics
     return _search_sigma(
-        lambda s: composed_epsilon([(sigma, 1.0, n_releases), (s, sample_rate, steps)], delta,
-                           accountant), epsilon)
+        lambda s: composed_epsilon([*statistics, (s, sample_rate, steps)], delta, accountant),
+        epsilon)

@@ -16,7 +16,7 @@ from cvae_ray.data.model_inputs import prepare
 from cvae_ray.errors import InvalidConfigError
 from cvae_ray.model.bundle import ModelBundle
 from cvae_ray.model.fitting import fit_bundle, release_statistics
-from cvae_ray.model.private_means import release_means
+from cvae_ray.model.private_means import release_means, release_plan, statistics_scale
 
 pytest.importorskip("opacus")
 
@@ -91,9 +91,12 @@ def test_released_statistics_move_with_one_sample_only_as_the_mechanism_allows(d
     theirs = release(_without_one_training_row(dataset, 2.0 ** 40))
     codes = prepare(dataset, SPEC, private=True).part("train")[1]
     n_train = len(codes)
-    # Replacing one sample moves a clipped sum by at most twice the clipping norm.
+    # Replacing one sample moves a clipped sum by at most twice the clipping norm: the
+    # sample means' sum by 2 x mean_clip (on every gene), the centred vectors' by 2 x theirs.
+    mean_clip, level_norm, effect_norm = ours.clip_norms[:3]
     level_shift = np.linalg.norm(ours.levels - theirs.levels)
-    assert 0 < n_train * level_shift <= 2 * ours.level_norm + 1e-6
+    n_genes = len(ours.levels)
+    assert 0 < n_train * level_shift <= 2 * (mean_clip * np.sqrt(n_genes) + level_norm) + 1e-6
     # An effect is a clipped mean of residuals: each unchanged sample's clipped residual
     # moves by at most what it is measured from moved (clipping to a ball is 1-Lipschitz).
     delta_rows = np.full(n_train, level_shift)
@@ -101,7 +104,7 @@ def test_released_statistics_move_with_one_sample_only_as_the_mechanism_allows(d
         moved = np.linalg.norm(mine - other, axis=1)
         for value in range(len(mine)):
             rows = codes[:, j] == value
-            bound = delta_rows[rows].sum() + 2 * ours.effect_norm
+            bound = delta_rows[rows].sum() + 2 * effect_norm
             assert rows.sum() * moved[value] <= bound * (1 + 1e-5) + 1e-4
         delta_rows = delta_rows + moved[codes[:, j]]
     # The non-private fit reads the training data without a mechanism.
@@ -116,30 +119,39 @@ def test_released_means_are_the_clipped_means_plus_noise():
     codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
     codes[:, 0][codes[:, 0] == 2] = 1  # value 2 of the first column has no sample
     x[codes[:, 0] == 1] += 2.0
-    exact = release_means(x, codes, (3, 2), sigma=1e-12, level_clip=1e6, effect_clip=1e6,
-                          rng=np.random.default_rng(1))
+    exact = release_means(x, codes, (3, 2), scale=1e-12, mean_clip=1e6, level_clip=1e6,
+                          effect_clip=1e6, rng=np.random.default_rng(1))
     np.testing.assert_allclose(exact.levels, x.mean(axis=0), atol=1e-6)
     for value in (0, 1):
         rows = codes[:, 0] == value
         np.testing.assert_allclose(exact.effects[0][value], (x[rows] - x.mean(0)).mean(0),
                                    atol=1e-6)
     np.testing.assert_array_equal(exact.effects[0][2], 0.0)
-    assert exact.offset_table().shape == (5, 8) and exact.n_releases == 3
-    # Tight clipping: no sample counts for more than the norm, whatever its size.
+    assert exact.offset_table().shape == (5, 8) and exact.n_releases == 4
+    # Tight clipping: no sample counts for more than the norms, whatever its size.
     x[0] *= 1e6
-    clipped = release_means(x, codes, (3, 2), sigma=1e-12, level_clip=1.0, effect_clip=0.5,
-                            rng=np.random.default_rng(1))
-    assert np.linalg.norm(clipped.levels) <= np.sqrt(8) * 1.0 + 1e-9
-    noisy = release_means(x, codes, (3, 2), sigma=2.0, level_clip=1.0, effect_clip=0.5,
-                          rng=np.random.default_rng(1))
+    clips = {"mean_clip": 6.0, "level_clip": 1.0, "effect_clip": 0.5}
+    clipped = release_means(x, codes, (3, 2), scale=1e-12, **clips, rng=np.random.default_rng(1))
+    centred = clipped.levels - clipped.levels.mean()
+    assert np.linalg.norm(centred) <= np.sqrt(8) * 1.0 + 1e-9
+    assert np.abs(clipped.levels.mean()) <= 6.0 + 1e-9
+    noisy = release_means(x, codes, (3, 2), scale=0.5, **clips, rng=np.random.default_rng(1))
     assert np.abs(noisy.levels - clipped.levels).max() > 0.01
+    # Noise multipliers sqrt(m / C): m = n for the levels, for a column the count that
+    # gives its samples' mean 1 / n_value^2 (module docstring).
+    weights, norms = release_plan(codes, (3, 2), 8, **clips)
+    np.testing.assert_allclose(norms, [6.0, np.sqrt(8), *[0.5 * np.sqrt(8)] * 2])
+    counts = [1 / np.sqrt(np.mean(1 / np.bincount(codes[:, j])[codes[:, j]] ** 2.0))
+              for j in (0, 1)]
+    np.testing.assert_allclose(weights ** 2 * np.array(norms), [60, 60, *counts])
+    np.testing.assert_allclose(noisy.sigmas, 0.5 * weights)
 
 
 def test_the_releases_are_in_the_accountant(dp_bundle):
     from opacus.accountants.utils import get_noise_multiplier
 
     record = dp_bundle.metadata["training"]["privacy"]
-    assert record["statistics"]["releases"] == 3
+    assert record["statistics"]["releases"] == 4
     assert record["statistics"]["epsilon_share"] == PRIVACY.statistics_share
     alone = get_noise_multiplier(
         target_epsilon=PRIVACY.epsilon, target_delta=PRIVACY.delta,
@@ -171,8 +183,58 @@ def test_training_statistics_are_refused(dataset, spec, sample, match):
     ({"epsilon": 1, "max_grad_norm": 0}, "dp_max_grad_norm=0"),
     ({"epsilon": 1, "statistics_share": 1.0}, "dp_statistics_share=1.0"),
     ({"epsilon": 1, "level_clip": 0}, "dp_level_clip=0"),
+    ({"epsilon": 1, "mean_clip": -1}, "dp_mean_clip=-1"),
     ({"epsilon": 1, "effect_clip": float("inf")}, "dp_effect_clip=inf"),
 ])
 def test_bad_privacy_values_are_named(kwargs, match):
     with pytest.raises(InvalidConfigError, match=match):
         PrivacyConfig(**kwargs)
+
+
+def test_noise_allocation_beats_equal_multipliers_at_the_same_budget():
+    # One column of groups of 5 to 200 samples, another of two large groups, 100 genes.
+    rng = np.random.default_rng(0)
+    codes = np.stack([np.repeat(np.arange(6), [5, 10, 20, 40, 125, 200]),
+                      rng.integers(0, 2, 400)], axis=1)
+    clips = {"mean_clip": 20.0, "level_clip": 4.0, "effect_clip": 0.4}
+    weights, norms = release_plan(codes, (6, 2), 100, **clips)
+    counts = weights ** 2 * np.array(norms)
+
+    def noise_variance(sigmas):  # per gene, averaged over the training samples
+        return float(np.sum(np.square(np.asarray(sigmas) * np.array(norms) / counts)))
+
+    ours = statistics_scale(4.0, 1e-5, weights, "rdp") * weights
+    equal = statistics_scale(4.0, 1e-5, np.ones(4), "rdp") * np.ones(4)
+    assert noise_variance(ours) < 0.85 * noise_variance(equal)
+
+
+def test_steps_taken_are_the_sgd_steps_and_a_restart_keeps_them(dataset):
+    from cvae_ray.model.private import PrivateCVAE, PrivateTraining
+    from cvae_ray.model.private_means import composed_epsilon
+
+    prepared, statistics = release_statistics(prepare(dataset, SPEC, private=True), PRIVACY)
+    x, codes = (torch.from_numpy(a) for a in prepared.part("train"))
+    sizes = [len(v) for v in prepared.vocab.values()]
+    train = dataclasses.replace(TINY_TRAIN, epochs=2)
+
+    def run(history=None):
+        model = PrivateCVAE(x.shape[1], sizes, DP_MODEL)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        dp = PrivateTraining(model, optimizer, x, codes, train, PRIVACY, statistics,
+                             history=history)
+        dp.epoch(1.0)
+        return dp
+
+    first = run()
+    steps = first.steps_taken()
+    # Only DP-SGD steps: none of the releases (sample rate 1), all of this epoch's steps.
+    assert steps and all(rate < 1.0 for _, rate, _ in steps)
+    assert sum(n for *_, n in steps) == len(first.loader)
+    assert first.spent() == pytest.approx(
+        composed_epsilon([*statistics.history, *steps], PRIVACY.delta, "prv"), rel=1e-6)
+    # A restart puts the steps back: its accountant holds both epochs, and its own
+    # steps_taken() gives both without the releases.
+    second = run(history=steps)
+    both = second.steps_taken()
+    assert sum(n for *_, n in both) == 2 * len(first.loader)
+    assert first.spent() < second.spent() <= PRIVACY.epsilon
