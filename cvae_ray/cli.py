@@ -103,8 +103,8 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
             ("--dp-level-clip", "L", "clipping norm per gene (RMS) of a sample's "
              "log-expression minus its own mean, for the level release; a public bound, "
              "not fitted"),
-            ("--dp-effect-clip", "L", "clipping norm per gene of a sample's residual for "
-             "the condition-effect releases; a public bound, not fitted")):
+            ("--dp-effect-clip", "R", "clipping norm per gene (RMS) of a sample's residual "
+             "for the condition-effect releases; a public bound, not fitted")):
         parser.add_argument(flag, type=float, default=_PRIVACY_OPTIONS[flag][1],
                             metavar=metavar, help=f"{text} (with --dp-epsilon)")
 

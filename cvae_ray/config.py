@@ -450,9 +450,9 @@ class PrivacyConfig(FromDictMixin):
             release (log2(x + 1) units unless ``--no-log``). A public bound, not fitted:
             20 covers log2 counts of any gene.
         level_clip: Clipping norm of one sample's expression vector minus its own mean for
-            the level release, per gene (root mean square over genes; same units). A public
-            bound, not fitted: log2(x + 1) profiles spread 2 to 4 units (RMS) around their
-            own mean (RNAseqDB, 977 to 18,154 genes).
+            the level release, per gene (root mean square over genes; same units). Fixed,
+            not fitted: log2(x + 1) profiles spread 2 to 5 units (RMS) around their own
+            mean (RNAseqDB, 977 to 18,154 genes; a few samples are clipped at 4).
         effect_clip: Clipping norm of one sample's residual (minus levels and the effects
             released before) for the effect releases, per gene, same units.
     """

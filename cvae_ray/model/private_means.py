@@ -26,15 +26,18 @@ one Opacus accountant):
 ``sigma_j * C_j / n_v`` per gene to the mean of a value with ``n_v`` samples, and a training
 sample's synthetic counterpart is built from one mean of each release. The multipliers
 minimise the noise variance of that sum, averaged over the training samples, for the
-budget: with Gaussian mechanisms composing as in zero-concentrated DP (Bun and Steinke
+budget, treating the releases' noises as independent and additive (a model: an effect is
+measured from the released levels, so for unclipped residuals part of the level noise
+cancels in levels + effect; privacy does not depend on it): with Gaussian mechanisms composing as in zero-concentrated DP (Bun and Steinke
 2016: rho = sum_j 1 / (2 sigma_j^2)), minimising ``sum_j sigma_j^2 C_j^2 / m_j^2`` at fixed
 rho gives ``sigma_j = scale * sqrt(m_j / C_j)``, with ``m_j = 1 / sqrt(mean_i 1 / n_v(i)^2)``
 (``n`` for the levels). ``scale`` is the smallest that keeps the releases, composed by the
 Opacus accountant, within their share of the budget. Equal multipliers spent the most on the
 releases that needed it least (the levels and a column of large groups).
 
-Sums are divided by the exact counts: the training condition counts are recorded in every
-bundle and are not covered by the guarantee (docs/privacy.md). The effects are additive in
+Sums are divided by the exact counts, and the counts set the noise multipliers: the
+training condition counts are recorded in every bundle and are not covered by the
+guarantee (docs/privacy.md). The effects are additive in
 the model's output (:attr:`cvae_ray.model.cvae.CVAE.condition_offset`), so a combination
 never seen in training gets the sum of its values' effects.
 """
@@ -59,8 +62,9 @@ class PrivateMeans:
     """Released gene levels and condition effects.
 
     Attributes:
-        levels: ``(n_genes,)`` noisy mean of the clipped training vectors (model space
-            before centring, e.g. log2(x + 1)).
+        levels: ``(n_genes,)`` the released mean of the samples' own means plus the
+            released mean of their centred vectors (model space before centring, e.g.
+            log2(x + 1)).
         effects: One ``(size_j, n_genes)`` array per condition column: each value's noisy
             mean residual (0 for a value without training samples), in the units of the
             levels.
@@ -182,15 +186,16 @@ def composed_epsilon(history: list[tuple[float, float, int]], delta: float,
         return float(acc.get_epsilon(delta=delta))
 
 
-def _search_sigma(epsilon_of, target: float) -> float:
-    """Smallest noise multiplier (within the tolerance) whose epsilon is <= target."""
+def _search_sigma(epsilon_of, target: float, what: str = "noise multiplier") -> float:
+    """Smallest noise multiplier or scale (within the tolerance) whose epsilon is <= target."""
     low, high = 0.0, 1.0
     while epsilon_of(high) > target:
         low, high = high, 2.0 * high
         if high > 1e6:
             raise InvalidConfigError(
                 f"a privacy budget of epsilon={target:g} is too small for these releases or "
-                "steps (the noise multiplier would exceed 1e6); raise --dp-epsilon.")
+                f"steps (the {what} would exceed 1e6); raise --dp-epsilon, or give the "
+                "releases a larger --dp-statistics-share.")
     while high - low > 1e-3 * high:
         mid = 0.5 * (low + high)
         if epsilon_of(mid) > target:
@@ -217,7 +222,7 @@ def statistics_scale(epsilon: float, delta: float, weights: Sequence[float],
     """
     return _search_sigma(
         lambda t: composed_epsilon([(t * w, 1.0, 1) for w in weights], delta, accountant),
-        epsilon)
+        epsilon, what="noise scale of the releases")
 
 
 def sgd_sigma(epsilon: float, delta: float, statistics: list[tuple[float, float, int]],

@@ -513,3 +513,16 @@ def test_constant_genes_in_batched_requests(tmp_path):
     for part in parts:
         assert (part[:, positions] == 0).all()
         assert (bundle.to_scale(part, "input", gene_major=True)[positions] == 0).all()
+
+
+def test_parquet_file_and_partitioned_directory_read_the_same(tmp_path):
+    frame = pd.DataFrame({"sample_id": ["s1", "s2", "s3", "s4"], "tissue": ["a", "a", "b", "b"],
+                          "G1": [1.0, 2.0, 3.0, 4.0], "G2": [0.5, 0.0, 7.0, 1.5]})
+    frame.to_parquet(tmp_path / "one.parquet", index=False)
+    folder = tmp_path / "parts.parquet"
+    folder.mkdir()
+    frame.iloc[:2].to_parquet(folder / "part-0.parquet", index=False)
+    frame.iloc[2:].to_parquet(folder / "part-1.parquet", index=False)
+    one = read_table(tmp_path / "one.parquet")
+    pd.testing.assert_frame_equal(one, frame)
+    pd.testing.assert_frame_equal(read_table(folder), one)

@@ -25,11 +25,13 @@ SPEC = DataSpec(conditions=("tissue", "source"))
 PRIVACY = PrivacyConfig(epsilon=4.0, delta=1e-4)
 
 
-def _without_one_training_row(dataset: Dataset, factor: float = 3.0) -> Dataset:
-    """The same dataset with one training-split sample's values changed (x -> factor x + 7)."""
+def _without_one_training_row(dataset: Dataset, factor: float = 3.0,
+                              genes: slice = slice(None)) -> Dataset:
+    """The same dataset with one training-split sample's values of ``genes`` changed
+    (x -> factor x + 7)."""
     row = int(prepare(dataset, SPEC, private=True).split.train[0])
     expression = dataset.expression.copy()
-    expression.iloc[row] = expression.iloc[row] * factor + 7.0
+    expression.iloc[row, genes] = expression.iloc[row, genes] * factor + 7.0
     return dataclasses.replace(dataset, expression=expression)
 
 
@@ -80,23 +82,28 @@ def test_dp_bundle_reads_no_training_statistic_outside_the_mechanism(dataset, dp
 
 
 def test_released_statistics_move_with_one_sample_only_as_the_mechanism_allows(dataset):
-    # One training sample changed so much (x 2^40: +40 log2 units per gene) that only
-    # the clipping keeps the released statistics within their stated sensitivity. Same
-    # noise on both sides (injected), so what differs is that sample's contribution.
+    # One training sample changed so much (x 2^100, +100 log2 units, on half its genes:
+    # its own mean moves by ~50, its centred profile by ~50 per gene) that only the
+    # clipping keeps the released statistics within their stated sensitivity. Same noise
+    # on both sides (injected), so what differs is that sample's contribution.
     def release(data):
         return release_statistics(prepare(data, SPEC, private=True), PRIVACY,
                                   rng=np.random.default_rng(7))[1]
 
     ours = release(dataset)
-    theirs = release(_without_one_training_row(dataset, 2.0 ** 40))
+    n_genes = dataset.expression.shape[1]
+    theirs = release(_without_one_training_row(dataset, 2.0 ** 100, slice(0, n_genes // 2)))
     codes = prepare(dataset, SPEC, private=True).part("train")[1]
     n_train = len(codes)
     # Replacing one sample moves a clipped sum by at most twice the clipping norm: the
-    # sample means' sum by 2 x mean_clip (on every gene), the centred vectors' by 2 x theirs.
+    # sample means' sum by 2 x mean_clip (the levels' mean over genes: a clipped centred
+    # vector has mean 0), the centred vectors' sum by 2 x theirs (the rest).
     mean_clip, level_norm, effect_norm = ours.clip_norms[:3]
+    mean_shift = theirs.levels.mean() - ours.levels.mean()
+    assert 0 < n_train * abs(mean_shift) <= 2 * mean_clip + 1e-6
+    centred_shift = np.linalg.norm(theirs.levels - ours.levels - mean_shift)
+    assert 0 < n_train * centred_shift <= 2 * level_norm + 1e-6
     level_shift = np.linalg.norm(ours.levels - theirs.levels)
-    n_genes = len(ours.levels)
-    assert 0 < n_train * level_shift <= 2 * (mean_clip * np.sqrt(n_genes) + level_norm) + 1e-6
     # An effect is a clipped mean of residuals: each unchanged sample's clipped residual
     # moves by at most what it is measured from moved (clipping to a ball is 1-Lipschitz).
     delta_rows = np.full(n_train, level_shift)
@@ -198,7 +205,9 @@ def test_noise_allocation_beats_equal_multipliers_at_the_same_budget():
                       rng.integers(0, 2, 400)], axis=1)
     clips = {"mean_clip": 20.0, "level_clip": 4.0, "effect_clip": 0.4}
     weights, norms = release_plan(codes, (6, 2), 100, **clips)
-    counts = weights ** 2 * np.array(norms)
+    # The typical group size of each release, from the codes: n for the levels.
+    counts = [400, 400, *[1 / np.sqrt(np.mean(1 / np.bincount(codes[:, j])[codes[:, j]] ** 2.0))
+                          for j in (0, 1)]]
 
     def noise_variance(sigmas):  # per gene, averaged over the training samples
         return float(np.sum(np.square(np.asarray(sigmas) * np.array(norms) / counts)))
