@@ -195,7 +195,7 @@ class PrivateTraining:
         """This run's DP-SGD steps as the accountant holds them (without the releases):
         ``[(noise multiplier, sample rate, steps)]``."""
         history = list(self.engine.accountant.history)
-        released = self.statistics.n_releases if self.statistics is not None else 0
+        released = len(self.statistics.history) if self.statistics is not None else 0
         return [tuple(step) for step in history[released:]]
 
     def spent(self) -> float:
@@ -224,6 +224,7 @@ class PrivateTraining:
                              "exact counts (cvae_ray.model.private_means)",
                 "releases": stats.n_releases,
                 "noise_multipliers": [round(sigma, 6) for sigma in stats.sigmas],
+                "composed_noise_multiplier": round(stats.history[0][0], 6),
                 "clip_norms": [round(norm, 6) for norm in stats.clip_norms],
                 "order": "sample means, centred levels, then the effects of each condition "
                          "column in the bundle's order",

@@ -8,8 +8,9 @@ on a sum of clipped vectors (Dwork and Roth 2014, "The Algorithmic Foundations o
 Differential Privacy", Theorem A.1; the sum of per-sample vectors clipped to L2 norm C has
 sensitivity C under adding or removing one sample).
 
-Released, in this order (each its own Gaussian mechanism, composed with the DP-SGD steps in
-one Opacus accountant):
+Released, in this order (each its own Gaussian mechanism; together they are exactly one
+Gaussian mechanism, :func:`equivalent_sigma`, composed with the DP-SGD steps in one Opacus
+accountant):
 
 1. the **gene levels**, in two parts: the mean of the samples' own means over genes, each
    clipped to ``[-mean_clip, mean_clip]``, and the mean of the samples' vectors minus their
@@ -85,12 +86,25 @@ class PrivateMeans:
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
-        """The releases as Opacus accountant history entries ``(sigma, 1.0, 1)``."""
-        return [(sigma, 1.0, 1) for sigma in self.sigmas]
+        """The releases as Opacus accountant history: one entry ``(sigma, 1.0, 1)``, the
+        single Gaussian mechanism they compose to exactly (:func:`equivalent_sigma`)."""
+        return [(equivalent_sigma(self.sigmas), 1.0, 1)]
 
     def offset_table(self) -> np.ndarray:
         """``(sum(sizes), n_genes)`` float32: the effects stacked in one-hot column order."""
         return np.concatenate(self.effects, axis=0).astype(np.float32)
+
+
+def equivalent_sigma(sigmas: Sequence[float]) -> float:
+    """Noise multiplier of the one Gaussian mechanism that Gaussian mechanisms of noise
+    multipliers ``sigmas`` compose to, exactly: ``1 / sqrt(sum 1 / sigma_j^2)``.
+
+    A Gaussian mechanism of noise multiplier sigma is exactly (1/sigma)-Gaussian DP, and
+    mu_j-GDP mechanisms compose, adaptively, to sqrt(sum mu_j^2)-GDP (Dong, Roth and Su
+    2022, "Gaussian differential privacy", JRSS-B, Corollary 3.3). One entry instead of
+    several also makes the PRV accountant about twice as fast.
+    """
+    return float(1.0 / math.sqrt(sum(1.0 / float(s) ** 2 for s in sigmas)))
 
 
 def clip_rows(x: np.ndarray, norm: float) -> np.ndarray:
@@ -220,8 +234,9 @@ def statistics_scale(epsilon: float, delta: float, weights: Sequence[float],
     Returns:
         The smallest such scale (within :data:`EPSILON_TOLERANCE`).
     """
+    combined = equivalent_sigma(weights)  # the releases' sigma at scale 1
     return _search_sigma(
-        lambda t: composed_epsilon([(t * w, 1.0, 1) for w in weights], delta, accountant),
+        lambda t: composed_epsilon([(t * combined, 1.0, 1)], delta, accountant),
         epsilon, what="noise scale of the releases")
 
 

@@ -247,3 +247,17 @@ def test_steps_taken_are_the_sgd_steps_and_a_restart_keeps_them(dataset):
     both = second.steps_taken()
     assert sum(n for *_, n in both) == 2 * len(first.loader)
     assert first.spent() < second.spent() <= PRIVACY.epsilon
+
+
+def test_the_releases_compose_to_one_gaussian_mechanism():
+    from cvae_ray.model.private_means import composed_epsilon, equivalent_sigma
+
+    sigmas = [5.19, 2.07, 1.52, 3.64]
+    one = [(equivalent_sigma(sigmas), 1.0, 1)]
+    apart = [(sigma, 1.0, 1) for sigma in sigmas]
+    # Renyi DP adds exactly (alpha / 2 sigma^2 per mechanism); PRV agrees numerically.
+    assert composed_epsilon(one, 1e-5, "rdp") == pytest.approx(
+        composed_epsilon(apart, 1e-5, "rdp"), rel=1e-9)
+    assert composed_epsilon(one, 1e-5, "prv") == pytest.approx(
+        composed_epsilon(apart, 1e-5, "prv"), rel=0.02)
+    assert equivalent_sigma([2.0, 2.0]) == pytest.approx(2.0 / np.sqrt(2.0))
