@@ -185,6 +185,14 @@ def _run(args: argparse.Namespace) -> int:
         spec = data_spec_from_args(args)
         dataset = read_dataset_from_args(args, spec)
         prepared = prepare(dataset, spec, private=privacy is not None)
+    # Checked before the release, so a request it refuses spends nothing on it.
+    request = TuneRequest(space=space, num_trials=args.num_trials, workers=args.workers,
+                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                          storage=storage, name=args.name, out=out, seed=args.seed,
+                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
+                          worker_start_timeout_s=args.worker_start_timeout,
+                          time_limit_s=args.time_limit, choose_sampling=args.choose_sampling,
+                          privacy=privacy)
     from cvae_ray.apps.train import payload_from_prepared
 
     statistics = None
@@ -203,13 +211,6 @@ def _run(args: argparse.Namespace) -> int:
           f"{list(spec.conditions)}; train/val/test = {len(prepared.split.train)}/"
           f"{len(prepared.split.val)}/{len(prepared.split.test)}", flush=True)
     print(f"search space: {space_to_dict(space)}", flush=True)
-    request = TuneRequest(space=space, num_trials=args.num_trials, workers=args.workers,
-                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                          storage=storage, name=args.name, out=out, seed=args.seed,
-                          max_trial_time_s=args.max_trial_time, max_failures=args.max_failures,
-                          worker_start_timeout_s=args.worker_start_timeout,
-                          time_limit_s=args.time_limit, choose_sampling=args.choose_sampling,
-                          privacy=privacy)
     import ray
 
     from cvae_ray.storage import is_uri

@@ -99,8 +99,11 @@ def test_bad_input_exits_2_before_any_trial(tmp_path, capsys):
     for argv, needle in cases:
         assert main(argv + ["--storage", str(tmp_path / "s")] if "--storage" not in argv
                     else argv) == 2
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err = captured.err
         assert err.startswith("error: ") and needle in err, err
+        # Refused before anything is released (a DP release must not be drawn for nothing).
+        assert "differential privacy" not in captured.out
 
 
 # ------------------------------------------------------------------ local Ray
