@@ -29,18 +29,19 @@ sample's synthetic counterpart is built from one mean of each release. The multi
 minimise the noise variance of that sum, averaged over the training samples, for the
 budget, treating the releases' noises as independent and additive (a model: an effect is
 measured from the released levels, so for unclipped residuals part of the level noise
-cancels in levels + effect; privacy does not depend on it): with Gaussian mechanisms composing as in zero-concentrated DP (Bun and Steinke
-2016: rho = sum_j 1 / (2 sigma_j^2)), minimising ``sum_j sigma_j^2 C_j^2 / m_j^2`` at fixed
-rho gives ``sigma_j = scale * sqrt(m_j / C_j)``, with ``m_j = 1 / sqrt(mean_i 1 / n_v(i)^2)``
-(``n`` for the levels). ``scale`` is the smallest that keeps the releases, composed by the
+cancels in levels + effect; privacy does not depend on it). With Gaussian mechanisms
+composing as in zero-concentrated DP (Bun and Steinke 2016: rho = sum_j 1 / (2 sigma_j^2)),
+minimising ``sum_j sigma_j^2 C_j^2 / m_j^2`` at fixed rho gives
+``sigma_j = scale * sqrt(m_j / C_j)``, with ``m_j = 1 / sqrt(mean_i 1 / n_v(i)^2)`` (``n``
+for the levels). ``scale`` is the smallest that keeps the releases, composed by the
 Opacus accountant, within their share of the budget. Equal multipliers spent the most on the
 releases that needed it least (the levels and a column of large groups).
 
 Sums are divided by the exact counts, and the counts set the noise multipliers: the
 training condition counts are recorded in every bundle and are not covered by the
-guarantee (docs/privacy.md). The effects are additive in
-the model's output (:attr:`cvae_ray.model.cvae.CVAE.condition_offset`), so a combination
-never seen in training gets the sum of its values' effects.
+guarantee (docs/privacy.md). The effects are additive in the model's output
+(:attr:`cvae_ray.model.cvae.CVAE.condition_offset`), so a combination never seen in training
+gets the sum of its values' effects.
 """
 
 from __future__ import annotations
