@@ -94,17 +94,19 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
                              "condition effects by the Gaussian mechanism, then DP-SGD "
                              "(Opacus); see docs/privacy.md")
     for flag, metavar, text in (
-            ("--dp-delta", "D", "delta of the DP guarantee"),
+            ("--dp-delta", "D", "delta of the DP guarantee; choose it well below 1 / "
+             "(training samples)"),
             ("--dp-max-grad-norm", "C", "per-sample gradient clipping norm of DP-SGD"),
             ("--dp-statistics-share", "S", "share of epsilon spent on releasing the gene "
-             "levels and condition effects (Gaussian mechanism); the rest goes to DP-SGD"),
-            ("--dp-mean-clip", "M", "bound on a sample's mean log-expression over genes for "
-             "the level release; a public bound, not fitted"),
-            ("--dp-level-clip", "L", "clipping norm per gene (RMS) of a sample's "
-             "log-expression minus its own mean, for the level release; a public bound, "
-             "not fitted"),
-            ("--dp-effect-clip", "R", "clipping norm per gene (RMS) of a sample's residual "
-             "for the condition-effect releases; a public bound, not fitted")):
+             "levels and condition effects (Gaussian mechanism); DP-SGD's noise is then sized "
+             "so that both together spend at most --dp-epsilon"),
+            ("--dp-mean-clip", "M", "bound on a sample's mean log-expression over genes (log2 "
+             "units, or the data's units with --no-log) for the level release; fixed, not "
+             "fitted"),
+            ("--dp-level-clip", "L", "clipping norm per gene (RMS, same units) of a sample's "
+             "log-expression minus its own mean, for the level release; fixed, not fitted"),
+            ("--dp-effect-clip", "R", "clipping norm per gene (RMS, same units) of a sample's "
+             "residual for the condition-effect releases; fixed, not fitted")):
         parser.add_argument(flag, type=float, default=_PRIVACY_OPTIONS[flag][1],
                             metavar=metavar, help=f"{text} (with --dp-epsilon)")
 
@@ -315,7 +317,7 @@ def run_fit(args: argparse.Namespace) -> int:
     dp = record.get("privacy")
     if dp is not None:
         print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "
-              f"{dp['epsilon_target']:g}) at delta {dp['delta']:g}; clipping norm "
+              f"{dp['epsilon_target']:g}) at delta {dp['delta']:g}; DP-SGD clipping norm "
               f"{dp['max_grad_norm']:g}, noise multiplier {dp['noise_multiplier']:.4f}, "
               f"{dp['accountant']} accountant; covers {dp['covers']}")
         stats = dp.get("statistics")

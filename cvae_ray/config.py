@@ -430,6 +430,14 @@ class SamplingChoice(FromDictMixin):
 
 #: Privacy accountants of Opacus that :class:`PrivacyConfig` accepts.
 ACCOUNTANTS = ("prv", "rdp")
+#: Largest epsilon accepted: far beyond any meaningful guarantee, and where Opacus' PRV
+#: accountant stops working (it fails at 1,000 on RNAseqDB-sized runs).
+MAX_EPSILON = 100.0
+#: Smallest delta accepted: Opacus' PRV accountant refuses deltas below about 1e-15.
+MIN_DELTA = 1e-14
+#: Largest clipping norm accepted (per gene, in data units; and DP-SGD's gradient norm):
+#: far beyond any expression scale; larger values only break the arithmetic.
+MAX_CLIP = 1e3
 
 
 @dataclass(frozen=True)
@@ -437,10 +445,12 @@ class PrivacyConfig(FromDictMixin):
     """Differentially private training (DP-SGD through Opacus; ``docs/privacy.md``).
 
     Attributes:
-        epsilon: Target privacy budget of the whole training run (> 0); the noise
-            multiplier is chosen by Opacus so that ``epochs`` epochs spend at most this.
-        delta: Target delta, in (0, 1); it should be well below ``1 / n_train``.
-        max_grad_norm: Per-sample gradient clipping norm (> 0).
+        epsilon: Target privacy budget of the whole training run, in (0, 100]; the noise
+            multipliers are chosen so that the releases and ``epochs`` epochs spend at most
+            this.
+        delta: Target delta, in [1e-14, 1); it should be well below ``1 / n_train`` (a
+            warning says so otherwise).
+        max_grad_norm: Per-sample gradient clipping norm, in (0, 1000].
         accountant: Opacus accountant: ``prv`` (privacy random variables, tighter) or
             ``rdp`` (Renyi DP).
         statistics_share: Share of ``epsilon`` spent on releasing the gene levels and
@@ -468,21 +478,21 @@ class PrivacyConfig(FromDictMixin):
 
     def __post_init__(self) -> None:
         number = isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool)
-        check_value(number and self.epsilon > 0 and self.epsilon != float("inf"),
-                    "dp_epsilon", self.epsilon, "a finite number > 0")
+        check_value(number and 0 < self.epsilon <= MAX_EPSILON, "dp_epsilon", self.epsilon,
+                    f"a number in (0, {MAX_EPSILON:g}]")
         _fraction("dp_delta", self.delta, allow_zero=False)
-        check_value(isinstance(self.max_grad_norm, (int, float))
-                    and not isinstance(self.max_grad_norm, bool) and self.max_grad_norm > 0,
-                    "dp_max_grad_norm", self.max_grad_norm, "a number > 0")
+        check_value(self.delta >= MIN_DELTA, "dp_delta", self.delta,
+                    f"a number in [{MIN_DELTA:g}, 1)")
         check_value(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
                     f"one of {ACCOUNTANTS}")
         share = self.statistics_share
         check_value(isinstance(share, (int, float)) and not isinstance(share, bool)
                     and 0 < share < 1, "dp_statistics_share", share, "a number in (0, 1)")
-        for name in ("mean_clip", "level_clip", "effect_clip"):
+        for name in ("max_grad_norm", "mean_clip", "level_clip", "effect_clip"):
             value = getattr(self, name)
             check_value(isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and 0 < value < float("inf"), f"dp_{name}", value, "a finite number > 0")
+                        and 0 < value <= MAX_CLIP, f"dp_{name}", value,
+                        f"a number in (0, {MAX_CLIP:g}]")
 
 
 #: Sampling defaults of a differentially private bundle: nothing fitted on the training

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -149,6 +150,11 @@ def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *,
         its sd stays 1) and the release.
     """
     x_train, c_train = prepared.part("train")
+    if privacy.delta >= 1.0 / max(len(x_train), 1):
+        # A delta of 1/n allows releasing one sample outright with that probability.
+        warnings.warn(f"--dp-delta {privacy.delta:g} is not below 1 / the number of training "
+                      f"samples ({1.0 / max(len(x_train), 1):.2g}): the guarantee is weak; choose "
+                      "a delta well below it (e.g. 1e-5).", stacklevel=2)
     sizes = [len(v) for v in prepared.vocab.values()]
     clips = {"mean_clip": privacy.mean_clip, "level_clip": privacy.level_clip,
              "effect_clip": privacy.effect_clip}

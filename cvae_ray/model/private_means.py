@@ -196,21 +196,32 @@ def composed_epsilon(history: list[tuple[float, float, int]], delta: float,
 
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(acc.get_epsilon(delta=delta))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(acc.get_epsilon(delta=delta))
+    except (RuntimeError, ValueError, ArithmeticError) as exc:
+        # The PRV accountant's numerics fail at extreme noise multipliers or deltas.
+        sigmas = ", ".join(f"{sigma:.3g}" for sigma, *_ in history)
+        raise InvalidConfigError(
+            f"the {accountant} privacy accountant cannot evaluate noise multipliers "
+            f"[{sigmas}] at delta={delta:g} ({exc}); use a smaller --dp-epsilon or "
+            "smaller clipping norms.") from None
 
 
-def _search_sigma(epsilon_of, target: float, what: str = "noise multiplier") -> float:
-    """Smallest noise multiplier or scale (within the tolerance) whose epsilon is <= target."""
+def _search_sigma(epsilon_of, target: float, too_small: str) -> float:
+    """Smallest noise multiplier or scale (within the tolerance) whose epsilon is <= target.
+
+    Raises:
+        InvalidConfigError: No noise up to 1e6 brings epsilon down to ``target`` (the PRV
+            accountant does not resolve budgets below about 0.01); ``too_small`` says which
+            budget and what to change.
+    """
     low, high = 0.0, 1.0
     while epsilon_of(high) > target:
         low, high = high, 2.0 * high
         if high > 1e6:
-            raise InvalidConfigError(
-                f"a privacy budget of epsilon={target:g} is too small for these releases or "
-                f"steps (the {what} would exceed 1e6); raise --dp-epsilon, or give the "
-                "releases a larger --dp-statistics-share.")
+            raise InvalidConfigError(too_small)
     while high - low > 1e-3 * high:
         mid = 0.5 * (low + high)
         if epsilon_of(mid) > target:
@@ -237,8 +248,9 @@ def statistics_scale(epsilon: float, delta: float, weights: Sequence[float],
     """
     combined = equivalent_sigma(weights)  # the releases' sigma at scale 1
     return _search_sigma(
-        lambda t: composed_epsilon([(t * combined, 1.0, 1)], delta, accountant),
-        epsilon, what="noise scale of the releases")
+        lambda t: composed_epsilon([(t * combined, 1.0, 1)], delta, accountant), epsilon,
+        f"the releases' share of the budget, epsilon={epsilon:.3g}, is too small for the "
+        "accountant to meet; raise --dp-epsilon or --dp-statistics-share.")
 
 
 def sgd_sigma(epsilon: float, delta: float, statistics: list[tuple[float, float, int]],
@@ -259,4 +271,5 @@ def sgd_sigma(epsilon: float, delta: float, statistics: list[tuple[float, float,
     """
     return _search_sigma(
         lambda s: composed_epsilon([*statistics, (s, sample_rate, steps)], delta, accountant),
-        epsilon)
+        epsilon, f"--dp-epsilon {epsilon:g} leaves too little for {steps} DP-SGD steps after "
+        "the releases; raise --dp-epsilon, lower --dp-statistics-share or train fewer epochs.")

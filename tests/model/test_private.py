@@ -188,6 +188,10 @@ def test_training_statistics_are_refused(dataset, spec, sample, match):
     ({"epsilon": 0}, "dp_epsilon=0 "), ({"epsilon": -1.5}, "dp_epsilon=-1.5"),
     ({"epsilon": 1, "delta": 1.0}, "dp_delta=1.0"), ({"epsilon": 1, "delta": 0}, "dp_delta=0"),
     ({"epsilon": 1, "max_grad_norm": 0}, "dp_max_grad_norm=0"),
+    ({"epsilon": 1, "max_grad_norm": float("inf")}, "dp_max_grad_norm=inf"),
+    ({"epsilon": 1000}, r"dp_epsilon=1000 is not valid; expected a number in \(0, 100\]"),
+    ({"epsilon": 1, "delta": 1e-20}, r"dp_delta=1e-20 is not valid; expected a number in \[1e-14"),
+    ({"epsilon": 1, "effect_clip": 1e6}, "dp_effect_clip=1000000.0"),
     ({"epsilon": 1, "statistics_share": 1.0}, "dp_statistics_share=1.0"),
     ({"epsilon": 1, "level_clip": 0}, "dp_level_clip=0"),
     ({"epsilon": 1, "mean_clip": -1}, "dp_mean_clip=-1"),
@@ -261,3 +265,11 @@ def test_the_releases_compose_to_one_gaussian_mechanism():
     assert composed_epsilon(one, 1e-5, "prv") == pytest.approx(
         composed_epsilon(apart, 1e-5, "prv"), rel=0.02)
     assert equivalent_sigma([2.0, 2.0]) == pytest.approx(2.0 / np.sqrt(2.0))
+
+
+def test_a_weak_delta_is_warned_and_an_unresolvable_budget_is_a_clear_error(dataset):
+    prepared = prepare(dataset, SPEC, private=True)
+    with pytest.warns(UserWarning, match=r"--dp-delta 0.01 is not below 1 / the number"):
+        release_statistics(prepared, PrivacyConfig(epsilon=4.0, delta=0.01))
+    with pytest.raises(InvalidConfigError, match="releases' share of the budget, epsilon=0.0095"):
+        release_statistics(prepared, PrivacyConfig(epsilon=0.01, delta=1e-4))
