@@ -150,11 +150,12 @@ def release_statistics(prepared: Prepared, privacy: PrivacyConfig, *,
         its sd stays 1) and the release.
     """
     x_train, c_train = prepared.part("train")
-    if privacy.delta >= 1.0 / max(len(x_train), 1):
+    one_sample = 1.0 / max(len(x_train), 1)
+    if privacy.delta >= one_sample:
         # A delta of 1/n allows releasing one sample outright with that probability.
         warnings.warn(f"--dp-delta {privacy.delta:g} is not below 1 / the number of training "
-                      f"samples ({1.0 / max(len(x_train), 1):.2g}): the guarantee is weak; choose "
-                      "a delta well below it (e.g. 1e-5).", stacklevel=2)
+                      f"samples ({one_sample:.2g}): the guarantee is weak; choose a delta well "
+                      "below it (e.g. 1e-5).", stacklevel=2)
     sizes = [len(v) for v in prepared.vocab.values()]
     clips = {"mean_clip": privacy.mean_clip, "level_clip": privacy.level_clip,
              "effect_clip": privacy.effect_clip}

@@ -35,6 +35,12 @@ def _without_one_training_row(dataset: Dataset, factor: float = 3.0,
     return dataclasses.replace(dataset, expression=expression)
 
 
+def _typical_group_size(column: np.ndarray) -> float:
+    """``1 / sqrt(mean 1 / n_value^2)`` over the samples of one condition column, computed
+    here from the codes (not by the code under test)."""
+    return float(1 / np.sqrt(np.mean(1 / np.bincount(column)[column] ** 2.0)))
+
+
 @pytest.fixture(scope="module")
 def dataset(demo_path):
     return read_dataset(demo_path, ["tissue", "source"])
@@ -148,8 +154,7 @@ def test_released_means_are_the_clipped_means_plus_noise():
     # gives its samples' mean 1 / n_value^2 (module docstring).
     weights, norms = release_plan(codes, (3, 2), 8, **clips)
     np.testing.assert_allclose(norms, [6.0, np.sqrt(8), *[0.5 * np.sqrt(8)] * 2])
-    counts = [1 / np.sqrt(np.mean(1 / np.bincount(codes[:, j])[codes[:, j]] ** 2.0))
-              for j in (0, 1)]
+    counts = [_typical_group_size(codes[:, j]) for j in (0, 1)]
     np.testing.assert_allclose(weights ** 2 * np.array(norms), [60, 60, *counts])
     np.testing.assert_allclose(noisy.sigmas, 0.5 * weights)
 
@@ -210,8 +215,7 @@ def test_noise_allocation_beats_equal_multipliers_at_the_same_budget():
     clips = {"mean_clip": 20.0, "level_clip": 4.0, "effect_clip": 0.4}
     weights, norms = release_plan(codes, (6, 2), 100, **clips)
     # The typical group size of each release, from the codes: n for the levels.
-    counts = [400, 400, *[1 / np.sqrt(np.mean(1 / np.bincount(codes[:, j])[codes[:, j]] ** 2.0))
-                          for j in (0, 1)]]
+    counts = [400, 400, *[_typical_group_size(codes[:, j]) for j in (0, 1)]]
 
     def noise_variance(sigmas):  # per gene, averaged over the training samples
         return float(np.sum(np.square(np.asarray(sigmas) * np.array(norms) / counts)))
