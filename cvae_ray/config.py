@@ -157,6 +157,15 @@ class TrainConfig(FromDictMixin):
     Attributes:
         epochs: Maximum number of epochs.
         batch_size: Mini-batch size.
+        min_batches_per_epoch: Fewest mini-batches in an epoch. An epoch passes over
+            the training rows ``ceil(min_batches_per_epoch * batch_size / rows)`` times
+            (at least once), so a small dataset gets as many optimiser steps per epoch,
+            and so per KL warm-up, evaluation interval and patience, as one of
+            ``min_batches_per_epoch * batch_size`` rows (640 by default: RNAseqDB's 652
+            training rows make one pass). With one pass per epoch, 65 training rows (3
+            per class) stopped after 60 epochs of one step each with the model still
+            near its initialisation. 1: always one pass. Differentially private
+            training always makes one (Poisson-sampled) pass, which its accountant counts.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         beta: Weight of the KL term once warm-up is over.
@@ -183,6 +192,7 @@ class TrainConfig(FromDictMixin):
 
     epochs: int = 300
     batch_size: int = 64
+    min_batches_per_epoch: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-4
     beta: float = 0.25
@@ -198,6 +208,7 @@ class TrainConfig(FromDictMixin):
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
+        check_positive_int("min_batches_per_epoch", self.min_batches_per_epoch)
         check_value(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr,
                "a positive number")
         check_value(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,

@@ -212,7 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             generator = torch.Generator().manual_seed(train_config.seed * 7919 + epoch)
             train_loss = train_epoch(wrapped, optimizer, xt[rows], ct[rows],
                                      batch_size=batch_size, kl_weight=weight,
-                                     generator=generator)
+                                     generator=generator,
+                                     min_batches=train_config.min_batches_per_epoch)
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         if not evaluate:
             continue

@@ -146,10 +146,27 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                              fused=fused)
 
 
+def passes_per_epoch(rows: int, batch_size: int, min_batches: int) -> int:
+    """Passes over ``rows`` training rows that make at least ``min_batches`` mini-batches.
+
+    Args:
+        rows: Training rows (on this rank).
+        batch_size: Mini-batch size.
+        min_batches: :attr:`TrainConfig.min_batches_per_epoch`.
+
+    Returns:
+        ``max(1, ceil(min_batches * batch_size / rows))``.
+    """
+    return max(1, -(-min_batches * batch_size // max(rows, 1)))
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 codes: torch.Tensor, *, batch_size: int, kl_weight: float,
-                generator: torch.Generator) -> float:
-    """One pass over ``x`` in shuffled mini-batches.
+                generator: torch.Generator, min_batches: int = 1) -> float:
+    """One epoch: :func:`passes_per_epoch` shuffled passes over ``x`` in mini-batches.
+
+    The passes are laid end to end before batching, so only the epoch's last batch can
+    be short.
 
     Args:
         model: A CVAE or a DDP-wrapped CVAE (``forward`` returns a LossOutput).
@@ -159,14 +176,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         batch_size: Mini-batch size.
         kl_weight: KL weight for this epoch.
         generator: CPU generator for the batch order (seeded for reproducibility).
+        min_batches: Fewest mini-batches (:attr:`TrainConfig.min_batches_per_epoch`);
+            1: one pass.
 
     Returns:
         Mean loss over the batches.
     """
     model.train()
-    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    passes = passes_per_epoch(x.shape[0], batch_size, min_batches)
+    order = torch.cat([torch.randperm(x.shape[0], generator=generator)
+                       for _ in range(passes)]).to(x.device)
     losses = []
-    for start in range(0, x.shape[0], batch_size):
+    for start in range(0, order.shape[0], batch_size):
         batch = order[start:start + batch_size]
         if batch.numel() < 2:  # BatchNorm cannot normalise a single sample.
             continue
@@ -365,7 +386,8 @@ def fit(x_train: np.ndarray, codes_train: np.ndarray, x_val: np.ndarray, codes_v
             train_loss = dp.epoch(weight)
         else:
             train_loss = train_epoch(model, optimizer, xt, ct, batch_size=train_config.batch_size,
-                                     kl_weight=weight, generator=generator)
+                                     kl_weight=weight, generator=generator,
+                                     min_batches=train_config.min_batches_per_epoch)
         val_loss = validation_loss(model, xv, cv, weight)
         evaluate = epoch % train_config.eval_every == 0 or epoch == train_config.epochs
         val_g = ratio = None
