@@ -157,15 +157,15 @@ class TrainConfig(FromDictMixin):
     Attributes:
         epochs: Maximum number of epochs.
         batch_size: Mini-batch size.
-        min_batches_per_epoch: Fewest mini-batches in an epoch. An epoch passes over
-            the training rows ``ceil(min_batches_per_epoch * batch_size / rows)`` times
-            (at least once), so a small dataset gets as many optimiser steps per epoch,
-            and so per KL warm-up, evaluation interval and patience, as one of
-            ``min_batches_per_epoch * batch_size`` rows (640 by default: RNAseqDB's 652
-            training rows make one pass). With one pass per epoch, 65 training rows (3
-            per class) stopped after 60 epochs of one step each with the model still
-            near its initialisation. 1: always one pass. Differentially private
-            training always makes one (Poisson-sampled) pass, which its accountant counts.
+        min_batches_per_epoch: Fewest mini-batches in an epoch (an integer >= 1). An
+            epoch passes over the training rows ``ceil(min_batches_per_epoch *
+            batch_size / rows)`` times (at least once; with Ray Train, rows and batch
+            size per worker), so a small dataset gets at least as many optimiser steps
+            per epoch, and so per KL warm-up, evaluation interval and patience, as one
+            of ``min_batches_per_epoch * batch_size`` rows (640 by default; RNAseqDB's
+            652 training rows make one pass). 1: always one pass. Differentially
+            private training ignores it: its epoch is one Poisson-sampled pass, which
+            its accountant counts.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         beta: Weight of the KL term once warm-up is over.

@@ -38,8 +38,8 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 MODEL_PARAMS = ("latent_dim", "hidden_width", "depth", "dropout", "norm", "likelihood",
                 "min_log_var")
 # seed and device are run settings, not hyperparameters; max_time_s is set by the job.
-TRAIN_PARAMS = ("epochs", "batch_size", "lr", "weight_decay", "beta", "kl_warmup_epochs",
-                "patience", "eval_every")
+TRAIN_PARAMS = ("epochs", "batch_size", "min_batches_per_epoch", "lr", "weight_decay", "beta",
+                "kl_warmup_epochs", "patience", "eval_every")
 SECTIONS = {"model": MODEL_PARAMS, "train": TRAIN_PARAMS}
 
 

@@ -147,17 +147,18 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 def passes_per_epoch(rows: int, batch_size: int, min_batches: int) -> int:
-    """Passes over ``rows`` training rows that make at least ``min_batches`` mini-batches.
+    """How many passes over the training rows one epoch makes.
 
     Args:
-        rows: Training rows (on this rank).
-        batch_size: Mini-batch size.
-        min_batches: :attr:`TrainConfig.min_batches_per_epoch`.
+        rows: Training rows (per worker under Ray Train), >= 1.
+        batch_size: Mini-batch size (per worker), >= 1.
+        min_batches: Fewest mini-batches per epoch
+            (:attr:`cvae_ray.config.TrainConfig.min_batches_per_epoch`), >= 1.
 
     Returns:
         ``max(1, ceil(min_batches * batch_size / rows))``.
     """
-    return max(1, -(-min_batches * batch_size // max(rows, 1)))
+    return max(1, -(-min_batches * batch_size // rows))
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -166,21 +167,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     """One epoch: :func:`passes_per_epoch` shuffled passes over ``x`` in mini-batches.
 
     The passes are laid end to end before batching, so only the epoch's last batch can
-    be short.
+    be short; when ``x`` has fewer rows than a batch, a batch can hold a row twice.
+    With one pass the batch order is ``torch.randperm(rows, generator=generator)``.
 
     Args:
         model: A CVAE or a DDP-wrapped CVAE (``forward`` returns a LossOutput).
         optimizer: Its optimiser.
-        x: Training expression (standardised), on the model's device.
-        codes: Matching condition codes.
+        x: ``(rows, n_genes)`` float training expression (standardised), on the
+            model's device; rows >= 1.
+        codes: ``(rows, n_conditions)`` long condition codes.
         batch_size: Mini-batch size.
         kl_weight: KL weight for this epoch.
         generator: CPU generator for the batch order (seeded for reproducibility).
-        min_batches: Fewest mini-batches (:attr:`TrainConfig.min_batches_per_epoch`);
-            1: one pass.
+        min_batches: Fewest mini-batches
+            (:attr:`cvae_ray.config.TrainConfig.min_batches_per_epoch`); 1: one pass.
 
     Returns:
-        Mean loss over the batches.
+        Mean loss over the batches; NaN when no batch of at least 2 rows ran.
     """
     model.train()
     passes = passes_per_epoch(x.shape[0], batch_size, min_batches)
