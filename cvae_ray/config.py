@@ -308,10 +308,12 @@ class SampleConfig(FromDictMixin):
         noise_centring: With centred draws, the share (0 to 1) of each combination's
             mean decoder-noise draw that is removed (the latent draws are always
             centred fully). Half was chosen on validation: all of it costs TSTR.
-        spread_correction: Exponent (0 to 1) of the per-combination, per-gene sd ratios
-            fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples'
-            spread around each combination's centre as the decoder gives it, 1 rescales
-            it to the training split's within-combination sds. ``fit`` chooses it on
+        spread_correction: Strength (0 to 1) of the per-combination, per-gene correction
+            fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples as
+            the decoder gives them, 1 rescales each combination's spread to its training
+            rows' (shrunk) per-gene sds and moves its centre by the shrunk gap to their
+            per-gene means; between, the sd ratios to that power and that share of the
+            shift. ``fit`` chooses it on
             validation with the temperature and noise calibration
             (:class:`SamplingChoice`); training refuses a value above 0 (the ratios
             do not exist yet), and a bundle without fitted ratios ignores it.

@@ -229,8 +229,8 @@ class CVAE(nn.Module):
                 VAE was trained towards), ``temperature`` (multiplies the noise's
                 standard deviation), ``noise_calibration`` (share of the fitted
                 per-gene variance gap added to the noise variance) and
-                ``spread_correction`` (exponent of the fitted per-combination sd
-                ratios, applied to noisy samples only).
+                ``spread_correction`` (strength of the fitted per-combination sd
+                ratios and mean shifts, applied to noisy samples only).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.

@@ -38,7 +38,8 @@ def _model(norm: str, seed: int = 0) -> CVAE:
                                      factors=factors.contiguous())
     model.noise_gap = torch.rand(N_GENES)
     model.spread = SpreadCorrection(codes=codes, centres=torch.randn(4, N_GENES),
-                                    ratios=torch.rand(4, N_GENES) * 2)
+                                    ratios=torch.rand(4, N_GENES) * 2,
+                                    shifts=torch.randn(4, N_GENES) * 0.3)
     return model.eval()
 
 

@@ -184,25 +184,53 @@ def test_measuring_detection_lazily_chooses_what_measuring_all_would(seed):
     assert pick(blank, rule) == pick(points, rule)
     assert all(points[i]["dcr_ratio"] >= MIN_DCR_RATIO for i in asked)
 
-def test_the_spread_correction_rescales_deviations_per_combination_and_keeps_the_rest():
+def test_the_spread_correction_moves_centres_and_rescales_deviations_per_combination():
     codes = torch.tensor([[0, 0], [1, 0]])
     correction = SpreadCorrection(codes=codes, centres=torch.tensor([[1.0, -1.0], [0.0, 0.0]]),
-                                  ratios=torch.tensor([[2.0, 0.5], [1.0, 1.0]]))
+                                  ratios=torch.tensor([[2.0, 0.5], [1.0, 1.0]]),
+                                  shifts=torch.tensor([[0.5, 0.0], [-1.0, 2.0]]))
     rows = torch.tensor([[0, 0], [0, 1], [1, 0]])  # (0, 1) was not fitted: unchanged
     index = correction.index(rows)
     assert index.tolist() == [0, -1, 1]
     x = torch.tensor([[2.0, 1.0], [5.0, 5.0], [3.0, 3.0]])
+    # x' = m + a d + (x - m) r^a
     out = correction.apply(x.clone(), index, 1.0)
-    torch.testing.assert_close(out, torch.tensor([[3.0, 0.0], [5.0, 5.0], [3.0, 3.0]]))
+    torch.testing.assert_close(out, torch.tensor([[3.5, 0.0], [5.0, 5.0], [2.0, 5.0]]))
     half = correction.apply(x.clone(), index, 0.5)
-    torch.testing.assert_close(half[0], torch.tensor([1.0 + 2.0 ** 0.5, -1.0 + 2.0 * 0.5 ** 0.5]))
+    torch.testing.assert_close(half[0], torch.tensor([1.25 + 2.0 ** 0.5,
+                                                      -1.0 + 2.0 * 0.5 ** 0.5]))
     assert torch.equal(correction.apply(x.clone(), index, 0.0), x)
     assert torch.equal(correction.apply(x[1:2].clone(), index[1:2], 1.0), x[1:2])
     state = correction.to_state()
     restored = SpreadCorrection.from_state(state)
     assert all(torch.equal(getattr(restored, k), getattr(correction, k))
-               for k in ("codes", "centres", "ratios"))
+               for k in ("codes", "centres", "ratios", "shifts"))
     assert SpreadCorrection.from_state({"codes": codes}) is None
+    # A bundle saved before the shift existed loads with none: centres stay where they are.
+    del state["spread_shifts"]
+    old = SpreadCorrection.from_state(state)
+    assert torch.equal(old.shifts, torch.zeros(2, 2))
+    torch.testing.assert_close(old.apply(x.clone(), index, 1.0)[0], torch.tensor([3.0, 0.0]))
+
+
+def test_the_mean_shift_is_the_shrunk_gap_between_training_and_model_means():
+    # One gene; combination 0 has 2 rows (mean 1), combination 1 has 3 rows (mean 3).
+    x = torch.tensor([[0.0], [2.0], [2.0], [3.0], [4.0]])
+    codes = torch.tensor([[0], [0], [1], [1], [1]])
+    model = CVAE(1, [2], TINY_MODEL)
+    model.eval()
+    settings = SampleConfig(noise_calibration=0.0, latent="standard")
+    correction = fit_spread(model, x, codes, settings, draws=4000)
+    for k, (rows, mean) in enumerate([(2, 1.0), (3, 3.0)]):
+        weight = rows / (rows + 10)
+        expected = weight * (mean - float(correction.centres[k, 0]))
+        assert abs(float(correction.shifts[k, 0]) - expected) < 1e-5, k
+        # The corrected samples' mean moves that far towards the training mean.
+        drawn = model.sample(codes.new_full((4000, 1), k), torch.Generator().manual_seed(7),
+                             settings)
+        moved = correction.apply(drawn.clone(), correction.index(codes.new_full((4000, 1), k)),
+                                 1.0)
+        assert abs(float(moved.mean()) - float(correction.centres[k, 0]) - expected) < 0.05, k
 
 
 def test_the_target_spread_is_the_unbiased_shrunk_training_sd():
@@ -383,7 +411,12 @@ def test_full_spread_correction_gives_each_combination_its_shrunk_training_sd(tr
                         dataclasses.replace(settings, spread_correction=1.0))
     # Same draws, so the correction is exactly the affine map of the module docstring.
     centre, ratio = model.spread.centres[k], model.spread.ratios[k]
-    torch.testing.assert_close(full, centre + (plain - centre) * ratio)
+    shift = model.spread.shifts[k]
+    torch.testing.assert_close(full, centre + shift + (plain - centre) * ratio)
+    # The shift is the shrunk gap between the combination's training mean and the centre.
+    mean = torch.from_numpy(x_train[np.all(c_train == combos[k], axis=1)].mean(axis=0))
+    torch.testing.assert_close(shift, (counts[k] / (counts[k] + SHRINKAGE_ROWS))
+                               * (mean - centre), atol=1e-5, rtol=1e-4)
     # And the corrected spread is the target, computed here from the training split:
     # the combination's sd, shrunk towards the pooled within-combination sd by
     # n / (n + 10). The ratios come from 256 draws, so allow Monte-Carlo error.
