@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                      help="stop training after this many seconds")
     fit.add_argument("--device", default=_TRAIN.device, help="torch device (cpu, cuda)")
-    fit.add_argument("--config", help="JSON file with 'model' and/or 'train' option overrides")
+    fit.add_argument("--config", help="JSON file with 'model', 'train' and/or 'sample' option "
+                     "overrides (e.g. {\"sample\": {\"mean_correction\": 1}})")
     fit.add_argument("--no-choose-sampling", dest="choose_sampling", action="store_false",
                      default=_TRAIN.choose_sampling,
                      help="keep the default temperature and noise calibration, and no "
@@ -236,9 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configs(path: str | None) -> tuple[ModelConfig, dict]:
+#: Sections of a ``cvae-ray fit --config`` file.
+CONFIG_SECTIONS = ("model", "train", "sample")
+
+
+def _configs(path: str | None) -> tuple[ModelConfig, dict, SampleConfig | None]:
+    """Model config, train overrides and sampling defaults (None: not given) of ``--config``."""
     if path is None:
-        return ModelConfig(), {}
+        return ModelConfig(), {}, None
     import json
 
     try:
@@ -246,9 +252,15 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidConfigError(f"cannot read the --config file {path!r} as JSON: {exc}.") from exc
     if not isinstance(values, dict):
-        raise InvalidConfigError(f"--config {path!r} must hold a JSON object with 'model' and/or "
-                                 f"'train', got {type(values).__name__}.")
-    return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {}))
+        raise InvalidConfigError(f"--config {path!r} must hold a JSON object with sections among "
+                                 f"{list(CONFIG_SECTIONS)}, got {type(values).__name__}.")
+    unknown = sorted(str(k) for k in values if k not in CONFIG_SECTIONS)
+    if unknown:
+        raise InvalidConfigError(f"--config {path!r} has unknown section(s) {unknown}; expected "
+                                 f"among {list(CONFIG_SECTIONS)}.")
+    sample = values.get("sample")
+    return (ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {})),
+            None if sample is None else SampleConfig.from_dict(sample))
 
 
 def _privacy(args: argparse.Namespace, model_config: ModelConfig
@@ -270,7 +282,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from cvae_ray.model.sampling_choice import describe
 
     spec = data_spec_from_args(args)
-    model_config, train_overrides = _configs(args.config)
+    model_config, train_overrides, sample_config = _configs(args.config)
     privacy, model_config = _privacy(args, model_config)
     train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
                     "device": args.device, "seed": args.seed, **train_overrides}
@@ -288,8 +300,8 @@ def run_fit(args: argparse.Namespace) -> int:
               f"val gamma {m.val_gamma:.4f}  ({m.seconds:.2f} s/epoch)", flush=True)
 
     started = time.perf_counter()
-    bundle, prepared = fit_bundle(dataset, spec, model_config, train_config, on_epoch=progress,
-                                  privacy=privacy)
+    bundle, prepared = fit_bundle(dataset, spec, model_config, train_config, sample_config,
+                                  on_epoch=progress, privacy=privacy)
     if prepared.genes_not_found:
         print(f"{len(prepared.genes_not_found)} listed genes not in the data: "
               f"{prepared.genes_not_found[:10]}", flush=True)

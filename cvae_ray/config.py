@@ -308,15 +308,20 @@ class SampleConfig(FromDictMixin):
         noise_centring: With centred draws, the share (0 to 1) of each combination's
             mean decoder-noise draw that is removed (the latent draws are always
             centred fully). Half was chosen on validation: all of it costs TSTR.
-        spread_correction: Strength (0 to 1) of the per-combination, per-gene correction
-            fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples as
-            the decoder gives them, 1 rescales each combination's spread to its training
-            rows' (shrunk) per-gene sds and moves its centre by the shrunk gap to their
-            per-gene means; between, the sd ratios to that power and that share of the
-            shift. ``fit`` chooses it on
+        spread_correction: Exponent (0 to 1) of the per-combination, per-gene sd ratios
+            fitted after training (:mod:`cvae_ray.model.spread`): 0 leaves the samples'
+            spread around each combination's centre as the decoder gives it, 1 rescales
+            it to the training split's within-combination sds. ``fit`` chooses it on
             validation with the temperature and noise calibration
             (:class:`SamplingChoice`); training refuses a value above 0 (the ratios
             do not exist yet), and a bundle without fitted ratios ignores it.
+        mean_correction: Share (0 to 1) of each combination's fitted mean shift
+            (:mod:`cvae_ray.model.spread`: the shrunk gap between its training mean and
+            the model's) applied with the spread correction, scaled by its exponent; 0
+            (default) keeps the decoder's combination means. 1 keeps log2 fold changes
+            between conditions closer to the training data's, at a cost in TSTR and in
+            distance to the training data (docs/quality.md). Set it in ``cvae-ray fit
+            --config`` (``{"sample": {"mean_correction": 1}}``); ``fit`` keeps it.
         max_n: Largest number of samples one call may ask for (bounds memory per request).
     """
 
@@ -328,6 +333,7 @@ class SampleConfig(FromDictMixin):
     draws: str = "centred"
     noise_centring: float = 0.5
     spread_correction: float = 0.0
+    mean_correction: float = 0.0
     max_n: int = 100_000
 
     def __post_init__(self) -> None:
@@ -340,6 +346,7 @@ class SampleConfig(FromDictMixin):
         check_value(self.draws in DRAWS, "draws", self.draws, f"one of {DRAWS}")
         _share("noise_centring", self.noise_centring)
         _share("spread_correction", self.spread_correction)
+        _share("mean_correction", self.mean_correction)
         check_positive_int("max_n", self.max_n)
 
     @property

@@ -90,6 +90,30 @@ def test_fit_bad_input_is_a_clear_error(demo_path, tmp_path, args, message):
     assert not (tmp_path / "b").exists()
 
 
+def test_fit_config_sample_section_sets_the_bundle_sampling_defaults(demo_path, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"train": {"epochs": 2}, "sample": {"mean_correction": 1}}')
+    out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--quiet",
+                   "--no-choose-sampling", "--config", config, "--out", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    assert ModelBundle.load(tmp_path / "b").sample_defaults == SampleConfig(mean_correction=1.0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"sampling": {"mean_correction": 1}}',
+     "has unknown section(s) ['sampling']; expected among ['model', 'train', 'sample']"),
+    ('{"sample": {"mean_correction": 2}}', "mean_correction=2 is not valid"),
+])
+def test_fit_bad_config_is_a_clear_error(demo_path, tmp_path, text, message):
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--config", config,
+                   "--out", tmp_path / "b")
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_dp_fit_prints_and_records_the_budget(demo_path, tmp_path):
     out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--condition", "source",
                    "--epochs", "3", "--quiet", "--dp-epsilon", "4", "--dp-statistics-share", "0.9",

@@ -229,8 +229,9 @@ class CVAE(nn.Module):
                 VAE was trained towards), ``temperature`` (multiplies the noise's
                 standard deviation), ``noise_calibration`` (share of the fitted
                 per-gene variance gap added to the noise variance) and
-                ``spread_correction`` (strength of the fitted per-combination sd
-                ratios and mean shifts, applied to noisy samples only).
+                ``spread_correction`` and ``mean_correction`` (exponent of the fitted
+                per-combination sd ratios, share of the mean shifts; applied to noisy
+                samples only).
 
         Returns:
             ``(n, n_genes)`` samples in standardised space, on the model's device.
@@ -250,7 +251,8 @@ class CVAE(nn.Module):
             if scale is not None:
                 part.addcmul_(gene_noise[rows].to(device), scale)
             if spread is not None:
-                self.spread.apply(part, spread[rows], sample.spread_correction)
+                self.spread.apply(part, spread[rows], sample.spread_correction,
+                                  sample.mean_correction)
             return part
 
         n = z.shape[0]

@@ -50,6 +50,7 @@ def _codes(n: int, seed: int) -> np.ndarray:
 
 SETTINGS = [SampleConfig(), SampleConfig(noise=False), SampleConfig(latent="standard"),
             SampleConfig(temperature=0.7, noise_calibration=1.0, spread_correction=0.5),
+            SampleConfig(spread_correction=1.0, mean_correction=0.5),
             SampleConfig(draws="independent", temperature=0.0)]
 
 
