@@ -20,6 +20,7 @@ from cvae_ray.config import (
     DEFAULT_SEED,
     DEMO_GENES,
     DEMO_SAMPLES,
+    DP_SAMPLING,
     NAN_POLICIES,
     SCALES,
     DataSpec,
@@ -241,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 CONFIG_SECTIONS = ("model", "train", "sample")
 
 
-def _configs(path: str | None) -> tuple[ModelConfig, dict, SampleConfig | None]:
-    """Model config, train overrides and sampling defaults (None: not given) of ``--config``."""
+def _configs(path: str | None) -> tuple[ModelConfig, dict, dict | None]:
+    """Model config, train overrides and sampling overrides (None: not given) of ``--config``."""
     if path is None:
         return ModelConfig(), {}, None
     import json
@@ -259,8 +260,10 @@ def _configs(path: str | None) -> tuple[ModelConfig, dict, SampleConfig | None]:
         raise InvalidConfigError(f"--config {path!r} has unknown section(s) {unknown}; expected "
                                  f"among {list(CONFIG_SECTIONS)}.")
     sample = values.get("sample")
-    return (ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {})),
-            None if sample is None else SampleConfig.from_dict(sample))
+    if sample is not None and not isinstance(sample, dict):
+        raise InvalidConfigError(f"--config {path!r}: 'sample' must be an object, got "
+                                 f"{type(sample).__name__}.")
+    return ModelConfig.from_dict(values.get("model", {})), dict(values.get("train", {})), sample
 
 
 def _privacy(args: argparse.Namespace, model_config: ModelConfig
@@ -282,8 +285,11 @@ def run_fit(args: argparse.Namespace) -> int:
     from cvae_ray.model.sampling_choice import describe
 
     spec = data_spec_from_args(args)
-    model_config, train_overrides, sample_config = _configs(args.config)
+    model_config, train_overrides, sample_overrides = _configs(args.config)
     privacy, model_config = _privacy(args, model_config)
+    # Overrides apply to the defaults of the mode: DP bundles sample without fitted parts.
+    sample_config = (None if sample_overrides is None else SampleConfig.from_dict(
+        {**(DP_SAMPLING if privacy is not None else _SAMPLE).to_dict(), **sample_overrides}))
     train_values = {**_TRAIN.to_dict(), "epochs": args.epochs, "max_time_s": args.max_time,
                     "device": args.device, "seed": args.seed, **train_overrides}
     if not args.choose_sampling:
@@ -326,6 +332,11 @@ def run_fit(args: argparse.Namespace) -> int:
         if not args.quiet and "grid" in choice:
             print(_choice_table(choice))
         print(describe(choice))
+    defaults = bundle.sample_defaults
+    if defaults.mean_correction > 0 and (defaults.spread_correction == 0
+                                         or bundle.model.spread is None):
+        print(f"mean_correction {defaults.mean_correction:g} has no effect in this bundle: it "
+              "acts with the spread correction, which is 0 or was not fitted", flush=True)
     dp = record.get("privacy")
     if dp is not None:
         print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "

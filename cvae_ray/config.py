@@ -317,7 +317,9 @@ class SampleConfig(FromDictMixin):
             do not exist yet), and a bundle without fitted ratios ignores it.
         mean_correction: Share (0 to 1) of each combination's fitted mean shift
             (:mod:`cvae_ray.model.spread`: the shrunk gap between its training mean and
-            the model's) applied with the spread correction, scaled by its exponent; 0
+            the model's) applied with the spread correction, scaled by its exponent: no
+            effect where the bundle's ``spread_correction`` is 0 or has no fitted
+            correction (``--no-choose-sampling``, differentially private training); 0
             (default) keeps the decoder's combination means. 1 keeps log2 fold changes
             between conditions closer to the training data's, at a cost in TSTR and in
             distance to the training data (docs/quality.md). Set it in ``cvae-ray fit

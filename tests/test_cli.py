@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from support import RNASEQDB, require_shared_data
 
-from cvae_ray.config import SampleConfig
+from cvae_ray.config import DP_SAMPLING, SampleConfig
 from cvae_ray.model.bundle import ModelBundle
 
 
@@ -97,12 +98,26 @@ def test_fit_config_sample_section_sets_the_bundle_sampling_defaults(demo_path, 
                    "--no-choose-sampling", "--config", config, "--out", tmp_path / "b")
     assert out.returncode == 0, out.stderr
     assert ModelBundle.load(tmp_path / "b").sample_defaults == SampleConfig(mean_correction=1.0)
+    # Nothing was fitted after training (--no-choose-sampling): the setting is inert, and said so.
+    assert "mean_correction 1 has no effect in this bundle" in out.stdout
+
+
+def test_fit_config_sample_section_applies_to_the_dp_defaults(demo_path, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"model": {"norm": "layer"}, "train": {"epochs": 2}, '
+                      '"sample": {"temperature": 0.8}}')
+    out = cvae_ray("fit", "--data", demo_path, "--condition", "tissue", "--quiet",
+                   "--dp-epsilon", "8", "--config", config, "--out", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    expected = dataclasses.replace(DP_SAMPLING, temperature=0.8)
+    assert ModelBundle.load(tmp_path / "b").sample_defaults == expected
 
 
 @pytest.mark.parametrize("text, message", [
     ('{"sampling": {"mean_correction": 1}}',
      "has unknown section(s) ['sampling']; expected among ['model', 'train', 'sample']"),
     ('{"sample": {"mean_correction": 2}}', "mean_correction=2 is not valid"),
+    ('{"sample": [1]}', "'sample' must be an object, got list"),
 ])
 def test_fit_bad_config_is_a_clear_error(demo_path, tmp_path, text, message):
     config = tmp_path / "config.json"

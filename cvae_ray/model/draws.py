@@ -206,5 +206,5 @@ class SharedDraws:
         out = self.noisy(scale)
         if scale is not None and model.spread is not None and settings.spread_correction > 0:
             model.spread.apply(out, model.spread.index(self._codes.to(out.device)),
-                               settings.spread_correction)
+                               settings.spread_correction, settings.mean_correction)
         return out

@@ -23,8 +23,9 @@ from cvae_ray.model.spread import fit_spread, fit_spreads
 GENES = 12
 BASE = SampleConfig(noise_calibration=0.0)
 #: Temperature 0 included: the means alone, from the same latent draws.
-SETTINGS = [dataclasses.replace(BASE, temperature=t, noise_calibration=c, spread_correction=a)
-            for t in (0.0, 0.8, 1.2) for c in (0.0, 1.0) for a in (0.0, 1.0)]
+SETTINGS = [dataclasses.replace(BASE, temperature=t, noise_calibration=c, spread_correction=a,
+                                mean_correction=b)
+            for t in (0.0, 0.8, 1.2) for c in (0.0, 1.0) for a in (0.0, 1.0) for b in (0.0, 1.0)]
 
 
 @pytest.fixture(scope="module")
