@@ -251,8 +251,7 @@ class CVAE(nn.Module):
             if scale is not None:
                 part.addcmul_(gene_noise[rows].to(device), scale)
             if spread is not None:
-                self.spread.apply(part, spread[rows], sample.spread_correction,
-                                  sample.mean_correction)
+                self.spread.apply(part, spread[rows], sample)
             return part
 
         n = z.shape[0]

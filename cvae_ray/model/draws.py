@@ -205,6 +205,5 @@ class SharedDraws:
         scale = noise_scale_of(model, settings)
         out = self.noisy(scale)
         if scale is not None and model.spread is not None and settings.spread_correction > 0:
-            model.spread.apply(out, model.spread.index(self._codes.to(out.device)),
-                               settings.spread_correction, settings.mean_correction)
+            model.spread.apply(out, model.spread.index(self._codes.to(out.device)), settings)
         return out

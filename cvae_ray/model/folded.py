@@ -153,8 +153,7 @@ class FoldedDecoder:
             if spread is not None:
                 # In place (torch.from_numpy shares the memory), per chunk: its
                 # temporaries are the size of the chunk, not of the request.
-                spread.apply(torch.from_numpy(part), index[rows], settings.spread_correction,
-                             settings.mean_correction)
+                spread.apply(torch.from_numpy(part), index[rows], settings)
         return out
 
     def _decode(self, z: np.ndarray, codes: np.ndarray, out: np.ndarray) -> None:

@@ -112,20 +112,22 @@ class SpreadCorrection:
                            torch.full_like(match[:, 0], -1, dtype=torch.long))
 
     @torch.no_grad()
-    def apply(self, samples: torch.Tensor, index: torch.Tensor, exponent: float,
-              mean_share: float = 0.0) -> torch.Tensor:
+    def apply(self, samples: torch.Tensor, index: torch.Tensor,
+              settings: SampleConfig) -> torch.Tensor:
         """Rescale each row's deviation from its combination's centre and move the centre
         (in place).
 
         Args:
             samples: ``(n, n_genes)`` float samples in standardised space.
             index: ``(n,)`` their combinations' positions (:meth:`index`; -1: unchanged).
-            exponent: ``a`` of the module docstring; 0 changes nothing.
-            mean_share: ``b`` of the module docstring (0: the centres stay).
+            settings: ``spread_correction`` is ``a`` of the module docstring (0 changes
+                nothing), ``mean_correction`` is ``b`` (0: the centres stay). Every
+                sampling path passes its settings whole, so none can miss one.
 
         Returns:
             ``samples``.
         """
+        exponent = settings.spread_correction
         if exponent <= 0:
             return samples
         index = index.to(samples.device)
@@ -135,7 +137,8 @@ class SpreadCorrection:
         rows = index[fitted]
         centres = self.centres.to(samples)[rows]
         factors = self.ratios.to(samples)[rows].pow_(exponent)
-        shifted = self.shifts.to(samples)[rows].mul_(exponent * mean_share).add_(centres)
+        shifted = (self.shifts.to(samples)[rows].mul_(exponent * settings.mean_correction)
+                   .add_(centres))
         samples[fitted] = (samples[fitted] - centres).mul_(factors).add_(shifted)
         return samples
 

@@ -184,6 +184,11 @@ def test_measuring_detection_lazily_chooses_what_measuring_all_would(seed):
     assert pick(blank, rule) == pick(points, rule)
     assert all(points[i]["dcr_ratio"] >= MIN_DCR_RATIO for i in asked)
 
+def _corrected(spread: float, mean: float = 0.0) -> SampleConfig:
+    """Settings with spread correction ``a`` and mean correction ``b``."""
+    return SampleConfig(spread_correction=spread, mean_correction=mean)
+
+
 def test_the_spread_correction_rescales_deviations_and_moves_centres_when_asked():
     codes = torch.tensor([[0, 0], [1, 0]])
     correction = SpreadCorrection(codes=codes, centres=torch.tensor([[1.0, -1.0], [0.0, 0.0]]),
@@ -194,17 +199,18 @@ def test_the_spread_correction_rescales_deviations_and_moves_centres_when_asked(
     assert index.tolist() == [0, -1, 1]
     x = torch.tensor([[2.0, 1.0], [5.0, 5.0], [3.0, 3.0]])
     # x' = m + a b d + (x - m) r^a; b = 0 (the default) keeps the centres.
-    kept = correction.apply(x.clone(), index, 1.0)
+    kept = correction.apply(x.clone(), index, _corrected(1.0))
     torch.testing.assert_close(kept, torch.tensor([[3.0, 0.0], [5.0, 5.0], [3.0, 3.0]]))
-    out = correction.apply(x.clone(), index, 1.0, 1.0)
+    out = correction.apply(x.clone(), index, _corrected(1.0, 1.0))
     torch.testing.assert_close(out, torch.tensor([[3.5, 0.0], [5.0, 5.0], [2.0, 5.0]]))
-    half = correction.apply(x.clone(), index, 0.5, 1.0)
+    half = correction.apply(x.clone(), index, _corrected(0.5, 1.0))
     torch.testing.assert_close(half[0], torch.tensor([1.25 + 2.0 ** 0.5,
                                                       -1.0 + 2.0 * 0.5 ** 0.5]))
-    quarter = correction.apply(x.clone(), index, 1.0, 0.5)
+    quarter = correction.apply(x.clone(), index, _corrected(1.0, 0.5))
     torch.testing.assert_close(quarter[0], torch.tensor([3.25, 0.0]))
-    assert torch.equal(correction.apply(x.clone(), index, 0.0, 1.0), x)
-    assert torch.equal(correction.apply(x[1:2].clone(), index[1:2], 1.0, 1.0), x[1:2])
+    assert torch.equal(correction.apply(x.clone(), index, _corrected(0.0, 1.0)), x)
+    assert torch.equal(correction.apply(x[1:2].clone(), index[1:2], _corrected(1.0, 1.0)),
+                       x[1:2])
     state = correction.to_state()
     restored = SpreadCorrection.from_state(state)
     assert all(torch.equal(getattr(restored, k), getattr(correction, k))
@@ -214,7 +220,7 @@ def test_the_spread_correction_rescales_deviations_and_moves_centres_when_asked(
     del state["spread_shifts"]
     old = SpreadCorrection.from_state(state)
     assert torch.equal(old.shifts, torch.zeros(2, 2))
-    torch.testing.assert_close(old.apply(x.clone(), index, 1.0, 1.0)[0],
+    torch.testing.assert_close(old.apply(x.clone(), index, _corrected(1.0, 1.0))[0],
                                torch.tensor([3.0, 0.0]))
 
 
@@ -234,7 +240,7 @@ def test_the_mean_shift_is_the_shrunk_gap_between_training_and_model_means():
         drawn = model.sample(codes.new_full((4000, 1), k), torch.Generator().manual_seed(7),
                              settings)
         moved = correction.apply(drawn.clone(), correction.index(codes.new_full((4000, 1), k)),
-                                 1.0, 1.0)
+                                 _corrected(1.0, 1.0))
         assert abs(float(moved.mean()) - float(correction.centres[k, 0]) - expected) < 0.05, k
 
 
