@@ -8,6 +8,7 @@ would merge samples that differ only in minor directions.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import bootstrap
 from sklearn.neighbors import NearestNeighbors
 
 from cvae_ray.errors import InvalidDataError
@@ -99,6 +100,7 @@ class DcrReference:
         if not 0.0 <= copy_quantile < 1.0:
             raise InvalidDataError(f"copy_quantile must be in [0, 1), got {copy_quantile}.")
         d_holdout = _nearest(self._train, x_holdout)
+        self._d_holdout = d_holdout
         self.holdout_median = float(np.median(d_holdout))
         if self.holdout_median == 0:
             raise InvalidDataError(
@@ -106,6 +108,29 @@ class DcrReference:
                 "training samples, so they cannot serve as the unseen reference.")
         self._threshold = float(np.quantile(d_holdout, copy_quantile))
         self._epsilon = copy_epsilon
+
+    def holdout_median_se(self, n_resamples: int = 2000, seed: int = 0) -> float:
+        """Bootstrap standard error of the held-out median DCR, relative to it.
+
+        The ratio's denominator is the median of a few hundred held-out DCRs; another
+        held-out set of the same size (a test split after a choice on validation)
+        gives another median. This is the relative sd of that median over held-out
+        sets, estimated by resampling the held-out samples (scipy's
+        :func:`scipy.stats.bootstrap`, Efron & Tibshirani 1993).
+
+        Args:
+            n_resamples: Bootstrap resamples (>= 2).
+            seed: Seed of the resampling.
+
+        Returns:
+            The standard error divided by :attr:`holdout_median` (unitless, >= 0;
+            about 0.04 for 213 RNAseqDB validation samples); 0 with one held-out sample.
+        """
+        if len(self._d_holdout) < 2:
+            return 0.0
+        result = bootstrap((self._d_holdout,), np.median, n_resamples=n_resamples, rng=seed,
+                           method="percentile")
+        return float(result.standard_error) / self.holdout_median
 
     def score(self, x_syn: np.ndarray) -> dict[str, float]:
         """:func:`dcr`'s four values for one synthetic set.

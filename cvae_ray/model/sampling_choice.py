@@ -6,8 +6,9 @@ on one dataset (RNAseqDB); how much spread the decoder leaves out, and where,
 differs between datasets. After training, :func:`choose_sampling` tries the grid of
 :class:`cvae_ray.config.SamplingChoice` on the validation split and keeps the best
 by its rule (the rule, the grid and the thresholds live there): the best
-validation gamma among settings that pass the copy check (mean DCR ratio >=
-:data:`cvae_ray.config.MIN_DCR_RATIO`, as for checkpoints) and stay hard to detect
+validation gamma among settings that pass the copy check (mean DCR ratio at least
+the copy margin, :meth:`cvae_ray.config.SamplingChoice.copy_margin`: the checkpoints'
+:data:`cvae_ray.config.MIN_DCR_RATIO` or more on a small validation split) and stay hard to detect
 (mean detection AUC <= ``max_detection_auc``), and among those near it in gamma the
 best per-gene sd agreement. Every grid point's figures go into the bundle's
 training record.
@@ -62,7 +63,8 @@ RULE_LEAST_DETECTABLE = "no setting qualifies: the least detectable that passes 
 RULE_FARTHEST = "no setting passes the copy check: the farthest from the training data"
 
 
-def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[int, str]:
+def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice,
+         min_dcr_ratio: float = MIN_DCR_RATIO) -> tuple[int, str]:
     """Apply the rule of :class:`SamplingChoice` to scored grid points.
 
     Args:
@@ -71,6 +73,7 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
             ``gamma_sd``, ``dcr_ratio`` and ``detection_auc`` (means over the sampling
             seeds; NaN when not measured).
         choice: The thresholds.
+        min_dcr_ratio: The copy margin (:meth:`SamplingChoice.copy_margin`).
 
     Returns:
         ``(index, rule)``: the chosen point's position and which rule decided
@@ -81,8 +84,8 @@ def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice) -> tuple[i
     """
     if not points:
         raise ValueError("the grid has no points to choose from.")
-    passing = [i for i, p in enumerate(points) if passes_copy_check(p)]
-    qualifying = [i for i in passing if qualifies(points[i], choice)]
+    passing = [i for i, p in enumerate(points) if passes_copy_check(p, min_dcr_ratio)]
+    qualifying = [i for i in passing if qualifies(points[i], choice, min_dcr_ratio)]
     if qualifying:
         best = max(qualifying, key=lambda i: (points[i]["gamma"], -i))
         near = [i for i in qualifying if is_near(points[best], points[i], choice)]
@@ -106,7 +109,8 @@ def _near_rank(points: Sequence[Mapping[str, Any]], i: int) -> tuple:
 
 
 def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
-                      measure: Callable[[int], float]) -> int:
+                      measure: Callable[[int], float],
+                      min_dcr_ratio: float = MIN_DCR_RATIO) -> int:
     """Fill in ``detection_auc`` where it can change :func:`pick`'s choice.
 
     Detection is most of the choice's cost, and only a setting that passes the
@@ -122,6 +126,7 @@ def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
             changed in place.
         choice: The thresholds.
         measure: Gives the mean detection AUC of the point at an index.
+        min_dcr_ratio: The copy margin, as :func:`pick` takes it.
 
     Returns:
         How many points were measured.
@@ -132,12 +137,12 @@ def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
         points[i]["detection_auc"] = measure(i)
         measured.add(i)
 
-    order = sorted((i for i, p in enumerate(points) if passes_copy_check(p)),
+    order = sorted((i for i, p in enumerate(points) if passes_copy_check(p, min_dcr_ratio)),
                    key=lambda i: (-_or_minus_inf(points[i]["gamma"]), i))
     best = None
     for i in order:
         fill(i)
-        if qualifies(points[i], choice):
+        if qualifies(points[i], choice, min_dcr_ratio):
             best = i
             break
     if best is None:
@@ -149,7 +154,7 @@ def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
     for i in near:
         if i not in measured:
             fill(i)
-        if qualifies(points[i], choice):
+        if qualifies(points[i], choice, min_dcr_ratio):
             break
     return len(measured)
 
@@ -162,16 +167,18 @@ def is_near(best: Mapping[str, Any], other: Mapping[str, Any], choice: SamplingC
     return best["gamma"] - other["gamma"] <= slack + 1e-9
 
 
-def passes_copy_check(point: Mapping[str, Any]) -> bool:
-    """Whether a grid point's mean DCR ratio is at least :data:`MIN_DCR_RATIO`."""
+def passes_copy_check(point: Mapping[str, Any], min_dcr_ratio: float = MIN_DCR_RATIO) -> bool:
+    """Whether a grid point's mean DCR ratio is at least the copy margin."""
     ratio = point["dcr_ratio"]
-    return math.isfinite(ratio) and ratio >= MIN_DCR_RATIO
+    return math.isfinite(ratio) and ratio >= min_dcr_ratio
 
 
-def qualifies(point: Mapping[str, Any], choice: SamplingChoice) -> bool:
+def qualifies(point: Mapping[str, Any], choice: SamplingChoice,
+              min_dcr_ratio: float = MIN_DCR_RATIO) -> bool:
     """Whether a grid point passes the copy check, is hard enough to detect and has a gamma."""
     auc, value = point["detection_auc"], point["gamma"]
-    return (passes_copy_check(point) and math.isfinite(auc) and auc <= choice.max_detection_auc
+    return (passes_copy_check(point, min_dcr_ratio) and math.isfinite(auc)
+            and auc <= choice.max_detection_auc
             and math.isfinite(value))
 
 
@@ -257,8 +264,9 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         means of :data:`FIGURES`, ``gamma_sd``, ``passes_copy_check`` and
         ``qualifies``; the detection AUC is ``None`` where it was not measured: a
         setting that fails the copy check, or one that could not change the choice,
-        :func:`measure_detection`), the thresholds, ``seeds``, ``detections``
-        (settings whose detection was measured) and ``seconds``.
+        :func:`measure_detection`), the thresholds (``min_dcr_ratio`` is the copy
+        margin used, from ``dcr_holdout_se`` and ``copy_check_z``), ``seeds``,
+        ``detections`` (settings whose detection was measured) and ``seconds``.
     """
     choice = choice or SamplingChoice()
     started = time.perf_counter()
@@ -269,6 +277,9 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     cv = torch.from_numpy(np.asarray(codes_val))
     labels = _labels(codes_val)
     copy_check = DcrReference(x_train, x_val)
+    # Rounded as recorded, so that the record reproduces the choice.
+    holdout_se = _round(copy_check.holdout_median_se())
+    margin = _round(choice.copy_margin(holdout_se))
     val_genes = x_val if genes is None else x_val[:, genes]
     detector = "hgb" if len(x_val) >= MIN_TREE_DETECTION_SAMPLES else "logistic"
     if base.fitted_prior:
@@ -327,7 +338,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
         point["detection_auc"] = float("nan")
         gammas = [s["gamma"] for s in per_seed]
         point["gamma_sd"] = _round(float(np.std(gammas, ddof=1)) if len(gammas) > 1 else 0.0)
-        point["passes_copy_check"] = passes_copy_check(point)
+        point["passes_copy_check"] = passes_copy_check(point, margin)
         points.append(point)
     def detection(i: int) -> float:
         return _round(_mean([
@@ -335,16 +346,17 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
                           model=detector, seed=seed)
             for seed, synthetic in enumerate(draws(grid[i]))]))
 
-    measured = measure_detection(points, choice, detection)
+    measured = measure_detection(points, choice, detection, margin)
     for point in points:
-        point["qualifies"] = qualifies(point, choice)
-    index, rule = pick(points, choice)
+        point["qualifies"] = qualifies(point, choice, margin)
+    index, rule = pick(points, choice, margin)
     chosen = grid[index]
     use(chosen)
     record = {"chosen": {"temperature": chosen.temperature,
                          "noise_calibration": chosen.noise_calibration,
                          "spread_correction": chosen.spread_correction},
-              "rule": rule, "min_dcr_ratio": MIN_DCR_RATIO,
+              "rule": rule, "min_dcr_ratio": margin,
+              "copy_check_z": choice.copy_check_z, "dcr_holdout_se": _round(holdout_se),
               "max_detection_auc": choice.max_detection_auc,
               "gamma_tolerance": choice.gamma_tolerance, "seeds": choice.seeds,
               "genes": None if genes is None else len(genes), "detector": detector,
@@ -436,7 +448,8 @@ def describe(record: Mapping[str, Any]) -> str:
     return (f"sampling settings chosen on validation: temperature {chosen['temperature']:g}, "
             f"noise calibration {chosen['noise_calibration']:g}, spread correction "
             f"{chosen.get('spread_correction', 0.0):g} ({record['rule']}; gamma "
-            f"{figure('gamma')}, DCR ratio {figure('dcr_ratio')}, detection AUC "
+            f"{figure('gamma')}, DCR ratio {figure('dcr_ratio')} (copy margin "
+            f"{record['min_dcr_ratio']:.3f}), detection AUC "
             f"{figure('detection_auc')}, sd agreement {figure('sd_r')}; "
             f"{len(record['grid'])} settings x {record['seeds']} seeds in "
             f"{record['seconds']:.1f} s)")

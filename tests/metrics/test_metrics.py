@@ -344,6 +344,24 @@ def test_fresh_samples_sit_as_far_from_training_as_held_out_ones():
     assert aa_ts(train, synthetic) == pytest.approx(0.5, abs=0.1)
 
 
+def test_the_held_out_median_se_is_the_spread_of_medians_over_held_out_sets():
+    # Setup: many held-out sets of one size from the same distribution.
+    train = gaussian(300, 0)
+    medians = [DcrReference(train, gaussian(100, seed)).holdout_median
+               for seed in range(1, 201)]
+    observed = float(np.std(medians, ddof=1) / np.mean(medians))
+
+    # Run: the bootstrap estimate from single held-out sets.
+    estimates = [DcrReference(train, gaussian(100, seed)).holdout_median_se()
+                 for seed in range(1, 11)]
+    larger = DcrReference(train, gaussian(400, 1)).holdout_median_se()
+
+    # Assert: right on average, and about halved by four times the samples.
+    assert 0.7 * observed < float(np.mean(estimates)) < 1.4 * observed
+    assert larger < 0.75 * float(np.mean(estimates))
+    assert DcrReference(train, gaussian(1, 1)).holdout_median_se() == 0.0
+
+
 def test_aa_ts_of_separable_sets_is_one():
     detail = aa_ts_detail(gaussian(100, 0), gaussian(100, 1, shift=20.0))
     assert detail == {"aa_ts": 1.0, "aa_real": 1.0, "aa_synthetic": 1.0}

@@ -103,6 +103,18 @@ def test_when_everything_copies_the_farthest_from_the_training_data():
     assert chosen(points) == ((1.0, 0.0), RULE_FARTHEST)
 
 
+def test_the_copy_margin_grows_with_the_validation_medians_uncertainty():
+    assert RULE.copy_margin(0.0) == MIN_DCR_RATIO
+    assert RULE.copy_margin(0.05) == pytest.approx(1 + 1.645 * math.sqrt(2) * 0.05)
+    assert SamplingChoice(copy_check_z=0.0).copy_margin(0.05) == MIN_DCR_RATIO
+    # A setting that passes the floor but not the margin is not chosen.
+    points = [point(1.0, 0.0, 0.95, 1.08, 0.5), point(1.2, 0.0, 0.90, 1.15, 0.5)]
+    assert chosen(points) == ((1.0, 0.0), RULE_BEST_GAMMA)
+    assert pick(points, EXACT, EXACT.copy_margin(0.05)) == (1, RULE_BEST_GAMMA)
+    # Nothing passes the margin: the farthest from the training data.
+    assert pick(points, EXACT, 1.2) == (1, RULE_FARTHEST)
+
+
 def test_unmeasured_figures_never_qualify():
     points = [point(1.0, 0.0, float("nan"), OK, 0.5), point(1.2, 0.0, 0.90, OK, float("nan")),
               point(1.5, 0.0, 0.80, OK, 0.55)]
@@ -271,6 +283,7 @@ def test_the_target_spread_is_the_unbiased_shrunk_training_sd():
     ({"gamma_tolerance": -0.1}, "gamma_tolerance=-0.1"),
     ({"spread_corrections": (0.0, 2.0)}, "spread_corrections=(0.0, 2.0)"),
     ({"seeds": 0}, "seeds=0"),
+    ({"copy_check_z": -1.0}, "copy_check_z=-1.0"),
 ])
 def test_bad_grid_is_named(values, message):
     with pytest.raises(InvalidConfigError, match=re.escape(message)):
@@ -319,15 +332,19 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
         assert all(name in p for name in (*FIGURES, "gamma_sd", "passes_copy_check",
                                           "qualifies"))
         assert p["gamma"] is not None and p["dcr_ratio"] is not None
-        assert p["passes_copy_check"] == (p["dcr_ratio"] >= MIN_DCR_RATIO)
+        assert p["passes_copy_check"] == (p["dcr_ratio"] >= record["min_dcr_ratio"])
         # Detection is measured only for settings that do not copy.
         assert p["detection_auc"] is None or p["passes_copy_check"]
     figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in record["grid"]]
-    index, rule = pick(figures, SMALL)
+    margin = record["min_dcr_ratio"]
+    index, rule = pick(figures, SMALL, margin)
     assert record["rule"] == rule
     assert record["chosen"] == {k: getattr(settings, k) for k in keys}
     assert tuple(getattr(settings, k) for k in keys) == tuple(figures[index][k] for k in keys)
-    assert record["min_dcr_ratio"] == MIN_DCR_RATIO and record["seeds"] == SMALL.seeds
+    # The copy margin follows from the validation split's own uncertainty.
+    assert 0 < record["dcr_holdout_se"] < 1 and record["copy_check_z"] == SMALL.copy_check_z
+    assert margin == round(SMALL.copy_margin(record["dcr_holdout_se"]), 4)
+    assert margin >= MIN_DCR_RATIO and record["seeds"] == SMALL.seeds
     assert record["detections"] == sum(p["detection_auc"] is not None for p in record["grid"])
     # Unmeasured detection never hides a winner: every setting that passes the copy
     # check and was not measured is not near the best qualifying gamma, or would lose
@@ -337,7 +354,7 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
             if p["passes_copy_check"] and math.isnan(p["detection_auc"]):
                 as_if = [dict(q) for q in figures]
                 as_if[i]["detection_auc"] = 0.5
-                assert pick(as_if, SMALL) == (index, rule)
+                assert pick(as_if, SMALL, margin) == (index, rule)
     # Everything else about sampling is kept.
     assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5,
                                spread_correction=0.0) == SampleConfig()
