@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 import warnings
@@ -126,8 +127,17 @@ def privacy_from_args(args: argparse.Namespace) -> PrivacyConfig | None:
             verb = "needs" if len(changed) == 1 else "need"
             raise InvalidConfigError(f"{', '.join(changed)} {verb} --dp-epsilon.")
         return None
-    return PrivacyConfig(epsilon=args.dp_epsilon, **{
-        name: given[flag] for flag, (name, _) in _PRIVACY_OPTIONS.items()})
+    try:
+        return PrivacyConfig(epsilon=args.dp_epsilon, **{
+            name: given[flag] for flag, (name, _) in _PRIVACY_OPTIONS.items()})
+    except InvalidConfigError as error:
+        # PrivacyConfig names its fields as the Python API spells them (dp_delta=2.0);
+        # on the command line the user typed a flag (--dp-delta 2.0).
+        raise InvalidConfigError(re.sub(r"^dp_(\w+)=", _flag_spelling, str(error))) from None
+
+
+def _flag_spelling(match: re.Match) -> str:
+    return f"--dp-{match.group(1).replace('_', '-')} "
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool = True) -> None:
@@ -332,11 +342,6 @@ def run_fit(args: argparse.Namespace) -> int:
         if not args.quiet and "grid" in choice:
             print(_choice_table(choice))
         print(describe(choice))
-    defaults = bundle.sample_defaults
-    if defaults.mean_correction > 0 and (defaults.spread_correction == 0
-                                         or bundle.model.spread is None):
-        print(f"mean_correction {defaults.mean_correction:g} has no effect in this bundle: it "
-              "acts with the spread correction, which is 0 or was not fitted", flush=True)
     dp = record.get("privacy")
     if dp is not None:
         print(f"differential privacy: epsilon spent {dp['epsilon_spent']:.3f} (target "

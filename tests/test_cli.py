@@ -82,7 +82,9 @@ def test_test_fraction_zero_uses_every_sample(demo_path, tmp_path):
     (["--condition", "tissue", "--test-fraction", "0.95"], "val_fraction + test_fraction=1.15 is not valid"),
     (["--condition", "tissue", "--dp-level-clip", "3"], "--dp-level-clip needs --dp-epsilon"),
     (["--condition", "tissue", "--dp-epsilon", "1", "--dp-statistics-share", "1.5"],
-     "dp_statistics_share=1.5 is not valid; expected a number in (0, 1)"),
+     "--dp-statistics-share 1.5 is not valid; expected a number in (0, 1)"),
+    (["--condition", "tissue", "--dp-epsilon", "-1"],
+     "--dp-epsilon -1.0 is not valid; expected a number in (0, 100]"),
 ])
 def test_fit_bad_input_is_a_clear_error(demo_path, tmp_path, args, message):
     out = cvae_ray("fit", "--data", demo_path, *args, "--out", tmp_path / "b")
@@ -99,7 +101,7 @@ def test_fit_config_sample_section_sets_the_bundle_sampling_defaults(demo_path, 
     assert out.returncode == 0, out.stderr
     assert ModelBundle.load(tmp_path / "b").sample_defaults == SampleConfig(mean_correction=1.0)
     # Nothing was fitted after training (--no-choose-sampling): the setting is inert, and said so.
-    assert "mean_correction 1 has no effect in this bundle" in out.stdout
+    assert "warning: mean_correction 1 has no effect in this bundle" in out.stderr
 
 
 def test_fit_config_sample_section_applies_to_the_dp_defaults(demo_path, tmp_path):

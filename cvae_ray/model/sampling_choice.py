@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -426,12 +427,23 @@ def choose_after_training(state_dict: Mapping[str, Any], model_config: ModelConf
     """
     reason = skip_reason(sample_config, enabled=enabled, private=private, n_val=len(x_val))
     if reason is not None:
+        _warn_idle_mean_correction(sample_config, fitted=False)
         return dict(state_dict), sample_config, {"skipped": reason}
     model = CVAE(x_train.shape[1], condition_sizes, model_config)
     model.load_state_dict(state_dict, strict=True)
     chosen, record = choose_sampling(model, x_train, codes_train, x_val, codes_val,
                                      sample_config, choice, genes=genes)
+    _warn_idle_mean_correction(chosen, fitted=True)
     return cpu_state(model), chosen, record
+
+
+def _warn_idle_mean_correction(settings: SampleConfig, *, fitted: bool) -> None:
+    """Warn when the bundle's ``mean_correction`` will do nothing: it acts through the
+    spread correction, which only the choice fits (so nothing when it was skipped)."""
+    if settings.mean_correction > 0 and (not fitted or settings.spread_correction == 0):
+        warnings.warn(f"mean_correction {settings.mean_correction:g} has no effect in this "
+                      "bundle: it acts with the spread correction, which is 0 or was not "
+                      "fitted", stacklevel=3)
 
 
 def describe(record: Mapping[str, Any]) -> str:
