@@ -131,8 +131,8 @@ def privacy_from_args(args: argparse.Namespace) -> PrivacyConfig | None:
         return PrivacyConfig(epsilon=args.dp_epsilon, **{
             name: given[flag] for flag, (name, _) in _PRIVACY_OPTIONS.items()})
     except InvalidConfigError as error:
-        # PrivacyConfig names its fields as the Python API spells them (dp_delta=2.0);
-        # on the command line the user typed a flag (--dp-delta 2.0).
+        # PrivacyConfig's errors name a value dp_<field>=<value> (dp_delta=2.0); on the
+        # command line the user typed a flag (--dp-delta 2.0).
         raise InvalidConfigError(re.sub(r"^dp_(\w+)=", _flag_spelling, str(error))) from None
 
 
@@ -424,7 +424,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings about the user's data, as one plain line (no source location)."""
+    """Warnings about the user's data or settings, as one plain line (no source location)."""
     print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 

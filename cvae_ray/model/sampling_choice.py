@@ -8,7 +8,8 @@ differs between datasets. After training, :func:`choose_sampling` tries the grid
 by its rule (the rule, the grid and the thresholds live there): the best
 validation gamma among settings that pass the copy check (mean DCR ratio at least
 the copy margin, :meth:`cvae_ray.config.SamplingChoice.copy_margin`: the checkpoints'
-:data:`cvae_ray.config.MIN_DCR_RATIO` or more on a small validation split) and stay hard to detect
+:data:`cvae_ray.config.MIN_DCR_RATIO` raised by the validation split's own
+uncertainty) and stay hard to detect
 (mean detection AUC <= ``max_detection_auc``), and among those near it in gamma the
 best per-gene sd agreement. Every grid point's figures go into the bundle's
 training record.
@@ -31,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from cvae_ray.config import MIN_DCR_RATIO, ModelConfig, SampleConfig, SamplingChoice
+from cvae_ray.config import ModelConfig, SampleConfig, SamplingChoice
 from cvae_ray.errors import InvalidDataError
 from cvae_ray.metrics.privacy import DcrReference
 from cvae_ray.metrics.registry import (
@@ -64,8 +65,8 @@ RULE_LEAST_DETECTABLE = "no setting qualifies: the least detectable that passes 
 RULE_FARTHEST = "no setting passes the copy check: the farthest from the training data"
 
 
-def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice,
-         min_dcr_ratio: float = MIN_DCR_RATIO) -> tuple[int, str]:
+def pick(points: Sequence[Mapping[str, Any]], choice: SamplingChoice, *,
+         min_dcr_ratio: float) -> tuple[int, str]:
     """Apply the rule of :class:`SamplingChoice` to scored grid points.
 
     Args:
@@ -110,8 +111,7 @@ def _near_rank(points: Sequence[Mapping[str, Any]], i: int) -> tuple:
 
 
 def measure_detection(points: Sequence[dict[str, Any]], choice: SamplingChoice,
-                      measure: Callable[[int], float],
-                      min_dcr_ratio: float = MIN_DCR_RATIO) -> int:
+                      measure: Callable[[int], float], *, min_dcr_ratio: float) -> int:
     """Fill in ``detection_auc`` where it can change :func:`pick`'s choice.
 
     Detection is most of the choice's cost, and only a setting that passes the
@@ -168,14 +168,13 @@ def is_near(best: Mapping[str, Any], other: Mapping[str, Any], choice: SamplingC
     return best["gamma"] - other["gamma"] <= slack + 1e-9
 
 
-def passes_copy_check(point: Mapping[str, Any], min_dcr_ratio: float = MIN_DCR_RATIO) -> bool:
+def passes_copy_check(point: Mapping[str, Any], min_dcr_ratio: float) -> bool:
     """Whether a grid point's mean DCR ratio is at least the copy margin."""
     ratio = point["dcr_ratio"]
     return math.isfinite(ratio) and ratio >= min_dcr_ratio
 
 
-def qualifies(point: Mapping[str, Any], choice: SamplingChoice,
-              min_dcr_ratio: float = MIN_DCR_RATIO) -> bool:
+def qualifies(point: Mapping[str, Any], choice: SamplingChoice, min_dcr_ratio: float) -> bool:
     """Whether a grid point passes the copy check, is hard enough to detect and has a gamma."""
     auc, value = point["detection_auc"], point["gamma"]
     return (passes_copy_check(point, min_dcr_ratio) and math.isfinite(auc)
@@ -280,7 +279,7 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
     copy_check = DcrReference(x_train, x_val)
     # Rounded as recorded, so that the record reproduces the choice.
     holdout_se = _round(copy_check.holdout_median_se())
-    margin = _round(choice.copy_margin(holdout_se))
+    margin = _round(choice.copy_margin(holdout_se))  # 1 + 1.645 * sqrt(2) * se, or the floor
     val_genes = x_val if genes is None else x_val[:, genes]
     detector = "hgb" if len(x_val) >= MIN_TREE_DETECTION_SAMPLES else "logistic"
     if base.fitted_prior:
@@ -347,10 +346,10 @@ def choose_sampling(model: CVAE, x_train: np.ndarray, codes_train: np.ndarray,
                           model=detector, seed=seed)
             for seed, synthetic in enumerate(draws(grid[i]))]))
 
-    measured = measure_detection(points, choice, detection, margin)
+    measured = measure_detection(points, choice, detection, min_dcr_ratio=margin)
     for point in points:
         point["qualifies"] = qualifies(point, choice, margin)
-    index, rule = pick(points, choice, margin)
+    index, rule = pick(points, choice, min_dcr_ratio=margin)
     chosen = grid[index]
     use(chosen)
     record = {"chosen": {"temperature": chosen.temperature,
@@ -441,6 +440,7 @@ def _warn_idle_mean_correction(settings: SampleConfig, *, fitted: bool) -> None:
     """Warn when the bundle's ``mean_correction`` will do nothing: it acts through the
     spread correction, which only the choice fits (so nothing when it was skipped)."""
     if settings.mean_correction > 0 and (not fitted or settings.spread_correction == 0):
+        # stacklevel 3: the caller of choose_after_training (fit_bundle, the Tune export).
         warnings.warn(f"mean_correction {settings.mean_correction:g} has no effect in this "
                       "bundle: it acts with the spread correction, which is 0 or was not "
                       "fitted", stacklevel=3)
@@ -453,15 +453,15 @@ def describe(record: Mapping[str, Any]) -> str:
     chosen = record["chosen"]
     [point] = [p for p in record["grid"] if is_chosen(p, chosen)]
 
-    def figure(name: str) -> str:
+    def figure(name: str, digits: int = 3) -> str:
         value = point.get(name)
-        return "n/a" if value is None else f"{value:.3f}"
+        return "n/a" if value is None else f"{value:.{digits}f}"
 
     return (f"sampling settings chosen on validation: temperature {chosen['temperature']:g}, "
             f"noise calibration {chosen['noise_calibration']:g}, spread correction "
             f"{chosen.get('spread_correction', 0.0):g} ({record['rule']}; gamma "
-            f"{figure('gamma')}, DCR ratio {figure('dcr_ratio')} (copy margin "
-            f"{record['min_dcr_ratio']:.3f}), detection AUC "
+            f"{figure('gamma')}, DCR ratio {figure('dcr_ratio', 4)} (copy margin "
+            f"{record['min_dcr_ratio']:.4f}), detection AUC "
             f"{figure('detection_auc')}, sd agreement {figure('sd_r')}; "
             f"{len(record['grid'])} settings x {record['seeds']} seeds in "
             f"{record['seconds']:.1f} s)")

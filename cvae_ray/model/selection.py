@@ -6,8 +6,8 @@ disagree on what "better" means:
 
 * a checkpoint is *eligible* after KL warm-up and when its samples sit no closer to
   the training data than unseen real data does
-  (:data:`cvae_ray.config.MIN_DCR_RATIO`, shared with the choice of sampling
-  settings, :mod:`cvae_ray.model.sampling_choice`): late in
+  (:data:`cvae_ray.config.MIN_DCR_RATIO`, also the floor of the copy margin of the
+  choice of sampling settings, :mod:`cvae_ray.model.sampling_choice`): late in
   training the decoder starts to reproduce training samples, which raises gamma for
   the wrong reason;
 * its *score* is the validation metric (:data:`SELECTION_METRIC`, direction and range

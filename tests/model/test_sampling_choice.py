@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -57,8 +58,13 @@ def point(temperature: float, calibration: float, gamma: float, dcr: float,
 EXACT = SamplingChoice(gamma_tolerance=0.0)
 
 
+def at_floor(points: list[dict], rule: SamplingChoice) -> tuple[int, str]:
+    """:func:`pick` with the copy margin at its floor, MIN_DCR_RATIO."""
+    return pick(points, rule, min_dcr_ratio=MIN_DCR_RATIO)
+
+
 def chosen(points: list[dict], rule: SamplingChoice = EXACT) -> tuple[tuple[float, float], str]:
-    index, decided = pick(points, rule)
+    index, decided = at_floor(points, rule)
     return (points[index]["temperature"], points[index]["noise_calibration"]), decided
 
 
@@ -88,7 +94,7 @@ def test_ties_within_one_seed_sd_go_to_the_most_noise_then_grid_order():
     assert chosen(same) == chosen(same[::-1]) == ((1.0, 0.5), RULE_BEST_GAMMA)
     # Identical settings and figures: the first in grid order.
     twins = [point(1.0, 0.5, 0.93, OK, 0.5), point(1.0, 0.5, 0.93, OK, 0.5)]
-    assert pick(twins, EXACT) == (0, RULE_BEST_GAMMA)
+    assert at_floor(twins, EXACT) == (0, RULE_BEST_GAMMA)
 
 
 def test_without_a_qualifying_setting_the_least_detectable_non_copying_one():
@@ -105,14 +111,14 @@ def test_when_everything_copies_the_farthest_from_the_training_data():
 
 def test_the_copy_margin_grows_with_the_validation_medians_uncertainty():
     assert RULE.copy_margin(0.0) == MIN_DCR_RATIO
-    assert RULE.copy_margin(0.05) == pytest.approx(1 + 1.645 * math.sqrt(2) * 0.05)
+    assert RULE.copy_margin(0.05) == pytest.approx(1 + RULE.copy_check_z * math.sqrt(2) * 0.05)
     assert SamplingChoice(copy_check_z=0.0).copy_margin(0.05) == MIN_DCR_RATIO
     # A setting that passes the floor but not the margin is not chosen.
     points = [point(1.0, 0.0, 0.95, 1.08, 0.5), point(1.2, 0.0, 0.90, 1.15, 0.5)]
     assert chosen(points) == ((1.0, 0.0), RULE_BEST_GAMMA)
-    assert pick(points, EXACT, EXACT.copy_margin(0.05)) == (1, RULE_BEST_GAMMA)
+    assert pick(points, EXACT, min_dcr_ratio=EXACT.copy_margin(0.05)) == (1, RULE_BEST_GAMMA)
     # Nothing passes the margin: the farthest from the training data.
-    assert pick(points, EXACT, 1.2) == (1, RULE_FARTHEST)
+    assert pick(points, EXACT, min_dcr_ratio=1.2) == (1, RULE_FARTHEST)
 
 
 def test_unmeasured_figures_never_qualify():
@@ -125,8 +131,8 @@ def test_equal_gamma_goes_to_the_larger_spread_correction_after_the_noise():
     a = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 0.5}
     b = {**point(1.0, 0.5, 0.93, OK, 0.5), "spread_correction": 1.0}
     c = {**point(1.2, 0.0, 0.93, OK, 0.5), "spread_correction": 0.0}
-    assert pick([a, b], EXACT) == (1, RULE_BEST_GAMMA)
-    assert pick([a, b, c], EXACT) == (2, RULE_BEST_GAMMA)  # more noise first
+    assert at_floor([a, b], EXACT) == (1, RULE_BEST_GAMMA)
+    assert at_floor([a, b, c], EXACT) == (2, RULE_BEST_GAMMA)  # more noise first
 
 
 def test_near_the_best_gamma_the_best_sd_agreement_wins():
@@ -134,20 +140,21 @@ def test_near_the_best_gamma_the_best_sd_agreement_wins():
     best = {**point(0.8, 0.0, 0.940, OK, 0.5), "sd_r": 0.25}
     near = {**point(0.6, 0.5, 0.940 - tolerance, OK, 0.5), "sd_r": 0.36}
     far = {**point(1.0, 0.0, 0.940 - 2 * tolerance, OK, 0.5), "sd_r": 0.40}
-    assert pick([best, near, far], RULE) == (1, RULE_BEST_GAMMA)
+    assert at_floor([best, near, far], RULE) == (1, RULE_BEST_GAMMA)
     # Without the tolerance the best gamma wins; a seed sd larger than it widens it.
-    assert pick([best, near, far], EXACT) == (0, RULE_BEST_GAMMA)
+    assert at_floor([best, near, far], EXACT) == (0, RULE_BEST_GAMMA)
     far["gamma_sd"] = 2 * tolerance
-    assert pick([best, near, far], RULE) == (2, RULE_BEST_GAMMA)
+    assert at_floor([best, near, far], RULE) == (2, RULE_BEST_GAMMA)
     # A near setting must still qualify: one that copies or is detected is out.
     for bad in ({"dcr_ratio": COPYING}, {"detection_auc": RULE.max_detection_auc + 0.01}):
-        assert pick([best, {**near, **bad}], RULE) == (0, RULE_BEST_GAMMA)
+        assert at_floor([best, {**near, **bad}], RULE) == (0, RULE_BEST_GAMMA)
     # Unmeasured sd agreement loses to a measured one.
-    assert pick([best, {**near, "sd_r": float("nan")}], RULE) == (0, RULE_BEST_GAMMA)
+    assert at_floor([best, {**near, "sd_r": float("nan")}], RULE) == (0, RULE_BEST_GAMMA)
 
 
 
-def _lazily(points: list[dict], rule: SamplingChoice) -> tuple[list[dict], list[int]]:
+def _lazily(points: list[dict], rule: SamplingChoice,
+            margin: float = MIN_DCR_RATIO) -> tuple[list[dict], list[int]]:
     """``points`` with detection NaN, filled by measure_detection; and what it measured."""
     blank = [{**p, "detection_auc": math.nan} for p in points]
     asked: list[int] = []
@@ -156,7 +163,8 @@ def _lazily(points: list[dict], rule: SamplingChoice) -> tuple[list[dict], list[
         asked.append(i)
         return points[i]["detection_auc"]
 
-    assert measure_detection(blank, rule, measure) == len(asked) == len(set(asked))
+    assert (measure_detection(blank, rule, measure, min_dcr_ratio=margin)
+            == len(asked) == len(set(asked)))
     return blank, asked
 
 
@@ -171,30 +179,31 @@ def test_detection_is_measured_until_nothing_unmeasured_could_win():
               {**point(1.0, 1.0, 0.990, COPYING, 0.5), "sd_r": 0.9}]  # copies
     blank, asked = _lazily(points, RULE)
     assert asked == [0, 1, 2, 3]
-    assert pick(blank, RULE) == pick(points, RULE) == (3, RULE_BEST_GAMMA)
+    assert at_floor(blank, RULE) == at_floor(points, RULE) == (3, RULE_BEST_GAMMA)
     # When none qualifies, every setting that passes the copy check is measured.
     detected = [{**p, "detection_auc": 0.7} for p in points]
     blank, asked = _lazily(detected, RULE)
     assert sorted(asked) == [0, 1, 2, 3, 4, 5]
-    assert pick(blank, RULE) == pick(detected, RULE)
+    assert at_floor(blank, RULE) == at_floor(detected, RULE)
 
 
 @pytest.mark.parametrize("seed", range(200))
 def test_measuring_detection_lazily_chooses_what_measuring_all_would(seed):
     rng = np.random.default_rng(seed)
     rule = SamplingChoice(gamma_tolerance=float(rng.choice([0.0, 0.005, 0.02])))
+    margin = float(rng.choice([MIN_DCR_RATIO, 1.08, 1.12]))
     n = int(rng.integers(1, 14))
     points = [{"temperature": float(rng.choice([0.6, 0.8, 1.0])),
                "noise_calibration": float(rng.choice([0.0, 0.5])),
                "spread_correction": float(rng.choice([0.0, 1.0])),
                "gamma": float(rng.choice([math.nan, *np.round(rng.uniform(0.9, 0.95, 3), 3)])),
                "gamma_sd": float(rng.choice([0.0, 0.004, 0.01])),
-               "dcr_ratio": float(rng.choice([COPYING, OK, OK])),
+               "dcr_ratio": float(rng.choice([COPYING, margin - 0.01, margin, margin + 0.05])),
                "detection_auc": float(rng.choice([0.5, 0.58, 0.62, 0.7, math.nan])),
                "sd_r": float(rng.choice([math.nan, 0.2, 0.3, 0.3]))} for _ in range(n)]
-    blank, asked = _lazily(points, rule)
-    assert pick(blank, rule) == pick(points, rule)
-    assert all(points[i]["dcr_ratio"] >= MIN_DCR_RATIO for i in asked)
+    blank, asked = _lazily(points, rule, margin)
+    assert pick(blank, rule, min_dcr_ratio=margin) == pick(points, rule, min_dcr_ratio=margin)
+    assert all(points[i]["dcr_ratio"] >= margin for i in asked)
 
 def _corrected(spread: float, mean: float = 0.0) -> SampleConfig:
     """Settings with spread correction ``a`` and mean correction ``b``."""
@@ -337,7 +346,8 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
         assert p["detection_auc"] is None or p["passes_copy_check"]
     figures = [{k: math.nan if v is None else v for k, v in p.items()} for p in record["grid"]]
     margin = record["min_dcr_ratio"]
-    index, rule = pick(figures, SMALL, margin)
+    assert any(p["passes_copy_check"] for p in figures)  # the rule below is exercised
+    index, rule = pick(figures, SMALL, min_dcr_ratio=margin)
     assert record["rule"] == rule
     assert record["chosen"] == {k: getattr(settings, k) for k in keys}
     assert tuple(getattr(settings, k) for k in keys) == tuple(figures[index][k] for k in keys)
@@ -354,7 +364,7 @@ def test_the_record_holds_every_grid_point_and_the_choice_follows_the_rule(chose
             if p["passes_copy_check"] and math.isnan(p["detection_auc"]):
                 as_if = [dict(q) for q in figures]
                 as_if[i]["detection_auc"] = 0.5
-                assert pick(as_if, SMALL, margin) == (index, rule)
+                assert pick(as_if, SMALL, min_dcr_ratio=margin) == (index, rule)
     # Everything else about sampling is kept.
     assert dataclasses.replace(settings, temperature=1.0, noise_calibration=0.5,
                                spread_correction=0.0) == SampleConfig()
@@ -477,6 +487,20 @@ def test_nothing_is_chosen_when_switched_off_private_or_without_noise(trained, k
                                                      choice=SMALL, **kwargs)
     assert kept == sample and set(record) == {"skipped"} and reason in record["skipped"]
     assert all(kept_state[k] is state[k] for k in state)
+
+
+@pytest.mark.parametrize("spread, idle", [(0.0, True), (1.0, False)])
+def test_an_idle_mean_correction_is_a_warning_pointing_at_the_caller(trained, spread, idle):
+    state, sizes, arrays = trained
+    one_point = SamplingChoice(temperatures=(1.0,), noise_calibrations=(0.5,),
+                               spread_corrections=(spread,), seeds=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        choose_after_training(state, TINY_MODEL, sizes, *arrays,
+                              SampleConfig(mean_correction=1.0), choice=one_point)
+    idle_warnings = [w for w in caught if "mean_correction 1 has no effect" in str(w.message)]
+    assert len(idle_warnings) == int(idle)
+    assert all(w.filename == __file__ for w in idle_warnings)
 
 
 def test_a_tiny_validation_split_keeps_the_settings(trained):
