@@ -392,9 +392,9 @@ class SamplingChoice(FromDictMixin):
        such as a test split, divides by another median, so its ratio differs from
        the validation one by a relative sd of about ``sqrt(2) * se``. At the
        margin a chosen setting passes such a check with probability about
-       ``Phi(copy_check_z)`` (normal approximation; 93-95% at the default, the
-       synthetic side's own noise, an sd of about 0.013 over sampling seeds on
-       RNAseqDB, left out), against ``Phi(0.05 / (sqrt(2) * se))``, about 80% on
+       ``Phi(copy_check_z)`` (normal approximation: 95% at the default, about 93%
+       once the ratio's own scale is counted; the synthetic side's own noise, an
+       sd of about 0.013 over sampling seeds on RNAseqDB, is left out), against ``Phi(0.05 / (sqrt(2) * se))``, about 80% on
        RNAseqDB, with the floor alone. A small or scattered validation split
        gives a large margin: when no setting reaches it, rule 3 takes the one
        farthest from the training data;
